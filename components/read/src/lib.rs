@@ -1,0 +1,1 @@
+//! edgesync-read Spin component (work in progress).

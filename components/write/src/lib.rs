@@ -1,0 +1,1 @@
+//! edgesync-write Spin component (work in progress).

@@ -1,0 +1,1 @@
+//! edgesync-bench (work in progress).

@@ -1,0 +1,1 @@
+//! edgesync-client (work in progress).

@@ -1,0 +1,278 @@
+//! Settings shared by every host, and how they are parsed.
+//!
+//! Each setting has one name, used as the Spin variable name and (upper-cased
+//! with an `EDGESYNC_` prefix) as the native server's environment variable:
+//! `max_wait_seconds` ↔ `EDGESYNC_MAX_WAIT_SECONDS`. Hosts hand
+//! [`Config::from_lookup`] a function that returns the raw string for a name.
+
+/// Every tunable of the service. Build with [`Config::from_lookup`] or start
+/// from [`Config::with_secret`] and adjust fields.
+#[derive(Clone)]
+pub struct Config {
+    /// HS256 secret for bearer tokens (`jwt_secret`). Never logged.
+    pub jwt_secret: Vec<u8>,
+    /// Required `aud` claim, if configured (`jwt_audience`).
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim, if configured (`jwt_issuer`).
+    pub jwt_issuer: Option<String>,
+    /// Longest a long-poll is held, in seconds (`max_wait_seconds`, default
+    /// 25: managed hosts cut requests at 30 s).
+    pub max_wait_seconds: u64,
+    /// Smart-polling advice sent as `X-Poll-Interval` (`poll_interval_seconds`,
+    /// default 10).
+    pub poll_interval_seconds: u64,
+    /// How many log entries are kept behind the head before compaction
+    /// (`retention_entries`, default 10000; at least 16).
+    pub retention_entries: u64,
+    /// Sustained mutations per second per user (`rate_limit_per_second`,
+    /// default 20; 0 disables the limit). Bursts of up to
+    /// [`Config::rate_limit_burst`] are allowed.
+    pub rate_limit_per_second: u64,
+    /// Largest accepted request body in bytes (`max_body_bytes`, default
+    /// 262144).
+    pub max_body_bytes: usize,
+    /// Origins allowed by CORS (`cors_origins`, comma-separated, `*` for any;
+    /// default none).
+    pub cors_origins: CorsOrigins,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("jwt_secret", &"<redacted>")
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("max_wait_seconds", &self.max_wait_seconds)
+            .field("poll_interval_seconds", &self.poll_interval_seconds)
+            .field("retention_entries", &self.retention_entries)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("cors_origins", &self.cors_origins)
+            .finish()
+    }
+}
+
+/// Which browser origins may call the API.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CorsOrigins {
+    /// No CORS headers at all (the default).
+    #[default]
+    None,
+    /// Any origin (`*`).
+    Any,
+    /// Exactly these origins (compared byte-for-byte with `Origin`).
+    List(Vec<String>),
+}
+
+/// A setting that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is missing.
+    #[error("setting `{0}` is required")]
+    Missing(&'static str),
+    /// A setting has a value that does not parse or is out of range.
+    #[error("setting `{name}` has an invalid value {value:?}: {reason}")]
+    Invalid {
+        /// Setting name.
+        name: &'static str,
+        /// The raw value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// Names of all settings, in the order they are documented.
+pub const SETTING_NAMES: &[&str] = &[
+    "jwt_secret",
+    "jwt_audience",
+    "jwt_issuer",
+    "max_wait_seconds",
+    "poll_interval_seconds",
+    "retention_entries",
+    "rate_limit_per_second",
+    "max_body_bytes",
+    "cors_origins",
+];
+
+/// Smallest accepted `retention_entries`: compaction works in steps of this
+/// many entries, and a smaller window would expire cursors of clients that
+/// are merely a few seconds behind.
+pub const MIN_RETENTION_ENTRIES: u64 = 16;
+
+impl Config {
+    /// Defaults for everything, with the given secret.
+    pub fn with_secret(secret: impl Into<Vec<u8>>) -> Self {
+        Self {
+            jwt_secret: secret.into(),
+            jwt_audience: None,
+            jwt_issuer: None,
+            max_wait_seconds: 25,
+            poll_interval_seconds: 10,
+            retention_entries: 10_000,
+            rate_limit_per_second: 20,
+            max_body_bytes: 262_144,
+            cors_origins: CorsOrigins::None,
+        }
+    }
+
+    /// Parse settings from `lookup(name)` (empty values count as unset).
+    /// `jwt_secret` is required and must be at least 32 bytes.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let secret = get("jwt_secret").ok_or(ConfigError::Missing("jwt_secret"))?;
+        if secret.len() < 32 {
+            return Err(ConfigError::Invalid {
+                name: "jwt_secret",
+                value: "<redacted>".into(),
+                reason: "must be at least 32 bytes (HS256 keys shorter than the hash are weak)",
+            });
+        }
+        let mut config = Config::with_secret(secret.into_bytes());
+        config.jwt_audience = get("jwt_audience");
+        config.jwt_issuer = get("jwt_issuer");
+        if let Some(v) = get("max_wait_seconds") {
+            config.max_wait_seconds = parse_u64("max_wait_seconds", &v, 0, 3600)?;
+        }
+        if let Some(v) = get("poll_interval_seconds") {
+            config.poll_interval_seconds = parse_u64("poll_interval_seconds", &v, 1, 86_400)?;
+        }
+        if let Some(v) = get("retention_entries") {
+            config.retention_entries = parse_u64(
+                "retention_entries",
+                &v,
+                MIN_RETENTION_ENTRIES,
+                u64::from(u32::MAX),
+            )?;
+        }
+        if let Some(v) = get("rate_limit_per_second") {
+            config.rate_limit_per_second = parse_u64("rate_limit_per_second", &v, 0, 1_000_000)?;
+        }
+        if let Some(v) = get("max_body_bytes") {
+            config.max_body_bytes =
+                parse_u64("max_body_bytes", &v, 1024, 16 * 1024 * 1024)? as usize;
+        }
+        if let Some(v) = get("cors_origins") {
+            config.cors_origins = parse_origins(&v);
+        }
+        Ok(config)
+    }
+
+    /// Largest burst of mutations a user may make at once: enough for a full
+    /// `/v1/mutations` batch (100), or five seconds' worth, whichever is more.
+    pub fn rate_limit_burst(&self) -> u64 {
+        (self.rate_limit_per_second * 5).max(100)
+    }
+}
+
+fn parse_u64(name: &'static str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let parsed: u64 = value.trim().parse().map_err(|_| ConfigError::Invalid {
+        name,
+        value: value.to_owned(),
+        reason: "not a non-negative integer",
+    })?;
+    if parsed < min || parsed > max {
+        return Err(ConfigError::Invalid {
+            name,
+            value: value.to_owned(),
+            reason: "out of range",
+        });
+    }
+    Ok(parsed)
+}
+
+fn parse_origins(value: &str) -> CorsOrigins {
+    let list: Vec<String> = value
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.iter().any(|s| s == "*") {
+        CorsOrigins::Any
+    } else if list.is_empty() {
+        CorsOrigins::None
+    } else {
+        CorsOrigins::List(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults_apply_and_secret_is_required() {
+        assert_eq!(
+            Config::from_lookup(lookup(&[])).unwrap_err(),
+            ConfigError::Missing("jwt_secret")
+        );
+        let c = Config::from_lookup(lookup(&[("jwt_secret", SECRET)])).unwrap();
+        assert_eq!(c.max_wait_seconds, 25);
+        assert_eq!(c.max_body_bytes, 262_144);
+        assert_eq!(c.cors_origins, CorsOrigins::None);
+        assert!(!format!("{c:?}").contains(SECRET));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_setting_name() {
+        let err = Config::from_lookup(lookup(&[
+            ("jwt_secret", SECRET),
+            ("max_wait_seconds", "soon"),
+        ]))
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                name: "max_wait_seconds",
+                ..
+            }
+        ));
+        let err = Config::from_lookup(lookup(&[("jwt_secret", "short")])).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                name: "jwt_secret",
+                ..
+            }
+        ));
+        let err = Config::from_lookup(lookup(&[
+            ("jwt_secret", SECRET),
+            ("retention_entries", "3"),
+        ]))
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                name: "retention_entries",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn cors_origins_parse() {
+        let c = Config::from_lookup(lookup(&[
+            ("jwt_secret", SECRET),
+            ("cors_origins", " https://a.example/, https://b.example "),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.cors_origins,
+            CorsOrigins::List(vec!["https://a.example".into(), "https://b.example".into()])
+        );
+        let c =
+            Config::from_lookup(lookup(&[("jwt_secret", SECRET), ("cors_origins", "*")])).unwrap();
+        assert_eq!(c.cors_origins, CorsOrigins::Any);
+    }
+}

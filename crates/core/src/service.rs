@@ -1,0 +1,56 @@
+//! The entry point: one HTTP request in, one HTTP response out.
+
+use http::{Request, Response};
+
+use crate::config::Config;
+use crate::host::Host;
+use crate::kv::Kv;
+
+/// Attached to every response's extensions so hosts can log without
+/// re-parsing the request: the matched route template and a short,
+/// non-reversible hash of the user id (never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// Route template such as `/v1/docs/{collection}/{id}`, or `unmatched`.
+    pub route: &'static str,
+    /// First 12 hex digits of SHA-256 of the user id, when authenticated.
+    pub user_hash: Option<String>,
+}
+
+/// The edgesync service over a KV store and a host.
+pub struct Service<K, H> {
+    pub(crate) config: Config,
+    pub(crate) kv: K,
+    pub(crate) host: H,
+}
+
+impl<K: Kv, H: Host> Service<K, H> {
+    /// A service with the given settings, store and host.
+    pub fn new(config: Config, kv: K, host: H) -> Self {
+        Self { config, kv, host }
+    }
+
+    /// The settings this service runs with (hosts read `max_body_bytes` to
+    /// stop reading oversized bodies early).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store this service runs on.
+    pub fn kv(&self) -> &K {
+        &self.kv
+    }
+
+    /// The host this service runs on.
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// Answer one request. Never panics and never returns a 5xx because of
+    /// anything the client sent; a body longer than `max_body_bytes` is
+    /// answered with 413 (hosts may truncate the body they pass in to
+    /// `max_body_bytes + 1` bytes).
+    pub async fn handle(&self, request: Request<Vec<u8>>) -> Response<Vec<u8>> {
+        crate::routes::handle(self, request).await
+    }
+}

@@ -1,0 +1,1 @@
+//! edgesync-e2e (work in progress).

@@ -1,0 +1,1 @@
+//! edgesync-kv-wasi (work in progress).

@@ -1,0 +1,1 @@
+//! edgesync-redis (work in progress).

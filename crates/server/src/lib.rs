@@ -1,0 +1,1 @@
+//! edgesync-server (work in progress).

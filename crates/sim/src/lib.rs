@@ -1,0 +1,1 @@
+//! edgesync-sim (work in progress).

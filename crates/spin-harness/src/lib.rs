@@ -1,0 +1,1 @@
+//! edgesync-spin-harness (work in progress).

@@ -1,0 +1,1 @@
+//! edgesync-sqlite (work in progress).

@@ -1,0 +1,5 @@
+//! The `edgesync` command (work in progress).
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
