@@ -5,6 +5,7 @@
 //! between the core talks only to a [`Kv`] store and a [`Host`] (clock,
 //! entropy, change notification). Spin, tokio and SQLite live in the hosts.
 
+pub mod auth;
 pub mod config;
 pub mod host;
 pub mod kv;
@@ -15,3 +16,15 @@ pub use config::{Config, ConfigError, CorsOrigins};
 pub use host::Host;
 pub use kv::{decode_counter, encode_counter, Kv, KvError, KvErrorKind, MaybeSend, MaybeSync};
 pub use service::{RequestInfo, Service};
+
+/// Every route of the v1 API with the methods it accepts (besides `HEAD`,
+/// accepted wherever `GET` is, and `OPTIONS`, accepted everywhere). The
+/// OpenAPI file is checked against this list.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/v1/health", &["GET"]),
+    ("/v1/head", &["GET"]),
+    ("/v1/changes", &["GET"]),
+    ("/v1/docs", &["GET"]),
+    ("/v1/docs/{collection}/{id}", &["GET", "PUT", "PATCH", "DELETE"]),
+    ("/v1/mutations", &["POST"]),
+];
