@@ -25,6 +25,9 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/head", &["GET"]),
     ("/v1/changes", &["GET"]),
     ("/v1/docs", &["GET"]),
-    ("/v1/docs/{collection}/{id}", &["GET", "PUT", "PATCH", "DELETE"]),
+    (
+        "/v1/docs/{collection}/{id}",
+        &["GET", "PUT", "PATCH", "DELETE"],
+    ),
     ("/v1/mutations", &["POST"]),
 ];

@@ -43,6 +43,9 @@
 
 use std::future::Future;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 /// `Send` on native targets, nothing on wasm (where Spin's executor is
 /// single-threaded and its resource handles are not `Send`).
 #[cfg(not(target_family = "wasm"))]
