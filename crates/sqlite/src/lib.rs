@@ -1,1 +1,561 @@
-//! edgesync-sqlite (work in progress).
+//! # edgesync-sqlite
+//!
+//! The native server's embedded store: edgesync's [`Kv`] trait on one SQLite
+//! file in write-ahead-log mode.
+//!
+//! # Design
+//!
+//! * **One writer thread, group commit.** Every write (`set`, `delete_many`,
+//!   `compare_and_swap`, `increment`) is sent to a dedicated thread that owns
+//!   the only write connection. It takes whatever is queued (up to
+//!   [`MAX_BATCH`] operations), runs it in **one** transaction and answers
+//!   each caller only after `COMMIT` returned. Because one thread executes
+//!   writes one after another, `compare_and_swap` and `increment` are atomic
+//!   with respect to each other and to every other write, without locks. The
+//!   batch grows by itself under load: while one commit is in progress the
+//!   next callers queue up and are committed together.
+//! * **Concurrent readers.** `get`/`get_many` run on a small pool of
+//!   read-only connections on their own threads. In WAL mode a reader sees
+//!   every transaction committed before its read began, so a read issued
+//!   after an acknowledged write sees that write; readers never see a batch
+//!   that has not committed.
+//! * **Nothing blocks the async runtime**: callers await a oneshot answer.
+//!
+//! # Durability
+//!
+//! An operation is acknowledged (its future resolves `Ok`) only after the
+//! transaction containing it committed. What a commit survives depends on
+//! [`Synchronous`]:
+//!
+//! * [`Synchronous::Normal`] (default): a commit has been written to the WAL
+//!   file (handed to the operating system) but not `fsync`ed. Acknowledged
+//!   writes survive a crash or `kill -9` of the process, but the last
+//!   commits before an operating-system crash or power loss may be lost
+//!   (the database stays consistent: it rolls back to an earlier commit).
+//! * [`Synchronous::Full`] (`EDGESYNC_SQLITE_SYNCHRONOUS=full` in the
+//!   server): the WAL is `fsync`ed before every commit returns, so
+//!   acknowledged writes also survive power loss, provided the disk honours
+//!   flushes. Group commit amortises the `fsync` over every operation in the
+//!   batch.
+//!
+//! I/O failures are reported as [`KvErrorKind::Unavailable`]; nothing on a
+//! request path panics.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use edgesync_core::{Kv, KvError, KvErrorKind};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+/// Most write operations committed in one transaction. Bounds how long the
+/// first caller of a batch waits for the others.
+pub const MAX_BATCH: usize = 512;
+
+/// How long a connection waits for a lock held by another process on the
+/// same file before reporting the store unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite's `synchronous` setting in WAL mode: what an acknowledged write
+/// survives. See the crate docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Survives a process crash (`kill -9`), not power loss. Default.
+    #[default]
+    Normal,
+    /// Survives power loss too: `fsync` on every (group) commit.
+    Full,
+}
+
+impl Synchronous {
+    /// Parse `normal` or `full` (case-insensitive).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "normal" => Some(Self::Normal),
+            "full" => Some(Self::Full),
+            _ => None,
+        }
+    }
+
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+        }
+    }
+}
+
+/// How to open a [`SqliteKv`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Durability of acknowledged writes.
+    pub synchronous: Synchronous,
+    /// Number of read connections (and reader threads); at least 1.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+            readers: 4,
+        }
+    }
+}
+
+/// The store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open SQLite store {path}: {source}")]
+pub struct OpenError {
+    /// The database file.
+    pub path: PathBuf,
+    /// What SQLite said.
+    #[source]
+    pub source: rusqlite::Error,
+}
+
+enum WriteOp {
+    Set(String, Vec<u8>),
+    DeleteMany(Vec<String>),
+    CompareAndSwap {
+        key: String,
+        current: Vec<u8>,
+        new: Vec<u8>,
+    },
+    Increment(String, i64),
+}
+
+enum WriteResult {
+    Unit,
+    Swapped(bool),
+    Counter(i64),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, KvError>>;
+
+enum WriterMsg {
+    Op(WriteOp, Reply<WriteResult>),
+    Close(oneshot::Sender<()>),
+}
+
+enum ReadOp {
+    Get(String, Reply<Option<Vec<u8>>>),
+    GetMany(Vec<String>, Reply<Vec<Option<Vec<u8>>>>),
+    Close,
+}
+
+/// edgesync's [`Kv`] on a SQLite file. Cheap to share by reference; all
+/// work happens on the store's own threads.
+pub struct SqliteKv {
+    writer: mpsc::Sender<WriterMsg>,
+    readers: mpsc::Sender<ReadOp>,
+    reader_count: usize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteKv")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS kv (
+    k TEXT PRIMARY KEY NOT NULL,
+    v BLOB NOT NULL
+)";
+
+fn unavailable(context: &str, err: impl std::fmt::Display) -> KvError {
+    KvError::new(KvErrorKind::Unavailable, format!("sqlite {context}: {err}"))
+}
+
+fn closed() -> KvError {
+    KvError::new(KvErrorKind::Unavailable, "sqlite store is closed")
+}
+
+impl SqliteKv {
+    /// Open (or create) the database at `path`, switch it to WAL mode and
+    /// start the writer and reader threads.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let err = |source| OpenError {
+            path: path.clone(),
+            source,
+        };
+        let write_conn = Connection::open(&path).map_err(err)?;
+        write_conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        // journal_mode answers with the mode in force; anything but "wal"
+        // (e.g. on a filesystem without shared memory) would silently lose
+        // the concurrency and durability this crate documents.
+        let mode: String = write_conn
+            .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(err(rusqlite::Error::InvalidParameterName(format!(
+                "journal_mode is {mode}, WAL is required"
+            ))));
+        }
+        write_conn
+            .execute_batch(&format!(
+                "PRAGMA synchronous={};\n{SCHEMA}",
+                options.synchronous.pragma()
+            ))
+            .map_err(err)?;
+
+        let reader_count = options.readers.max(1);
+        let mut read_conns = Vec::with_capacity(reader_count);
+        for _ in 0..reader_count {
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(err)?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+            read_conns.push(conn);
+        }
+
+        let (writer_tx, writer_rx) = mpsc::channel();
+        let (reader_tx, reader_rx) = mpsc::channel();
+        let reader_rx = Arc::new(Mutex::new(reader_rx));
+        let mut threads = Vec::with_capacity(reader_count + 1);
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(|e| err(rusqlite::Error::InvalidParameterName(e.to_string())))
+        };
+        threads.push(spawn(
+            "sqlite-writer".into(),
+            Box::new(move || writer_loop(write_conn, writer_rx)),
+        )?);
+        for (i, conn) in read_conns.into_iter().enumerate() {
+            let rx = Arc::clone(&reader_rx);
+            threads.push(spawn(
+                format!("sqlite-reader-{i}"),
+                Box::new(move || reader_loop(conn, rx)),
+            )?);
+        }
+        Ok(Self {
+            writer: writer_tx,
+            readers: reader_tx,
+            reader_count,
+            threads: Mutex::new(threads),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Finish every operation queued so far, checkpoint the WAL into the
+    /// main file and stop the store's threads. Operations issued afterwards
+    /// fail with [`KvErrorKind::Unavailable`]. Calling it twice is harmless.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(WriterMsg::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        for _ in 0..self.reader_count {
+            let _ = self.readers.send(ReadOp::Close);
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        // The threads have been told to stop and only finish what they hold;
+        // joining them on a blocking-capable thread keeps the runtime free.
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::spawn(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.await;
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteResult, KvError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriterMsg::Op(op, tx))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+impl Drop for SqliteKv {
+    fn drop(&mut self) {
+        // Without an explicit close, the threads still finish what is queued
+        // (the channels' senders disappear with `self`) and exit on their own.
+        let _ = self.writer.send(WriterMsg::Close(oneshot::channel().0));
+        for _ in 0..self.reader_count {
+            let _ = self.readers.send(ReadOp::Close);
+        }
+    }
+}
+
+impl Kv for SqliteKv {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let (tx, rx) = oneshot::channel();
+        self.readers
+            .send(ReadOp::Get(key.to_owned(), tx))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.readers
+            .send(ReadOp::GetMany(keys.to_vec(), tx))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.write(WriteOp::Set(key.to_owned(), value.to_vec()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write(WriteOp::DeleteMany(keys.to_vec()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        current: &[u8],
+        new: &[u8],
+    ) -> Result<bool, KvError> {
+        match self
+            .write(WriteOp::CompareAndSwap {
+                key: key.to_owned(),
+                current: current.to_vec(),
+                new: new.to_vec(),
+            })
+            .await?
+        {
+            WriteResult::Swapped(done) => Ok(done),
+            _ => Err(KvError::new(
+                KvErrorKind::Other,
+                "sqlite writer: wrong reply",
+            )),
+        }
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        match self
+            .write(WriteOp::Increment(key.to_owned(), delta))
+            .await?
+        {
+            WriteResult::Counter(value) => Ok(value),
+            _ => Err(KvError::new(
+                KvErrorKind::Other,
+                "sqlite writer: wrong reply",
+            )),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- readers
+
+fn reader_loop(conn: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReadOp>>>) {
+    loop {
+        // Holding the lock while blocked in `recv` is the point: idle
+        // readers queue on the mutex and exactly one waits on the channel.
+        let job = {
+            let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
+            rx.recv()
+        };
+        match job {
+            Ok(ReadOp::Get(key, reply)) => {
+                let _ = reply.send(read_one(&conn, &key).map_err(|e| unavailable("read", e)));
+            }
+            Ok(ReadOp::GetMany(keys, reply)) => {
+                let _ = reply.send(read_many(&conn, &keys).map_err(|e| unavailable("read", e)));
+            }
+            Ok(ReadOp::Close) | Err(_) => return,
+        }
+    }
+}
+
+fn read_one(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT v FROM kv WHERE k = ?1")?
+        .query_row([key], |row| row.get(0))
+        .optional()
+}
+
+fn read_many(conn: &Connection, keys: &[String]) -> rusqlite::Result<Vec<Option<Vec<u8>>>> {
+    let mut stmt = conn.prepare_cached("SELECT v FROM kv WHERE k = ?1")?;
+    keys.iter()
+        .map(|key| stmt.query_row([key], |row| row.get(0)).optional())
+        .collect()
+}
+
+// ----------------------------------------------------------------- writer
+
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriterMsg>) {
+    let mut batch: Vec<(WriteOp, Reply<WriteResult>)> = Vec::with_capacity(MAX_BATCH);
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    while closing.is_none() {
+        match jobs.recv() {
+            Ok(WriterMsg::Op(op, reply)) => batch.push((op, reply)),
+            Ok(WriterMsg::Close(done)) => closing = Some(done),
+            Err(_) => break,
+        }
+        // Group commit: everything that queued up while we were busy goes
+        // into this transaction.
+        while closing.is_none() && batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(WriterMsg::Op(op, reply)) => batch.push((op, reply)),
+                Ok(WriterMsg::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            commit_batch(&mut conn, &mut batch);
+        }
+    }
+    // Checkpointing on a clean close leaves one self-contained file behind;
+    // a failure only means the WAL is replayed on the next open.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+/// Run `batch` in one transaction and answer every caller after the commit.
+/// If the transaction fails as a whole, each operation is retried in a
+/// transaction of its own so that one bad operation cannot fail the others.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<(WriteOp, Reply<WriteResult>)>) {
+    let ops: Vec<&WriteOp> = batch.iter().map(|(op, _)| op).collect();
+    match run_transaction(conn, &ops) {
+        Ok(results) => {
+            for ((_, reply), result) in batch.drain(..).zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(_) if batch.len() > 1 => {
+            for (op, reply) in batch.drain(..) {
+                let result = match run_transaction(conn, &[&op]) {
+                    Ok(mut results) => results.pop().unwrap_or_else(|| Err(closed())),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// One transaction over `ops`. The outer error means nothing was committed;
+/// the per-operation results are what each caller gets after the commit.
+#[allow(clippy::type_complexity)]
+fn run_transaction(
+    conn: &mut Connection,
+    ops: &[&WriteOp],
+) -> Result<Vec<Result<WriteResult, KvError>>, KvError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| unavailable("begin", e))?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        match apply(&tx, op) {
+            Ok(r) => results.push(r),
+            Err(e) => return Err(unavailable("write", e)), // tx rolls back on drop
+        }
+    }
+    tx.commit().map_err(|e| unavailable("commit", e))?;
+    Ok(results)
+}
+
+/// Apply one operation. SQLite errors abort the transaction; logical
+/// failures (a non-counter under `increment`) only fail this operation.
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: &WriteOp,
+) -> rusqlite::Result<Result<WriteResult, KvError>> {
+    Ok(Ok(match op {
+        WriteOp::Set(key, value) => {
+            tx.prepare_cached(
+                "INSERT INTO kv (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            )?
+            .execute(params![key, value])?;
+            WriteResult::Unit
+        }
+        WriteOp::DeleteMany(keys) => {
+            let mut stmt = tx.prepare_cached("DELETE FROM kv WHERE k = ?1")?;
+            for key in keys {
+                stmt.execute([key])?;
+            }
+            WriteResult::Unit
+        }
+        WriteOp::CompareAndSwap { key, current, new } => {
+            // Blob = blob compares bytes exactly; an absent key matches no row.
+            let changed = tx
+                .prepare_cached("UPDATE kv SET v = ?3 WHERE k = ?1 AND v = ?2")?
+                .execute(params![key, current, new])?;
+            WriteResult::Swapped(changed == 1)
+        }
+        WriteOp::Increment(key, delta) => {
+            let stored: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT v FROM kv WHERE k = ?1")?
+                .query_row([key], |row| row.get(0))
+                .optional()?;
+            let old = match stored.as_deref().map(decode_i64) {
+                None => 0,
+                Some(Some(v)) => v,
+                Some(None) => {
+                    return Ok(Err(KvError::new(
+                        KvErrorKind::Other,
+                        format!("increment of {key:?}: the value is not a counter"),
+                    )))
+                }
+            };
+            let Some(new) = old.checked_add(*delta) else {
+                return Ok(Err(KvError::new(
+                    KvErrorKind::Other,
+                    format!("increment of {key:?} overflows"),
+                )));
+            };
+            // `increment(k, 0)` of an existing counter leaves its bytes alone
+            // (they may be ASCII decimal), so a swap from the bytes a caller
+            // read still succeeds.
+            if stored.is_none() || new != old {
+                tx.prepare_cached(
+                    "INSERT INTO kv (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                )?
+                .execute(params![key, &new.to_le_bytes()[..]])?;
+            }
+            WriteResult::Counter(new)
+        }
+    }))
+}
+
+/// A counter as this store writes it (8-byte little-endian, the core's
+/// shape) or as ASCII decimal (what other backends' increments store).
+fn decode_i64(bytes: &[u8]) -> Option<i64> {
+    if let Ok(raw) = <[u8; 8]>::try_from(bytes) {
+        return Some(i64::from_le_bytes(raw));
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
