@@ -1,1 +1,499 @@
-//! edgesync-redis (work in progress).
+//! # edgesync-redis
+//!
+//! Redis/Valkey for native edgesync deployments of many instances sharing
+//! one store: [`RedisKv`], edgesync's [`Kv`] trait over a multiplexed,
+//! self-reconnecting connection, and [`ChangeBus`], which carries "user X's
+//! log changed" between instances over Redis pub/sub so that a long-poll
+//! held by one instance wakes when another commits.
+//!
+//! # How each KV operation maps to Redis
+//!
+//! * `get` / `get_many` / `set` / `delete_many`: `GET`, `MGET`, `SET`, `DEL`.
+//! * `compare_and_swap`: one Lua script (atomic on the server, no `WATCH`):
+//!   the key is replaced only if it exists and holds exactly `current`.
+//! * `increment`: a Lua script around `INCRBY`. `INCRBY` creates absent
+//!   counters as ASCII decimal, which the core's `decode_counter` reads. The
+//!   core advances counters with `compare_and_swap`, writing 8-byte binary
+//!   values, and `INCRBY` refuses those ("not an integer"); so
+//!   `increment(k, 0)` of an existing key returns its bytes unchanged
+//!   instead of calling `INCRBY`, and a non-zero increment of a binary
+//!   counter fails with a [`KvError`] (the core never asks for one).
+//!
+//! Connection failures and timeouts are [`KvErrorKind::Unavailable`].
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgesync_core::{Kv, KvError, KvErrorKind};
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// Longest wait for a connection or a reply before an operation fails as
+/// unavailable (the core then answers 503 with `Retry-After`).
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+const CAS_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+else
+  return 0
+end";
+
+const INCREMENT_SCRIPT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and ARGV[1] == '0' then
+  return v
+end
+return redis.call('INCRBY', KEYS[1], ARGV[1])";
+
+fn kv_error(context: &str, err: RedisError) -> KvError {
+    // Server replies that mean "not now" (a replica catching up, a busy
+    // script, a failover) are as retryable as a dropped connection.
+    let transient = matches!(
+        err.code(),
+        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN")
+    );
+    let kind = if transient
+        || err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+    {
+        KvErrorKind::Unavailable
+    } else {
+        KvErrorKind::Other
+    };
+    KvError::new(kind, format!("redis {context}: {err}"))
+}
+
+fn open_client(url: &str) -> Result<redis::Client, KvError> {
+    redis::Client::open(url).map_err(|e| {
+        KvError::new(
+            KvErrorKind::Other,
+            format!("invalid redis url: {}", e.detail().unwrap_or("unparsable")),
+        )
+    })
+}
+
+async fn connection_manager(client: &redis::Client) -> Result<ConnectionManager, KvError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2));
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(|e| kv_error("connect", e))
+}
+
+/// edgesync's [`Kv`] on Redis/Valkey. Cloning shares one multiplexed
+/// connection, which reconnects by itself after failures.
+#[derive(Clone)]
+pub struct RedisKv {
+    conn: ConnectionManager,
+    cas: Arc<Script>,
+    increment: Arc<Script>,
+}
+
+impl std::fmt::Debug for RedisKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisKv").finish_non_exhaustive()
+    }
+}
+
+impl RedisKv {
+    /// Connect to `url` (`redis://host:port/db`, `rediss://` for TLS if the
+    /// build supports it). Fails if the server cannot be reached now.
+    pub async fn connect(url: &str) -> Result<Self, KvError> {
+        let client = open_client(url)?;
+        Ok(Self {
+            conn: connection_manager(&client).await?,
+            cas: Arc::new(Script::new(CAS_SCRIPT)),
+            increment: Arc::new(Script::new(INCREMENT_SCRIPT)),
+        })
+    }
+}
+
+/// A counter as `INCRBY` stores it (ASCII decimal) or as the core writes it
+/// (8-byte little-endian).
+fn decode_i64(bytes: &[u8]) -> Option<i64> {
+    if let Ok(raw) = <[u8; 8]>::try_from(bytes) {
+        return Some(i64::from_le_bytes(raw));
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+impl Kv for RedisKv {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| kv_error("GET", e))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| kv_error("MGET", e))?;
+        if values.len() != keys.len() {
+            return Err(KvError::new(
+                KvErrorKind::Other,
+                format!("redis MGET: {} keys, {} values", keys.len(), values.len()),
+            ));
+        }
+        Ok(values)
+    }
+
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| kv_error("SET", e))
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| kv_error("DEL", e))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        current: &[u8],
+        new: &[u8],
+    ) -> Result<bool, KvError> {
+        let mut conn = self.conn.clone();
+        let swapped: i64 = self
+            .cas
+            .key(key)
+            .arg(current)
+            .arg(new)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| kv_error("compare-and-swap script", e))?;
+        Ok(swapped == 1)
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        let mut conn = self.conn.clone();
+        let value: Value = self
+            .increment
+            .key(key)
+            .arg(delta)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| kv_error("increment script", e))?;
+        match value {
+            Value::Int(n) => Ok(n),
+            Value::BulkString(bytes) => decode_i64(&bytes).ok_or_else(|| {
+                KvError::new(
+                    KvErrorKind::Other,
+                    format!("increment of {key:?}: the value is not a counter"),
+                )
+            }),
+            other => Err(KvError::new(
+                KvErrorKind::Other,
+                format!("increment of {key:?}: unexpected reply {other:?}"),
+            )),
+        }
+    }
+}
+
+// ------------------------------------------------------------ change bus
+
+/// What the [`ChangeBus`] reports to its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeEvent<'a> {
+    /// Another instance committed change `seq` to `user`'s log.
+    Changed {
+        /// The opaque user topic passed to [`ChangeBus::publish`].
+        user: &'a str,
+        /// The change's sequence number.
+        seq: u64,
+    },
+    /// The subscription was (re)established after a gap, so changes may
+    /// have been missed: wake every local waiter.
+    MaybeMissed,
+}
+
+/// Most announcements queued for publishing; beyond that they are dropped
+/// (remote waiters then wake at their deadline instead).
+const PUBLISH_QUEUE: usize = 16 * 1024;
+/// How often an idle subscription is checked with `PING`, so that a silently
+/// dead connection is noticed and re-established.
+const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// Cross-instance change notification over one Redis pub/sub channel per
+/// database (`edgesync:changes:<db>`). Every instance receives every
+/// announcement and ignores its own, which keeps subscription management
+/// trivial; the cost is one message per change per instance.
+pub struct ChangeBus {
+    queue: mpsc::Sender<(String, u64)>,
+    overflow_warned: AtomicBool,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ChangeBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeBus").finish_non_exhaustive()
+    }
+}
+
+type OnEvent = Arc<dyn Fn(ChangeEvent<'_>) + Send + Sync>;
+
+impl ChangeBus {
+    /// Connect to `url`, subscribe, and call `on_event` for every change
+    /// announced by other instances. Returns once the subscription is live,
+    /// so announcements made after `start` returns are not missed. Must be
+    /// called inside a tokio runtime (it spawns the publisher and
+    /// subscriber tasks).
+    pub async fn start(
+        url: &str,
+        on_event: impl Fn(ChangeEvent<'_>) + Send + Sync + 'static,
+    ) -> Result<Self, KvError> {
+        let client = open_client(url)?;
+        let channel = format!(
+            "edgesync:changes:{}",
+            client.get_connection_info().redis_settings().db()
+        );
+        let instance = instance_id();
+        let publisher = connection_manager(&client).await?;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let subscriber = tokio::spawn(subscribe_loop(
+            client,
+            channel.clone(),
+            instance,
+            Arc::new(on_event),
+            ready_tx,
+        ));
+        match tokio::time::timeout(TIMEOUT * 2, ready_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                subscriber.abort();
+                return Err(e);
+            }
+            Ok(Err(_)) | Err(_) => {
+                subscriber.abort();
+                return Err(KvError::new(
+                    KvErrorKind::Unavailable,
+                    "redis SUBSCRIBE: no confirmation",
+                ));
+            }
+        }
+        let (queue, rx) = mpsc::channel(PUBLISH_QUEUE);
+        let publisher = tokio::spawn(publish_loop(publisher, channel, instance, rx));
+        Ok(Self {
+            queue,
+            overflow_warned: AtomicBool::new(false),
+            tasks: vec![subscriber, publisher],
+        })
+    }
+
+    /// Announce that `user`'s log changed to `seq`. Never blocks: the
+    /// announcement is queued and published in the background.
+    pub fn publish(&self, user: &str, seq: u64) {
+        match self.queue.try_send((user.to_owned(), seq)) {
+            Ok(()) => self.overflow_warned.store(false, Ordering::Relaxed),
+            Err(_) => {
+                if !self.overflow_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "change announcements are backing up (is Redis reachable?); \
+                         dropping some: remote long-polls may wait until their deadline"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stop publishing and subscribing.
+    pub fn close(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for ChangeBus {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A random id for this process's bus, so that it can recognise (and skip)
+/// its own announcements. Not a secret: std's randomly keyed hasher is
+/// plenty.
+fn instance_id() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
+
+fn encode_message(instance: u64, user: &str, seq: u64) -> String {
+    format!("{instance:016x} {seq} {user}")
+}
+
+fn decode_message(payload: &[u8]) -> Option<(u64, u64, &str)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (instance, rest) = text.split_once(' ')?;
+    let (seq, user) = rest.split_once(' ')?;
+    Some((
+        u64::from_str_radix(instance, 16).ok()?,
+        seq.parse().ok()?,
+        user,
+    ))
+}
+
+async fn publish_loop(
+    mut conn: ConnectionManager,
+    channel: String,
+    instance: u64,
+    mut rx: mpsc::Receiver<(String, u64)>,
+) {
+    while let Some((user, seq)) = rx.recv().await {
+        // Pipeline whatever else is queued: one round trip for a burst.
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH")
+            .arg(&channel)
+            .arg(encode_message(instance, &user, seq))
+            .ignore();
+        for _ in 1..256 {
+            let Ok((user, seq)) = rx.try_recv() else {
+                break;
+            };
+            pipe.cmd("PUBLISH")
+                .arg(&channel)
+                .arg(encode_message(instance, &user, seq))
+                .ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "could not publish change announcements");
+        }
+    }
+}
+
+async fn subscribe_loop(
+    client: redis::Client,
+    channel: String,
+    instance: u64,
+    on_event: OnEvent,
+    ready: oneshot::Sender<Result<(), KvError>>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let subscribed = async {
+            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            sink.subscribe(&channel).await?;
+            Ok::<_, RedisError>((sink, stream))
+        };
+        let (mut sink, mut stream) = match tokio::time::timeout(TIMEOUT, subscribed).await {
+            Ok(Ok(pair)) => pair,
+            failure => {
+                let err = match failure {
+                    Ok(Err(e)) => kv_error("SUBSCRIBE", e),
+                    _ => KvError::new(KvErrorKind::Unavailable, "redis SUBSCRIBE timed out"),
+                };
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(err));
+                    return;
+                }
+                tracing::warn!(error = %err, "change subscription lost; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        match ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Ok(()));
+            }
+            None => {
+                tracing::info!("change subscription re-established");
+                on_event(ChangeEvent::MaybeMissed);
+            }
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    match decode_message(msg.get_payload_bytes()) {
+                        Some((from, _, _)) if from == instance => {}
+                        Some((_, seq, user)) => on_event(ChangeEvent::Changed { user, seq }),
+                        None => tracing::debug!("ignoring malformed change announcement"),
+                    }
+                }
+                _ = ping.tick() => {
+                    let alive = tokio::time::timeout(TIMEOUT, sink.ping::<Value>()).await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::warn!("change subscription connection lost; reconnecting");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_any_user_topic() {
+        for user in ["alice", "a b c", "u/a%2Fb", ""] {
+            let msg = encode_message(0xdead_beef, user, 42);
+            assert_eq!(
+                decode_message(msg.as_bytes()),
+                Some((0xdead_beef, 42, user))
+            );
+        }
+        assert_eq!(decode_message(b"nonsense"), None);
+        assert_eq!(decode_message(b"zz 1 u"), None);
+    }
+
+    #[test]
+    fn counters_decode_in_both_shapes() {
+        assert_eq!(decode_i64(&7i64.to_le_bytes()), Some(7));
+        assert_eq!(decode_i64(b"12"), Some(12));
+        assert_eq!(decode_i64(b"-3"), Some(-3));
+        assert_eq!(decode_i64(b"x"), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! `RedisKv` and `ChangeBus` against a real, throwaway redis-server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgesync_core::kv::conformance;
+use edgesync_core::{decode_counter, encode_counter, Kv, KvErrorKind};
+use edgesync_redis::testing::RedisServer;
+use edgesync_redis::{ChangeBus, ChangeEvent, RedisKv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let server = RedisServer::start();
+    let kv = RedisKv::connect(&server.url(0)).await.unwrap();
+    conformance::run(&kv, "t1/").await;
+    // A second database is a separate namespace.
+    let kv1 = RedisKv::connect(&server.url(1)).await.unwrap();
+    conformance::run(&kv1, "t1/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_swaps_are_atomic() {
+    let server = RedisServer::start();
+    let kv = RedisKv::connect(&server.url(0)).await.unwrap();
+    kv.increment("n", 0).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let kv = kv.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut wins = 0u64;
+            for _ in 0..100 {
+                let raw = kv.get("n").await.unwrap().unwrap();
+                let v = decode_counter(&raw).unwrap();
+                if kv
+                    .compare_and_swap("n", &raw, &encode_counter(v + 1))
+                    .await
+                    .unwrap()
+                {
+                    wins += 1;
+                }
+            }
+            wins
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert!(total > 0);
+    let raw = kv.get("n").await.unwrap().unwrap();
+    assert_eq!(decode_counter(&raw), Some(total));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_of_non_counters_are_errors_not_panics() {
+    let server = RedisServer::start();
+    let kv = RedisKv::connect(&server.url(0)).await.unwrap();
+    kv.set("bin", &encode_counter(5)).await.unwrap();
+    assert_eq!(kv.increment("bin", 0).await.unwrap(), 5);
+    assert_eq!(
+        kv.increment("bin", 1).await.unwrap_err().kind,
+        KvErrorKind::Other
+    );
+    kv.set("text", b"hello").await.unwrap();
+    assert_eq!(
+        kv.increment("text", 0).await.unwrap_err().kind,
+        KvErrorKind::Other
+    );
+    assert_eq!(kv.get("bin").await.unwrap().unwrap(), encode_counter(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_server_is_unavailable_not_a_hang() {
+    let mut server = RedisServer::start();
+    let kv = RedisKv::connect(&server.url(0)).await.unwrap();
+    kv.set("k", b"v").await.unwrap();
+    server.stop();
+    let err = tokio::time::timeout(Duration::from_secs(60), kv.get("k"))
+        .await
+        .expect("operations on a dead server must fail, not hang")
+        .unwrap_err();
+    assert_eq!(err.kind, KvErrorKind::Unavailable, "{err}");
+    let err = RedisKv::connect(&server.url(0)).await.unwrap_err();
+    assert_eq!(err.kind, KvErrorKind::Unavailable, "{err}");
+    let err = RedisKv::connect("not a url").await.unwrap_err();
+    assert_eq!(err.kind, KvErrorKind::Other, "{err}");
+}
+
+type Seen = Arc<Mutex<Vec<(String, u64)>>>;
+
+async fn bus(url: &str, notify: Arc<tokio::sync::Notify>) -> (ChangeBus, Seen) {
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    let bus = ChangeBus::start(url, move |event| {
+        if let ChangeEvent::Changed { user, seq } = event {
+            sink.lock().unwrap().push((user.to_owned(), seq));
+            notify.notify_one();
+        }
+    })
+    .await
+    .unwrap();
+    (bus, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_bus_reaches_other_instances_but_not_itself() {
+    let server = RedisServer::start();
+    let url = server.url(0);
+    let (a_notify, b_notify) = (Arc::default(), Arc::<tokio::sync::Notify>::default());
+    let (a, a_seen) = bus(&url, a_notify).await;
+    let (b, b_seen) = bus(&url, b_notify.clone()).await;
+    // A bus on another database is another deployment: it hears nothing.
+    let (_c, c_seen) = bus(&server.url(3), Arc::default()).await;
+
+    a.publish("u/alice", 1);
+    a.publish("u/with space", 2);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while b_seen.lock().unwrap().len() < 2 {
+            b_notify.notified().await;
+        }
+    })
+    .await
+    .expect("b hears a's announcements");
+    assert_eq!(
+        *b_seen.lock().unwrap(),
+        vec![("u/alice".to_owned(), 1), ("u/with space".to_owned(), 2)]
+    );
+
+    // A round trip the other way proves a's subscription is live, so had a
+    // heard its own messages they would have arrived before this one.
+    b.publish("u/bob", 3);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while a_seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a hears b");
+    assert_eq!(*a_seen.lock().unwrap(), vec![("u/bob".to_owned(), 3)]);
+    assert!(c_seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_bus_needs_a_reachable_server() {
+    let mut server = RedisServer::start();
+    let url = server.url(0);
+    server.stop();
+    let err = ChangeBus::start(&url, |_| {}).await.unwrap_err();
+    assert_eq!(err.kind, KvErrorKind::Unavailable, "{err}");
+}
