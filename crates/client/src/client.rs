@@ -1,0 +1,577 @@
+use crate::backoff::{Backoff, Rng};
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{FlushReport, SendOutcome, Shared};
+use crate::error::Error;
+use crate::model::{
+    ChangeEvent, Document, Mode, Mutation, Op, ParkReason, ParkedMutation, PendingMutation,
+    Resolution, ResyncReason, Status, SyncEvent,
+};
+use crate::names;
+use crate::storage::{Commit, MemoryStorage, NewMutation, SqliteStorage, Storage};
+use crate::wire::Wire;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// Tunables of the sync engine. The defaults are what the crate docs' cost
+/// figures are computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncConfig {
+    /// Initial mode (default [`Mode::Live`]).
+    pub mode: Mode,
+    /// How long a live-mode long-poll asks the server to hold (`wait=`;
+    /// default 25 s, the server's default maximum; the server clamps it).
+    pub live_wait: Duration,
+    /// Battery-mode idle schedule: the n-th idle wait is full jitter over
+    /// `min(cap, base·2ⁿ)`, never below the server's `X-Poll-Interval`
+    /// (default base 10 s, cap 240 s). Also paces a tight-loop back-off.
+    pub idle: Backoff,
+    /// Retry schedule after errors (default base 1 s, cap 60 s; in battery
+    /// mode the cap is at least `idle.cap` and the poll floor applies).
+    pub retry: Backoff,
+    /// Poll floor used until the server sends `X-Poll-Interval` (default 10
+    /// s, the server's default advice).
+    pub default_poll_interval: Duration,
+    /// A long-poll that brings nothing and returns sooner than this counts as
+    /// a stall (default 1 s).
+    pub min_hold: Duration,
+    /// Stalls tolerated in a row before backing off (default 2).
+    pub stall_tolerance: u32,
+    /// Mutations per batch (default and maximum 100).
+    pub batch_size: usize,
+    /// Documents per listing page while bootstrapping (default 1000, the
+    /// server's maximum).
+    pub page_size: u32,
+    /// Timeout of requests other than long-polls (default 30 s).
+    pub request_timeout: Duration,
+    /// Seed for jitter (default: from the OS). Set it to make back-off
+    /// reproducible in tests.
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            mode: Mode::Live,
+            live_wait: Duration::from_secs(25),
+            idle: Backoff {
+                base: Duration::from_secs(10),
+                cap: Duration::from_secs(240),
+            },
+            retry: Backoff {
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(60),
+            },
+            default_poll_interval: Duration::from_secs(10),
+            min_hold: Duration::from_secs(1),
+            stall_tolerance: 2,
+            batch_size: 100,
+            page_size: 1000,
+            request_timeout: Duration::from_secs(30),
+            jitter_seed: None,
+        }
+    }
+}
+
+enum StorageChoice {
+    None,
+    Sqlite(PathBuf),
+    Custom(Arc<dyn Storage>),
+}
+
+/// Configures and opens a [`Client`].
+pub struct ClientBuilder {
+    url: String,
+    token: String,
+    storage: StorageChoice,
+    clock: Option<Arc<dyn Clock>>,
+    config: SyncConfig,
+}
+
+impl ClientBuilder {
+    /// Keep the replica in a SQLite database at `path` (the durable default).
+    pub fn sqlite(mut self, path: impl Into<PathBuf>) -> Self {
+        self.storage = StorageChoice::Sqlite(path.into());
+        self
+    }
+
+    /// Keep the replica in memory only.
+    pub fn memory(mut self) -> Self {
+        self.storage = StorageChoice::Custom(Arc::new(MemoryStorage::new()));
+        self
+    }
+
+    /// Use any [`Storage`] implementation.
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = StorageChoice::Custom(Arc::new(storage));
+        self
+    }
+
+    /// Use a shared [`Storage`].
+    pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = StorageChoice::Custom(storage);
+        self
+    }
+
+    /// Use this clock for the engine's waits (tests: [`crate::VirtualClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Start in this mode.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.config.mode = mode;
+        self
+    }
+
+    /// Replace all tunables.
+    pub fn config(mut self, config: SyncConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Open the replica. No request is made until [`Client::start`] or a
+    /// one-shot operation.
+    pub fn build(self) -> Result<Client, Error> {
+        let store: Arc<dyn Storage> = match self.storage {
+            StorageChoice::None => {
+                return Err(Error::InvalidMutation(
+                    "no storage configured: call .sqlite(path), .memory() or .storage(..)".into(),
+                ))
+            }
+            StorageChoice::Sqlite(path) => Arc::new(SqliteStorage::open(path)?),
+            StorageChoice::Custom(s) => s,
+        };
+        let wire = Wire::new(&self.url, self.token, self.config.request_timeout)?;
+        let mut rng = Rng::from_entropy();
+        let candidate = format!("{:016x}", rng.next_u64());
+        let replica_id = store.init_replica_id(&candidate)?;
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Arc::new(SystemClock::default()));
+        let shared = Arc::new(Shared::new(wire, store, clock, self.config, replica_id));
+        shared.refresh_status();
+        Ok(Client {
+            shared,
+            task: Mutex::new(None),
+        })
+    }
+}
+
+/// A local replica of one user's documents, kept in sync with an edgesync
+/// server. Cheap to share behind an `Arc`; all methods take `&self`.
+///
+/// Reads ([`Client::get`], [`Client::list`]) are local and never block on
+/// the network. Writes are queued durably ([`Client::enqueue`]) and delivered
+/// in order by the engine ([`Client::start`]) or by [`Client::flush`].
+pub struct Client {
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("replica_id", &self.shared.replica_id)
+            .field("status", &*self.shared.status.borrow())
+            .finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A fresh idempotency key: this replica's random id and 64 random bits, so
+/// keys never collide across replicas, restarts, or a re-created store.
+fn new_key(replica_id: &str) -> String {
+    let mut buf = [0u8; 8];
+    if getrandom::getrandom(&mut buf).is_err() {
+        buf = Rng::from_entropy().next_u64().to_le_bytes();
+    }
+    format!("{replica_id}-{:016x}", u64::from_le_bytes(buf))
+}
+
+fn validate(m: &Mutation) -> Result<(), Error> {
+    names::check("collection", &m.collection)?;
+    names::check("id", &m.id)?;
+    match (m.op, &m.value) {
+        (Op::Put | Op::Patch, None) => Err(Error::InvalidMutation(format!(
+            "{} needs a value",
+            m.op.as_str()
+        ))),
+        (Op::Delete, Some(_)) => Err(Error::InvalidMutation("delete takes no value".into())),
+        _ => Ok(()),
+    }
+}
+
+impl Client {
+    /// Start configuring a client for the server at `url` (e.g.
+    /// `https://sync.example.com`) acting with the bearer `token`.
+    pub fn builder(url: impl Into<String>, token: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            token: token.into(),
+            storage: StorageChoice::None,
+            clock: None,
+            config: SyncConfig::default(),
+        }
+    }
+
+    /// This replica's random id (the prefix of its idempotency keys).
+    pub fn replica_id(&self) -> &str {
+        &self.shared.replica_id
+    }
+
+    /// Spawn the sync engine on the current tokio runtime (idempotent).
+    pub fn start(&self) {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        self.shared.stopping.store(false, Ordering::SeqCst);
+        self.shared.stop_tx.send_replace(false);
+        *task = Some(tokio::spawn(self.shared.clone().run()));
+    }
+
+    /// Stop the engine and wait for it; an in-flight request is abandoned
+    /// (the queue is durable, and delivery is idempotent).
+    pub async fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.stop_tx.send_replace(true);
+        self.shared.wake.notify_one();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Switch between live long-polling and battery-friendly polling.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.shared.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+        self.shared.set_status(|s| s.mode = mode);
+        self.shared.wake.notify_one();
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        self.shared.mode()
+    }
+
+    /// Replace the bearer token (e.g. after refreshing it); retries at once.
+    pub fn set_token(&self, token: impl Into<String>) {
+        self.shared.wire.set_token(token.into());
+        self.sync_now();
+    }
+
+    /// Ask the engine to act now: flush, and in battery mode poll now (e.g.
+    /// when the app comes to the foreground or the network comes back). It
+    /// does not override a server's `Retry-After`.
+    pub fn sync_now(&self) {
+        let shared = self.shared.clone();
+        // try_lock: if a step holds the gate, it will see the wake-up anyway.
+        if let Ok(mut st) = shared.gate.try_lock() {
+            crate::engine::poll_now(&mut st, shared.clock.now());
+        }
+        self.shared.wake.notify_one();
+    }
+
+    // -------------------------------------------------------------- reads
+
+    /// The local copy of a document (`None` if absent or deleted).
+    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, Error> {
+        Ok(self
+            .shared
+            .store
+            .get(collection, id)?
+            .and_then(|d| d.into_document()))
+    }
+
+    /// Local documents, ordered by (collection, id), optionally of one
+    /// collection.
+    pub fn list(&self, collection: Option<&str>) -> Result<Vec<Document>, Error> {
+        Ok(self
+            .shared
+            .store
+            .list(collection)?
+            .into_iter()
+            .filter_map(|d| d.into_document())
+            .collect())
+    }
+
+    // ------------------------------------------------------------- writes
+
+    /// Queue a mutation durably and wake the engine. Its idempotency key is
+    /// fixed now, so every later retry is recognised by the server.
+    pub fn enqueue(&self, mutation: Mutation) -> Result<PendingMutation, Error> {
+        validate(&mutation)?;
+        let result = self.shared.store.commit(Commit {
+            enqueue: vec![NewMutation {
+                key: new_key(&self.shared.replica_id),
+                mutation,
+                enqueued_at_ms: now_ms(),
+            }],
+            ..Default::default()
+        })?;
+        self.shared.refresh_status();
+        self.shared.wake.notify_one();
+        result
+            .enqueued
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Protocol("storage did not enqueue".into()))
+    }
+
+    /// Queue a put.
+    pub fn put(
+        &self,
+        collection: &str,
+        id: &str,
+        value: serde_json::Value,
+    ) -> Result<PendingMutation, Error> {
+        self.enqueue(Mutation::put(collection, id, value))
+    }
+
+    /// Queue a merge patch.
+    pub fn patch(
+        &self,
+        collection: &str,
+        id: &str,
+        patch: serde_json::Value,
+    ) -> Result<PendingMutation, Error> {
+        self.enqueue(Mutation::patch(collection, id, patch))
+    }
+
+    /// Queue a delete.
+    pub fn delete(&self, collection: &str, id: &str) -> Result<PendingMutation, Error> {
+        self.enqueue(Mutation::delete(collection, id))
+    }
+
+    /// Mutations waiting to be delivered, in order.
+    pub fn pending(&self) -> Result<Vec<PendingMutation>, Error> {
+        Ok(self.shared.store.pending(usize::MAX)?)
+    }
+
+    /// Mutations waiting for the app's decision (conflicts and rejections).
+    pub fn parked(&self) -> Result<Vec<ParkedMutation>, Error> {
+        Ok(self.shared.store.parked()?)
+    }
+
+    /// Settle a parked mutation (by queue position). Returns the mutation
+    /// queued in its place, if any; it gets a new idempotency key, because
+    /// the server would refuse the old key with a different request.
+    pub fn resolve(
+        &self,
+        seq: u64,
+        resolution: Resolution,
+    ) -> Result<Option<PendingMutation>, Error> {
+        let parked = self
+            .shared
+            .store
+            .parked()?
+            .into_iter()
+            .find(|p| p.pending.seq == seq)
+            .ok_or(Error::NotParked(seq))?;
+        let replacement = match resolution {
+            Resolution::Discard => None,
+            Resolution::Overwrite => {
+                let mut m = parked.pending.mutation.clone();
+                m.if_version = match parked.reason {
+                    ParkReason::Conflict {
+                        current_version, ..
+                    } => match (current_version, m.op) {
+                        (Some(v), _) => Some(v),
+                        // Gone on the server: a put recreates it only if it
+                        // is still absent; patch/delete have nothing to act on.
+                        (None, Op::Put) => Some(0),
+                        (None, _) => None,
+                    },
+                    ParkReason::Rejected { .. } => None,
+                };
+                Some(m)
+            }
+            Resolution::Replace(m) => Some(m),
+        };
+        if let Some(m) = &replacement {
+            validate(m)?;
+        }
+        let result = self.shared.store.commit(Commit {
+            remove: vec![seq],
+            enqueue: replacement
+                .into_iter()
+                .map(|mutation| NewMutation {
+                    key: new_key(&self.shared.replica_id),
+                    mutation,
+                    enqueued_at_ms: now_ms(),
+                })
+                .collect(),
+            ..Default::default()
+        })?;
+        self.shared.refresh_status();
+        self.shared.wake.notify_one();
+        Ok(result.enqueued.into_iter().next())
+    }
+
+    // ------------------------------------------------------------- events
+
+    /// Changes to one collection's documents.
+    pub fn subscribe(&self, collection: &str) -> broadcast::Receiver<ChangeEvent> {
+        self.shared.bus.subscribe(collection)
+    }
+
+    /// Changes to any document.
+    pub fn subscribe_all(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.shared.bus.subscribe_all()
+    }
+
+    /// Deliveries, conflicts, rejections, resyncs, auth failures. Events are
+    /// notifications: a receiver that lags loses some, but conflicts and
+    /// rejections stay in [`Client::parked`] until resolved.
+    pub fn events(&self) -> broadcast::Receiver<SyncEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.shared.status.borrow().clone()
+    }
+
+    /// Status updates.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.shared.status.subscribe()
+    }
+
+    // --------------------------------------------------- one-shot operations
+
+    /// Deliver every queued mutation now (one batch after another), without
+    /// the engine. Stops at the first error, leaving the rest queued.
+    pub async fn flush(&self) -> Result<FlushReport, Error> {
+        self.shared.wake.notify_one();
+        let mut st = self.shared.gate.lock().await;
+        let mut total = FlushReport::default();
+        let mut idle_rounds = 0;
+        while self.shared.store.counts()?.pending > 0 {
+            let report = self.shared.flush_step(&mut st).await?;
+            if report.delivered.is_empty() && report.parked.is_empty() {
+                // A round that only narrowed the batch down to find a bad
+                // item is fine; several in a row mean items keep failing
+                // temporarily.
+                idle_rounds += 1;
+                if idle_rounds > 2 {
+                    return Err(Error::Server {
+                        status: 503,
+                        problem: crate::model::Problem {
+                            title: "mutations could not be delivered now".into(),
+                            status: 503,
+                            ..Default::default()
+                        },
+                        retry_after: None,
+                    });
+                }
+            } else {
+                idle_rounds = 0;
+            }
+            total.delivered.extend(report.delivered);
+            total.parked.extend(report.parked);
+        }
+        Ok(total)
+    }
+
+    /// Bring the replica up to date once, without the engine: flush the
+    /// queue, bootstrap or resync if needed, and read changes until caught
+    /// up. For scripts and tests.
+    pub async fn sync_once(&self) -> Result<(), Error> {
+        self.flush().await?;
+        self.shared.wake.notify_one();
+        let mut st = self.shared.gate.lock().await;
+        // Bounded: a resync plus catch-up pages; more means the server is
+        // misbehaving.
+        for _ in 0..10_000 {
+            let meta = self.shared.store.meta()?;
+            let cursor = match meta.cursor {
+                Some(c) if !meta.needs_resync => c,
+                _ => {
+                    let reason = if meta.cursor.is_none() {
+                        ResyncReason::Initial
+                    } else {
+                        ResyncReason::CursorExpired
+                    };
+                    self.shared.bootstrap(&mut st, reason).await?;
+                    continue;
+                }
+            };
+            let advanced = self
+                .shared
+                .poll(&mut st, cursor, meta.head, Duration::ZERO)
+                .await?;
+            let meta = self.shared.store.meta()?;
+            if meta.needs_resync {
+                continue;
+            }
+            let caught_up = meta
+                .head
+                .is_none_or(|h| meta.cursor.is_some_and(|c| c >= h));
+            if !advanced || caught_up {
+                return Ok(());
+            }
+        }
+        Err(Error::Protocol("changes feed did not catch up".into()))
+    }
+
+    /// Read one document straight from the server (and update the local copy
+    /// if the server's is newer). `Ok(None)`: absent or deleted.
+    pub async fn fetch(&self, collection: &str, id: &str) -> Result<Option<Document>, Error> {
+        names::check("collection", collection)?;
+        names::check("id", id)?;
+        self.shared.wake.notify_one();
+        let _st = self.shared.gate.lock().await;
+        let doc = self.shared.wire.get_doc(collection, id).await?;
+        if let Some(d) = &doc {
+            self.shared.store.commit(Commit {
+                docs: vec![crate::storage::DocWrite {
+                    collection: d.collection.clone(),
+                    id: d.id.clone(),
+                    version: d.version,
+                    value: Some(d.value.clone()),
+                    updated_at: d.updated_at.clone(),
+                }],
+                ..Default::default()
+            })?;
+        }
+        Ok(doc)
+    }
+
+    /// Send one mutation now, bypassing the queue (after flushing what is
+    /// already queued, so order is kept). Nothing is stored if it fails: for
+    /// callers that prefer an error to an offline queue.
+    pub async fn send_now(&self, mutation: Mutation) -> Result<SendOutcome, Error> {
+        validate(&mutation)?;
+        self.flush().await?;
+        let pending = PendingMutation {
+            seq: 0,
+            key: new_key(&self.shared.replica_id),
+            mutation,
+            enqueued_at_ms: now_ms(),
+        };
+        let mut st = self.shared.gate.lock().await;
+        self.shared.send_now(&mut st, pending).await
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Dropping the client ends its engine; the queue stays in storage.
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.stop_tx.send_replace(true);
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}

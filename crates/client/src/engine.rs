@@ -1,0 +1,863 @@
+//! The sync engine: one loop per replica that bootstraps, flushes the queue
+//! and follows the changes feed, one request at a time.
+
+use crate::backoff::{Backoff, PollSchedule, Rng};
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::model::{
+    ChangeEvent, Document, Mode, Op, Origin, ParkReason, ParkedMutation, PendingMutation, Phase,
+    ResyncReason, Status, StoredDoc, SyncEvent,
+};
+use crate::storage::{Commit, DocWrite, Storage, WriteOutcome};
+use crate::wire::{ChangesOutcome, ChangesResponse, ItemResult, Wire};
+use crate::SyncConfig;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch, Notify};
+
+const CHANNEL_CAPACITY: usize = 1024;
+/// Above this lag, catch-up pages ask for the maximum page size.
+const DEFAULT_PAGE: u64 = 100;
+const CATCH_UP_LIMIT: u32 = 1000;
+
+/// What one flush delivered and parked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlushReport {
+    /// Mutations the server applied.
+    pub delivered: Vec<Delivered>,
+    /// Mutations parked as conflicts or rejections.
+    pub parked: Vec<ParkedMutation>,
+}
+
+/// A mutation the server applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    /// Its idempotency key.
+    pub key: String,
+    /// Status of its result (200, 201 or 204).
+    pub status: u16,
+    /// The version it produced.
+    pub version: Option<u64>,
+    /// The document after a put or patch.
+    pub document: Option<Document>,
+    /// The server replayed the first result for this key.
+    pub replayed: bool,
+}
+
+/// The outcome of one mutation sent with [`crate::Client::send_now`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    /// Applied.
+    Delivered(Delivered),
+    /// Not applied; nothing was queued.
+    Refused(ParkedMutation),
+}
+
+/// Per-collection change fan-out.
+pub(crate) struct Bus {
+    all: broadcast::Sender<ChangeEvent>,
+    by_collection: Mutex<HashMap<String, broadcast::Sender<ChangeEvent>>>,
+}
+
+impl Bus {
+    fn new() -> Self {
+        Bus {
+            all: broadcast::channel(CHANNEL_CAPACITY).0,
+            by_collection: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn subscribe(&self, collection: &str) -> broadcast::Receiver<ChangeEvent> {
+        self.by_collection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(collection.to_string())
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    pub fn subscribe_all(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.all.subscribe()
+    }
+
+    fn publish(&self, ev: ChangeEvent) {
+        let mut map = self.by_collection.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(&ev.collection) {
+            // No receivers left: forget the collection.
+            if tx.send(ev.clone()).is_err() {
+                map.remove(&ev.collection);
+            }
+        }
+        drop(map);
+        let _ = self.all.send(ev);
+    }
+}
+
+/// Mutable engine state, owned by whoever holds the request gate.
+pub(crate) struct NetState {
+    rng: Rng,
+    schedule: PollSchedule,
+    /// Consecutive failed requests.
+    failures: u32,
+    /// Consecutive responses that neither advanced nor were held.
+    stalls: u32,
+    /// No request may start before this clock time (back-off, Retry-After).
+    not_before: Duration,
+    /// Battery mode: when the next probe is due.
+    next_poll: Duration,
+    /// The server's last `X-Poll-Interval`.
+    server_floor: Option<Duration>,
+    /// Send one mutation per batch up to this queue position, to find the
+    /// item that made a whole batch fail with 400/413.
+    isolate_until: u64,
+    /// Why the pending resync was requested (kept in memory only; a restart
+    /// reports `CursorExpired`).
+    resync_reason: Option<ResyncReason>,
+    /// An `AuthFailed` event was sent for the current failure streak.
+    auth_reported: bool,
+}
+
+pub(crate) struct Shared {
+    pub wire: Wire,
+    pub store: Arc<dyn Storage>,
+    pub clock: Arc<dyn Clock>,
+    pub config: SyncConfig,
+    pub replica_id: String,
+    pub mode: Mutex<Mode>,
+    pub wake: Notify,
+    pub stopping: AtomicBool,
+    pub stop_tx: watch::Sender<bool>,
+    /// Exactly one request in flight per replica: every request is made while
+    /// holding this lock. tokio's mutex is fair, so a one-shot operation that
+    /// asks for it while the engine long-polls (and wakes the engine) gets it
+    /// before the engine's next step.
+    pub gate: tokio::sync::Mutex<NetState>,
+    pub status: watch::Sender<Status>,
+    pub bus: Bus,
+    pub events: broadcast::Sender<SyncEvent>,
+}
+
+impl Shared {
+    pub fn new(
+        wire: Wire,
+        store: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+        config: SyncConfig,
+        replica_id: String,
+    ) -> Shared {
+        let rng = config
+            .jitter_seed
+            .map(Rng::seeded)
+            .unwrap_or_else(Rng::from_entropy);
+        let state = NetState {
+            rng,
+            schedule: PollSchedule::new(config.idle),
+            failures: 0,
+            stalls: 0,
+            not_before: Duration::ZERO,
+            next_poll: Duration::ZERO,
+            server_floor: None,
+            isolate_until: 0,
+            resync_reason: None,
+            auth_reported: false,
+        };
+        let status = Status {
+            mode: config.mode,
+            ..Status::default()
+        };
+        Shared {
+            wire,
+            store,
+            clock,
+            mode: Mutex::new(config.mode),
+            config,
+            replica_id,
+            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stop_tx: watch::channel(false).0,
+            gate: tokio::sync::Mutex::new(state),
+            status: watch::channel(status).0,
+            bus: Bus::new(),
+            events: broadcast::channel(CHANNEL_CAPACITY).0,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        self.status.send_if_modified(|s| {
+            let before = s.clone();
+            f(s);
+            *s != before
+        });
+    }
+
+    /// Re-read counts and position from storage into the status.
+    pub fn refresh_status(&self) {
+        let counts = self.store.counts();
+        let meta = self.store.meta();
+        self.set_status(|s| {
+            if let Ok(c) = counts {
+                s.pending = c.pending;
+                s.parked = c.parked;
+            }
+            if let Ok(m) = meta {
+                s.cursor = m.cursor;
+                s.head = m.head.or(s.head);
+                s.lag = match (s.head, s.cursor) {
+                    (Some(h), Some(c)) => Some(h.saturating_sub(c)),
+                    _ => None,
+                };
+            }
+            s.mode = *self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        });
+    }
+
+    fn floor(&self, st: &NetState) -> Duration {
+        st.server_floor.unwrap_or(self.config.default_poll_interval)
+    }
+
+    async fn stopped(&self) {
+        let mut rx = self.stop_tx.subscribe();
+        // The sender lives as long as `self`, so this only ends on stop.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Sleep on the engine's clock; a wake-up or stop ends it early.
+    async fn sleep_wakeable(&self, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = self.clock.sleep(d) => {}
+            _ = self.wake.notified() => {}
+            _ = self.stopped() => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- loop
+
+    pub async fn run(self: Arc<Self>) {
+        self.refresh_status();
+        while !self.stopping.load(Ordering::SeqCst) {
+            let mut st = self.gate.lock().await;
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let now = self.clock.now();
+            if st.not_before > now {
+                let d = st.not_before - now;
+                drop(st);
+                self.set_status(|s| s.phase = Phase::Backoff);
+                self.sleep_wakeable(d).await;
+                continue;
+            }
+            let result = tokio::select! {
+                r = self.step(&mut st) => r,
+                _ = self.stopped() => break,
+            };
+            match result {
+                Ok(Some(sleep)) => {
+                    drop(st);
+                    self.sleep_wakeable(sleep).await;
+                }
+                Ok(None) => {}
+                Err(e) => self.on_failure(&mut st, e),
+            }
+        }
+        self.set_status(|s| {
+            s.phase = Phase::Idle;
+            s.syncing = false;
+        });
+    }
+
+    /// One unit of work. `Ok(Some(d))`: nothing to do for `d`.
+    async fn step(&self, st: &mut NetState) -> Result<Option<Duration>, Error> {
+        let counts = self.store.counts()?;
+        if counts.pending > 0 {
+            let report = self.flush_step(st).await?;
+            self.after_flush(st, &report);
+            return Ok(None);
+        }
+        let meta = self.store.meta()?;
+        let Some(cursor) = meta.cursor.filter(|_| !meta.needs_resync) else {
+            let reason = match meta.cursor {
+                None => ResyncReason::Initial,
+                Some(_) => st.resync_reason.unwrap_or(ResyncReason::CursorExpired),
+            };
+            self.bootstrap(st, reason).await?;
+            return Ok(None);
+        };
+        self.set_status(|s| s.phase = Phase::Following);
+        match self.mode() {
+            Mode::Live => {
+                // A wake-up (enqueue, sync_now, a one-shot operation waiting
+                // for the gate) abandons the held request.
+                tokio::select! {
+                    r = self.poll(st, cursor, meta.head, self.config.live_wait) => r.map(|_| None),
+                    _ = self.wake.notified() => Ok(None),
+                }
+            }
+            Mode::Battery => {
+                let now = self.clock.now();
+                if st.next_poll > now {
+                    return Ok(Some(st.next_poll - now));
+                }
+                self.poll(st, cursor, meta.head, Duration::ZERO).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn on_failure(&self, st: &mut NetState, e: Error) {
+        let now = self.clock.now();
+        st.failures = st.failures.saturating_add(1);
+        let battery = self.mode() == Mode::Battery;
+        let schedule = if battery {
+            // Errors must not make a battery replica poll faster than idling.
+            Backoff {
+                base: self.config.retry.base,
+                cap: self.config.retry.cap.max(self.config.idle.cap),
+            }
+        } else {
+            self.config.retry
+        };
+        let mut wait = schedule.full_jitter(st.failures - 1, &mut st.rng);
+        if battery {
+            wait = wait.max(self.floor(st));
+        }
+        let mut online = true;
+        match &e {
+            Error::Unreachable(_) => online = false,
+            Error::Server {
+                status: 401,
+                problem,
+                ..
+            } if !st.auth_reported => {
+                st.auth_reported = true;
+                let _ = self.events.send(SyncEvent::AuthFailed(problem.clone()));
+            }
+            _ => {}
+        }
+        if let Error::Server {
+            retry_after: Some(ra),
+            ..
+        } = &e
+        {
+            wait = wait.max(*ra);
+        }
+        st.not_before = now + wait;
+        self.set_status(|s| {
+            s.online = online;
+            s.syncing = false;
+            s.phase = Phase::Backoff;
+            s.last_error = Some(e.to_string());
+        });
+    }
+
+    fn on_success(&self, st: &mut NetState) {
+        st.failures = 0;
+        st.auth_reported = false;
+        self.set_status(|s| {
+            s.online = true;
+            s.last_error = None;
+        });
+    }
+
+    // ----------------------------------------------------------- bootstrap
+
+    /// Read the whole listing, then replace the local documents with it in
+    /// one transaction (the app keeps seeing the old replica until then) and
+    /// follow changes from the first page's cursor. The queue is untouched.
+    pub async fn bootstrap(&self, st: &mut NetState, reason: ResyncReason) -> Result<(), Error> {
+        self.set_status(|s| {
+            s.phase = Phase::Bootstrapping;
+            s.syncing = true;
+        });
+        let first = self.wire.docs_page(None, self.config.page_size).await;
+        let first = self.settle(st, first)?;
+        let cursor = first.cursor;
+        let mut docs: Vec<StoredDoc> = first.documents.into_iter().map(Into::into).collect();
+        let mut after = first.next_after;
+        while let Some(a) = after {
+            let page = self.wire.docs_page(Some(&a), self.config.page_size).await;
+            let page = self.settle(st, page)?;
+            if page.next_after.as_deref() == Some(a.as_str()) {
+                return Err(Error::Protocol(format!(
+                    "listing does not advance past {a}"
+                )));
+            }
+            docs.extend(page.documents.into_iter().map(StoredDoc::from));
+            after = page.next_after;
+        }
+        let old: BTreeMap<(String, String), StoredDoc> = self
+            .store
+            .list(None)?
+            .into_iter()
+            .map(|d| ((d.collection.clone(), d.id.clone()), d))
+            .collect();
+        let new_len = docs.len();
+        let origin = if reason == ResyncReason::Initial && old.is_empty() {
+            Origin::Snapshot
+        } else {
+            Origin::Resync
+        };
+        let mut events = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for d in &docs {
+            let key = (d.collection.clone(), d.id.clone());
+            let changed = old.get(&key).is_none_or(|o| o.version != d.version);
+            seen.insert(key);
+            if changed {
+                events.push(ChangeEvent {
+                    op: Op::Put,
+                    collection: d.collection.clone(),
+                    id: d.id.clone(),
+                    version: d.version,
+                    value: d.value.clone(),
+                    ts: d.updated_at.clone(),
+                    origin,
+                });
+            }
+        }
+        for (key, o) in &old {
+            if !seen.contains(key) {
+                events.push(ChangeEvent {
+                    op: Op::Delete,
+                    collection: o.collection.clone(),
+                    id: o.id.clone(),
+                    version: cursor.max(o.version),
+                    value: None,
+                    ts: None,
+                    origin,
+                });
+            }
+        }
+        self.store.replace_all(docs, cursor, cursor)?;
+        st.resync_reason = None;
+        st.stalls = 0;
+        st.schedule.activity();
+        // Catch up from the snapshot's cursor right away.
+        st.next_poll = self.clock.now();
+        for ev in events {
+            self.bus.publish(ev);
+        }
+        let _ = self.events.send(SyncEvent::Resynced {
+            reason,
+            cursor,
+            documents: new_len,
+        });
+        self.set_status(|s| {
+            s.phase = Phase::Following;
+            s.head = Some(cursor);
+        });
+        self.refresh_status();
+        Ok(())
+    }
+
+    /// Record success (or reachability) of a response.
+    fn settle<T>(&self, st: &mut NetState, r: Result<T, Error>) -> Result<T, Error> {
+        if r.is_ok() {
+            self.on_success(st);
+        }
+        r
+    }
+
+    // ---------------------------------------------------------------- poll
+
+    /// One changes request from `cursor`. Returns whether the cursor
+    /// advanced.
+    pub async fn poll(
+        &self,
+        st: &mut NetState,
+        cursor: u64,
+        head: Option<u64>,
+        wait: Duration,
+    ) -> Result<bool, Error> {
+        let lag = head.map_or(0, |h| h.saturating_sub(cursor));
+        let limit = (lag > DEFAULT_PAGE).then_some(CATCH_UP_LIMIT);
+        self.set_status(|s| s.syncing = lag > 0);
+        let started = self.clock.now();
+        let resp = self.wire.changes(cursor, wait, limit).await;
+        let resp = self.settle(st, resp)?;
+        let elapsed = self.clock.now().saturating_sub(started);
+        let r = self.on_changes(st, cursor, resp, wait, elapsed);
+        self.set_status(|s| s.syncing = false);
+        r
+    }
+
+    fn on_changes(
+        &self,
+        st: &mut NetState,
+        since: u64,
+        resp: ChangesResponse,
+        wait: Duration,
+        elapsed: Duration,
+    ) -> Result<bool, Error> {
+        if let Some(pi) = resp.poll_interval {
+            st.server_floor = Some(pi);
+        }
+        let now = self.clock.now();
+        let (progress, more, anomaly) = match resp.outcome {
+            ChangesOutcome::NotModified => {
+                // 304 means nothing after `since`: the head is the cursor.
+                self.store.commit(Commit {
+                    head: Some(since),
+                    ..Default::default()
+                })?;
+                (false, false, false)
+            }
+            ChangesOutcome::Page(page) => {
+                if page.next < since || page.changes.iter().any(|c| c.seq <= since) {
+                    return Err(Error::Protocol(format!(
+                        "changes since {since} returned next {} or entries at or before it",
+                        page.next
+                    )));
+                }
+                let writes: Vec<DocWrite> = page
+                    .changes
+                    .iter()
+                    .map(|c| DocWrite {
+                        collection: c.collection.clone(),
+                        id: c.id.clone(),
+                        version: c.version,
+                        value: (c.op != Op::Delete).then(|| c.value.clone()),
+                        updated_at: c.ts.clone(),
+                    })
+                    .collect();
+                let result = self.store.commit(Commit {
+                    docs: writes,
+                    cursor: Some(page.next),
+                    head: Some(page.head),
+                    ..Default::default()
+                })?;
+                for (c, outcome) in page.changes.iter().zip(result.docs) {
+                    if let WriteOutcome::Applied { was_live } = outcome {
+                        if c.op == Op::Delete && !was_live {
+                            continue;
+                        }
+                        self.bus.publish(ChangeEvent {
+                            op: if c.op == Op::Delete {
+                                Op::Delete
+                            } else {
+                                Op::Put
+                            },
+                            collection: c.collection.clone(),
+                            id: c.id.clone(),
+                            version: c.version,
+                            value: (c.op != Op::Delete).then(|| c.value.clone()),
+                            ts: c.ts.clone(),
+                            origin: Origin::Remote,
+                        });
+                    }
+                }
+                let progress = page.next > since;
+                // Entries that do not move the cursor, or a head ahead of a
+                // page that brought nothing, would make us re-ask at once.
+                let anomaly = !progress && (!page.changes.is_empty() || page.head > since);
+                (progress, progress && page.next < page.head, anomaly)
+            }
+            ChangesOutcome::CursorAhead | ChangesOutcome::CursorExpired => {
+                let reason = if matches!(resp.outcome, ChangesOutcome::CursorAhead) {
+                    ResyncReason::CursorAhead
+                } else {
+                    ResyncReason::CursorExpired
+                };
+                self.store.commit(Commit {
+                    needs_resync: Some(true),
+                    ..Default::default()
+                })?;
+                st.resync_reason = Some(reason);
+                self.refresh_status();
+                return Ok(false);
+            }
+        };
+        self.refresh_status();
+        // Tight-loop guard: a response that brought nothing and came back
+        // sooner than a held long-poll would (or an anomalous page) is a
+        // stall. A couple are tolerated (a server restart ends holds early);
+        // after that we back off with jitter instead of hammering.
+        let premature = !progress && wait > Duration::ZERO && elapsed < self.config.min_hold;
+        if progress {
+            st.stalls = 0;
+            st.schedule.activity();
+        } else if premature || anomaly {
+            st.stalls = st.stalls.saturating_add(1);
+            if st.stalls > self.config.stall_tolerance {
+                let n = st.stalls - self.config.stall_tolerance - 1;
+                let wait = self
+                    .config
+                    .idle
+                    .full_jitter(n, &mut st.rng)
+                    .max(self.floor(st));
+                st.not_before = st.not_before.max(now + wait);
+            }
+        } else {
+            st.stalls = 0;
+        }
+        if self.mode() == Mode::Battery {
+            st.next_poll = if more {
+                now
+            } else {
+                let floor = self.floor(st);
+                now + st.schedule.next_interval(floor, &mut st.rng)
+            };
+        }
+        Ok(progress)
+    }
+
+    // --------------------------------------------------------------- flush
+
+    /// Send one batch of queued mutations and settle each result.
+    pub async fn flush_step(&self, st: &mut NetState) -> Result<FlushReport, Error> {
+        let first = self.store.pending(1)?;
+        let Some(first) = first.first() else {
+            return Ok(FlushReport::default());
+        };
+        let limit = if first.seq <= st.isolate_until {
+            1
+        } else {
+            self.config.batch_size.clamp(1, 100)
+        };
+        let batch = self.store.pending(limit)?;
+        self.set_status(|s| s.syncing = true);
+        let resp = self.wire.mutations(&batch).await;
+        self.set_status(|s| s.syncing = false);
+        match resp {
+            Ok(resp) => {
+                self.on_success(st);
+                let (report, transient) = self.settle_batch(&batch, resp.results, resp.head)?;
+                if report.delivered.is_empty() && report.parked.is_empty() && !transient {
+                    return Err(Error::Protocol(
+                        "mutation batch answered without results for its items".into(),
+                    ));
+                }
+                if transient {
+                    let e = Error::Protocol("some mutations failed temporarily".into());
+                    self.on_failure(st, e);
+                }
+                Ok(report)
+            }
+            Err(Error::Server {
+                status: status @ (400 | 413 | 415),
+                problem,
+                ..
+            }) => {
+                // Still reachable: the batch itself was refused.
+                self.on_success(st);
+                if batch.len() > 1 {
+                    // One bad item refuses the whole batch; send one at a
+                    // time up to the end of this batch to find it.
+                    st.isolate_until = batch.last().map_or(0, |p| p.seq);
+                    return Ok(FlushReport::default());
+                }
+                let parked = ParkedMutation {
+                    pending: batch[0].clone(),
+                    reason: ParkReason::Rejected {
+                        status,
+                        problem: Some(problem),
+                    },
+                };
+                self.store.commit(Commit {
+                    park: vec![(parked.pending.seq, parked.reason.clone())],
+                    ..Default::default()
+                })?;
+                let _ = self.events.send(SyncEvent::Rejected(parked.clone()));
+                self.refresh_status();
+                Ok(FlushReport {
+                    delivered: vec![],
+                    parked: vec![parked],
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn after_flush(&self, st: &mut NetState, report: &FlushReport) {
+        if !report.delivered.is_empty() {
+            st.schedule.activity();
+            let soon = self.clock.now() + self.floor(st);
+            st.next_poll = st.next_poll.min(soon);
+        }
+    }
+
+    /// Apply a batch's results in one commit. Returns the report and whether
+    /// some items failed transiently (they stay queued).
+    fn settle_batch(
+        &self,
+        batch: &[PendingMutation],
+        results: Vec<ItemResult>,
+        head: Option<u64>,
+    ) -> Result<(FlushReport, bool), Error> {
+        let mut commit = Commit {
+            head,
+            ..Default::default()
+        };
+        let mut report = FlushReport::default();
+        let mut transient = false;
+        let mut local = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            let r = results
+                .get(i)
+                .filter(|r| r.id == p.key)
+                .or_else(|| results.iter().find(|r| r.id == p.key));
+            let Some(r) = r else { continue };
+            match classify(p, r) {
+                Settled::Delivered(d, write) => {
+                    commit.remove.push(p.seq);
+                    if let Some(w) = write {
+                        local.push(commit.docs.len());
+                        commit.docs.push(w);
+                    }
+                    report.delivered.push(d);
+                }
+                Settled::Parked(reason) => {
+                    commit.park.push((p.seq, reason.clone()));
+                    report.parked.push(ParkedMutation {
+                        pending: p.clone(),
+                        reason,
+                    });
+                }
+                Settled::Transient => transient = true,
+            }
+        }
+        let result = self.store.commit(commit.clone())?;
+        self.publish_local(&commit.docs, &result.docs);
+        for d in &report.delivered {
+            let _ = self.events.send(SyncEvent::Delivered {
+                key: d.key.clone(),
+                status: d.status,
+                version: d.version,
+                replayed: d.replayed,
+            });
+        }
+        for p in &report.parked {
+            let ev = match p.reason {
+                ParkReason::Conflict { .. } => SyncEvent::Conflict(p.clone()),
+                ParkReason::Rejected { .. } => SyncEvent::Rejected(p.clone()),
+            };
+            let _ = self.events.send(ev);
+        }
+        self.refresh_status();
+        Ok((report, transient))
+    }
+
+    fn publish_local(&self, writes: &[DocWrite], outcomes: &[WriteOutcome]) {
+        for (w, outcome) in writes.iter().zip(outcomes) {
+            if let WriteOutcome::Applied { was_live } = outcome {
+                if w.value.is_none() && !was_live {
+                    continue;
+                }
+                self.bus.publish(ChangeEvent {
+                    op: if w.value.is_some() {
+                        Op::Put
+                    } else {
+                        Op::Delete
+                    },
+                    collection: w.collection.clone(),
+                    id: w.id.clone(),
+                    version: w.version,
+                    value: w.value.clone(),
+                    ts: w.updated_at.clone(),
+                    origin: Origin::Local,
+                });
+            }
+        }
+    }
+
+    /// Send one mutation outside the queue (fail-fast).
+    pub async fn send_now(
+        &self,
+        st: &mut NetState,
+        pending: PendingMutation,
+    ) -> Result<SendOutcome, Error> {
+        let resp = self.wire.mutations(std::slice::from_ref(&pending)).await;
+        let resp = self.settle(st, resp)?;
+        let r = resp
+            .results
+            .iter()
+            .find(|r| r.id == pending.key)
+            .ok_or_else(|| Error::Protocol("no result for the mutation".into()))?;
+        match classify(&pending, r) {
+            Settled::Delivered(d, write) => {
+                if let Some(w) = write {
+                    let result = self.store.commit(Commit {
+                        docs: vec![w.clone()],
+                        head: resp.head,
+                        ..Default::default()
+                    })?;
+                    self.publish_local(&[w], &result.docs);
+                }
+                Ok(SendOutcome::Delivered(d))
+            }
+            Settled::Parked(reason) => Ok(SendOutcome::Refused(ParkedMutation { pending, reason })),
+            Settled::Transient => Err(Error::Server {
+                status: r.status,
+                problem: r.problem.clone().unwrap_or_default(),
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+/// Make the next battery-mode probe due now.
+pub(crate) fn poll_now(st: &mut NetState, now: Duration) {
+    st.next_poll = now;
+}
+
+enum Settled {
+    Delivered(Delivered, Option<DocWrite>),
+    Parked(ParkReason),
+    Transient,
+}
+
+fn classify(p: &PendingMutation, r: &ItemResult) -> Settled {
+    match r.status {
+        200 | 201 | 204 => {
+            let write = match (&r.document, p.mutation.op) {
+                (Some(doc), _) => Some(DocWrite {
+                    collection: doc.collection.clone(),
+                    id: doc.id.clone(),
+                    version: doc.version,
+                    value: Some(doc.value.clone()),
+                    updated_at: doc.updated_at.clone(),
+                }),
+                (None, Op::Delete) => r.version.map(|version| DocWrite {
+                    collection: p.mutation.collection.clone(),
+                    id: p.mutation.id.clone(),
+                    version,
+                    value: None,
+                    updated_at: None,
+                }),
+                (None, _) => None,
+            };
+            Settled::Delivered(
+                Delivered {
+                    key: p.key.clone(),
+                    status: r.status,
+                    version: r.version.or(r.document.as_ref().map(|d| d.version)),
+                    document: r.document.clone(),
+                    replayed: r.replayed,
+                },
+                write,
+            )
+        }
+        412 => Settled::Parked(ParkReason::Conflict {
+            current_version: r
+                .problem
+                .as_ref()
+                .and_then(|p| p.extensions.get("current_version"))
+                .and_then(|v| v.as_u64()),
+            problem: r.problem.clone(),
+        }),
+        400 | 404 | 409 | 413 | 415 | 422 => Settled::Parked(ParkReason::Rejected {
+            status: r.status,
+            problem: r.problem.clone(),
+        }),
+        _ => Settled::Transient,
+    }
+}

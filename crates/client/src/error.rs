@@ -1,0 +1,57 @@
+use crate::model::Problem;
+use crate::storage::StorageError;
+use std::time::Duration;
+
+/// Everything that can go wrong in the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The local replica store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// No HTTP response: connection refused, DNS, TLS, timeout…
+    #[error("cannot reach the server: {0}")]
+    Unreachable(String),
+    /// The server answered with an error status.
+    #[error("{problem}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The server's problem document (or one made up from the status).
+        problem: Problem,
+        /// `Retry-After`, when sent.
+        retry_after: Option<Duration>,
+    },
+    /// A collection or document name the server would refuse.
+    #[error(
+        "invalid {what} {name:?}: names are 1-128 characters of A-Z a-z 0-9 . _ ~ - (not . or ..)"
+    )]
+    InvalidName {
+        /// `collection` or `id`.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A mutation that cannot be sent as given.
+    #[error("invalid mutation: {0}")]
+    InvalidMutation(String),
+    /// The server URL is unusable.
+    #[error("invalid server URL {0}")]
+    InvalidUrl(String),
+    /// The server answered something the contract does not allow.
+    #[error("unexpected response from the server: {0}")]
+    Protocol(String),
+    /// `resolve` named a mutation that is not parked.
+    #[error("no parked mutation with queue position {0}")]
+    NotParked(u64),
+}
+
+impl Error {
+    /// Whether retrying later may succeed (network trouble, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable(_) => true,
+            Error::Server { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}

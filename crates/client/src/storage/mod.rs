@@ -1,0 +1,407 @@
+//! Where the replica lives: documents, cursor, and the mutation queue.
+//!
+//! The client talks to storage through [`Storage`], a small synchronous,
+//! transaction-shaped trait: every change of replica state is one
+//! [`Commit`] that an implementation applies atomically, so a crash can never
+//! leave documents ahead of the cursor or a delivered mutation still queued
+//! next to its applied result. Two implementations ship:
+//!
+//! * [`SqliteStorage`], the durable default (SQLite in WAL mode,
+//!   `synchronous=FULL`): incremental updates, one fsync'd transaction per
+//!   commit, safe against crashes and power loss, and usable by several
+//!   processes at once (the CLI's `watch` and `put` may share a state dir).
+//!   An atomically-replaced file was rejected because every change would
+//!   rewrite the whole replica, which costs O(replica) per applied change.
+//! * [`MemoryStorage`], for tests and for apps that want no persistence.
+//!
+//! The calls are synchronous because SQLite is; each is a short transaction
+//! on a local file (well under a millisecond, plus an fsync for commits).
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStorage;
+pub use sqlite::SqliteStorage;
+
+use crate::model::{Mutation, ParkReason, ParkedMutation, PendingMutation, StoredDoc};
+use serde_json::Value;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Stored data could not be decoded.
+    #[error("corrupt replica data: {0}")]
+    Corrupt(String),
+    /// Opening the store failed.
+    #[error("cannot open the replica store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sync position of the replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Random id of this replica, used to make idempotency keys unique.
+    pub replica_id: Option<String>,
+    /// Last change `seq` the replica has applied (`None`: never
+    /// bootstrapped).
+    pub cursor: Option<u64>,
+    /// Latest head the server reported.
+    pub head: Option<u64>,
+    /// A 409/410 asked for a resync that has not completed yet (so a restart
+    /// resumes it instead of polling a dead cursor).
+    pub needs_resync: bool,
+}
+
+/// A conditional document write: applied only if `version` is newer than the
+/// stored row (tombstones included), or there is no row. `value: None`
+/// writes a tombstone. This single rule makes applying a change twice, or a
+/// stale change after a newer one, a no-op.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocWrite {
+    /// Collection name.
+    pub collection: String,
+    /// Document id.
+    pub id: String,
+    /// Version of the change.
+    pub version: u64,
+    /// New value, or `None` to delete.
+    pub value: Option<Value>,
+    /// Server timestamp of the change.
+    pub updated_at: Option<String>,
+}
+
+/// What happened to one [`DocWrite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Not newer than the stored version: nothing changed.
+    Stale,
+    /// Stored. `was_live` tells whether a live document was there before (so
+    /// a delete of a document the replica never had is not reported).
+    Applied {
+        /// A live (non-tombstone) document existed before.
+        was_live: bool,
+    },
+}
+
+/// A mutation to add to the queue; `key` is its idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMutation {
+    /// Idempotency key, unique for this replica.
+    pub key: String,
+    /// What to change.
+    pub mutation: Mutation,
+    /// Wall-clock enqueue time in ms since the epoch.
+    pub enqueued_at_ms: u64,
+}
+
+/// One atomic change of replica state. Fields are applied in this order:
+/// document writes, cursor/head, tombstone pruning, queue removals, parking,
+/// enqueues.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// Conditional document writes.
+    pub docs: Vec<DocWrite>,
+    /// Advance the cursor to this value (never moves it backwards: two
+    /// processes sharing a store may commit pages out of order). Tombstones at
+    /// or below the new cursor are pruned.
+    pub cursor: Option<u64>,
+    /// Record the server's head.
+    pub head: Option<u64>,
+    /// Set or clear the resync flag.
+    pub needs_resync: Option<bool>,
+    /// Queue entries (by `seq`) to delete: delivered or discarded.
+    pub remove: Vec<u64>,
+    /// Queue entries to park with a reason.
+    pub park: Vec<(u64, ParkReason)>,
+    /// Mutations to append to the queue.
+    pub enqueue: Vec<NewMutation>,
+}
+
+/// Counts of queued mutations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Waiting to be sent.
+    pub pending: u64,
+    /// Waiting for the app's resolution.
+    pub parked: u64,
+}
+
+/// The replica store. Implementations must apply each [`Commit`] atomically
+/// and durably (for a durable store) before returning, and follow the
+/// [`DocWrite`] rule exactly; [`conformance`] checks both implementations
+/// against the same expectations.
+pub trait Storage: Send + Sync + 'static {
+    /// Sync position and replica id.
+    fn meta(&self) -> Result<Meta, StorageError>;
+    /// Set the replica id if none is stored yet; returns the stored id.
+    fn init_replica_id(&self, candidate: &str) -> Result<String, StorageError>;
+    /// One row (tombstones included).
+    fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StorageError>;
+    /// Live documents, ordered by (collection, id), optionally of one
+    /// collection.
+    fn list(&self, collection: Option<&str>) -> Result<Vec<StoredDoc>, StorageError>;
+    /// Apply a commit atomically. Returns one outcome per `docs` entry and the
+    /// stored form of each `enqueue` entry.
+    fn commit(&self, commit: Commit) -> Result<CommitResult, StorageError>;
+    /// Replace every document (tombstones included) with `docs`, set the
+    /// cursor to `cursor` (even backwards), the head to `head`, and clear the
+    /// resync flag, atomically. The queue is untouched.
+    fn replace_all(&self, docs: Vec<StoredDoc>, cursor: u64, head: u64)
+        -> Result<(), StorageError>;
+    /// The oldest `limit` mutations that are not parked, in queue order.
+    fn pending(&self, limit: usize) -> Result<Vec<PendingMutation>, StorageError>;
+    /// Parked mutations in queue order.
+    fn parked(&self) -> Result<Vec<ParkedMutation>, StorageError>;
+    /// How many mutations are pending and parked.
+    fn counts(&self) -> Result<QueueCounts, StorageError>;
+}
+
+/// What a [`Storage::commit`] did.
+#[derive(Debug, Clone, Default)]
+pub struct CommitResult {
+    /// One outcome per document write, in order.
+    pub docs: Vec<WriteOutcome>,
+    /// The enqueued mutations with their queue positions.
+    pub enqueued: Vec<PendingMutation>,
+}
+
+/// Shared semantic checks for [`Storage`] implementations.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+    use crate::model::Mutation;
+    use serde_json::json;
+
+    fn w(c: &str, id: &str, version: u64, value: Option<Value>) -> DocWrite {
+        DocWrite {
+            collection: c.into(),
+            id: id.into(),
+            version,
+            value,
+            updated_at: None,
+        }
+    }
+
+    fn nm(key: &str, m: Mutation) -> NewMutation {
+        NewMutation {
+            key: key.into(),
+            mutation: m,
+            enqueued_at_ms: 1,
+        }
+    }
+
+    pub fn run(s: &dyn Storage) {
+        // Fresh store.
+        let meta = s.meta().unwrap();
+        assert_eq!(meta.cursor, None);
+        assert!(!meta.needs_resync);
+        let id = s.init_replica_id("r1").unwrap();
+        assert_eq!(id, "r1");
+        assert_eq!(s.init_replica_id("r2").unwrap(), "r1");
+
+        // Per-version application, idempotent.
+        let r = s
+            .commit(Commit {
+                docs: vec![
+                    w("t", "a", 3, Some(json!({"x": 1}))),
+                    w("t", "a", 3, Some(json!({"x": 2}))),
+                    w("t", "a", 2, Some(json!({"x": 0}))),
+                    w("t", "b", 4, Some(json!(null))),
+                    w("u", "c", 5, None),
+                ],
+                cursor: Some(5),
+                head: Some(9),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            r.docs,
+            vec![
+                WriteOutcome::Applied { was_live: false },
+                WriteOutcome::Stale,
+                WriteOutcome::Stale,
+                WriteOutcome::Applied { was_live: false },
+                WriteOutcome::Applied { was_live: false },
+            ]
+        );
+        assert_eq!(
+            s.get("t", "a").unwrap().unwrap().value,
+            Some(json!({"x": 1}))
+        );
+        // JSON null is a value, not a tombstone.
+        assert_eq!(s.get("t", "b").unwrap().unwrap().value, Some(json!(null)));
+        // The tombstone at 5 was pruned: the cursor reached 5.
+        assert_eq!(s.get("u", "c").unwrap(), None);
+        let meta = s.meta().unwrap();
+        assert_eq!((meta.cursor, meta.head), (Some(5), Some(9)));
+
+        // The cursor never moves backwards through commit.
+        s.commit(Commit {
+            cursor: Some(4),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.meta().unwrap().cursor, Some(5));
+
+        // A delete newer than the copy; a tombstone above the cursor blocks
+        // an older put from resurrecting the document.
+        let r = s
+            .commit(Commit {
+                docs: vec![w("t", "a", 8, None), w("t", "a", 7, Some(json!(1)))],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            r.docs,
+            vec![
+                WriteOutcome::Applied { was_live: true },
+                WriteOutcome::Stale
+            ]
+        );
+        let tomb = s.get("t", "a").unwrap().unwrap();
+        assert_eq!((tomb.version, tomb.value), (8, None));
+        assert_eq!(
+            s.list(Some("t")).unwrap().len(),
+            1,
+            "tombstones are not listed"
+        );
+        // Delete applied twice: harmless.
+        let r = s
+            .commit(Commit {
+                docs: vec![w("t", "a", 8, None)],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.docs, vec![WriteOutcome::Stale]);
+        // A newer put recreates it.
+        let r = s
+            .commit(Commit {
+                docs: vec![w("t", "a", 9, Some(json!(2)))],
+                cursor: Some(9),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.docs, vec![WriteOutcome::Applied { was_live: false }]);
+
+        // Listing order and filter.
+        s.commit(Commit {
+            docs: vec![
+                w("a", "z", 10, Some(json!(0))),
+                w("t", "0", 11, Some(json!(0))),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        let all: Vec<_> = s
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .map(|d| format!("{}/{}", d.collection, d.id))
+            .collect();
+        assert_eq!(all, ["a/z", "t/0", "t/a", "t/b"]);
+
+        // Queue: order, parking, removal, counts.
+        let r = s
+            .commit(Commit {
+                enqueue: vec![
+                    nm("k1", Mutation::put("t", "a", json!(1))),
+                    nm("k2", Mutation::delete("t", "b").if_version(4)),
+                    nm("k3", Mutation::patch("t", "a", json!({"y": 1}))),
+                ],
+                ..Default::default()
+            })
+            .unwrap();
+        let seqs: Vec<u64> = r.enqueued.iter().map(|p| p.seq).collect();
+        assert!(seqs[0] < seqs[1] && seqs[1] < seqs[2]);
+        assert_eq!(
+            r.enqueued[1].mutation,
+            Mutation::delete("t", "b").if_version(4)
+        );
+        let pending = s.pending(2).unwrap();
+        assert_eq!(
+            pending.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["k1", "k2"]
+        );
+        s.commit(Commit {
+            remove: vec![seqs[0]],
+            park: vec![(
+                seqs[1],
+                ParkReason::Conflict {
+                    current_version: Some(6),
+                    problem: None,
+                },
+            )],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.counts().unwrap(),
+            QueueCounts {
+                pending: 1,
+                parked: 1
+            }
+        );
+        assert_eq!(s.pending(10).unwrap()[0].key, "k3");
+        let parked = s.parked().unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].pending.key, "k2");
+        assert!(matches!(
+            parked[0].reason,
+            ParkReason::Conflict {
+                current_version: Some(6),
+                ..
+            }
+        ));
+        // New entries get later positions than every earlier one, even after
+        // removals (keys are never reused).
+        let r = s
+            .commit(Commit {
+                enqueue: vec![nm("k4", Mutation::delete("t", "a"))],
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(r.enqueued[0].seq > seqs[2]);
+
+        // Resync flag, and replace_all keeps the queue and may move the
+        // cursor backwards.
+        s.commit(Commit {
+            needs_resync: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(s.meta().unwrap().needs_resync);
+        s.replace_all(
+            vec![StoredDoc {
+                collection: "n".into(),
+                id: "1".into(),
+                version: 2,
+                value: Some(json!("x")),
+                updated_at: Some("2026-01-01T00:00:00.000Z".into()),
+            }],
+            3,
+            4,
+        )
+        .unwrap();
+        let meta = s.meta().unwrap();
+        assert_eq!(
+            (meta.cursor, meta.head, meta.needs_resync),
+            (Some(3), Some(4), false)
+        );
+        assert_eq!(s.list(None).unwrap().len(), 1);
+        assert_eq!(
+            s.get("n", "1").unwrap().unwrap().updated_at.as_deref(),
+            Some("2026-01-01T00:00:00.000Z")
+        );
+        assert_eq!(
+            s.counts().unwrap(),
+            QueueCounts {
+                pending: 2,
+                parked: 1
+            }
+        );
+        assert_eq!(s.meta().unwrap().replica_id.as_deref(), Some("r1"));
+    }
+}

@@ -1,0 +1,393 @@
+//! The HTTP contract as the client speaks it: one function per request, each
+//! turning the response into a typed outcome. Requests are kept small
+//! (battery mode's idle cost is dominated by header bytes).
+
+use crate::error::Error;
+use crate::model::{Document, Op, PendingMutation, Problem};
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime};
+
+/// Extra time allowed beyond the requested hold of a long-poll before the
+/// request is abandoned as lost.
+const LONG_POLL_GRACE: Duration = Duration::from_secs(15);
+
+/// One change-log entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub(crate) struct ChangeEntry {
+    pub seq: u64,
+    pub op: Op,
+    pub collection: String,
+    pub id: String,
+    pub version: u64,
+    #[serde(default)]
+    pub value: Value,
+    #[serde(default)]
+    pub ts: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChangesPage {
+    pub changes: Vec<ChangeEntry>,
+    pub next: u64,
+    pub head: u64,
+}
+
+#[derive(Debug)]
+pub(crate) enum ChangesOutcome {
+    /// 304: nothing after `since`.
+    NotModified,
+    /// 200.
+    Page(ChangesPage),
+    /// 409 `cursor-ahead`.
+    CursorAhead,
+    /// 410 `cursor-expired`.
+    CursorExpired,
+}
+
+#[derive(Debug)]
+pub(crate) struct ChangesResponse {
+    pub outcome: ChangesOutcome,
+    /// `X-Poll-Interval`, when sent.
+    pub poll_interval: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DocsPage {
+    pub documents: Vec<Document>,
+    pub cursor: u64,
+    #[serde(default)]
+    pub next_after: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ItemResult {
+    pub id: String,
+    pub status: u16,
+    #[serde(default)]
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub document: Option<Document>,
+    #[serde(default)]
+    pub replayed: bool,
+    #[serde(default)]
+    pub problem: Option<Problem>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct BatchResponse {
+    pub results: Vec<ItemResult>,
+    #[serde(default)]
+    pub head: Option<u64>,
+}
+
+pub(crate) struct Wire {
+    http: reqwest::Client,
+    base: String,
+    token: RwLock<String>,
+    timeout: Duration,
+}
+
+impl Wire {
+    pub fn new(base_url: &str, token: String, timeout: Duration) -> Result<Wire, Error> {
+        let parsed = reqwest::Url::parse(base_url)
+            .map_err(|e| Error::InvalidUrl(format!("{base_url}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(Error::InvalidUrl(format!(
+                "{base_url}: only http and https are supported"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // Keep the connection across battery-mode polls (up to the idle
+            // cap apart), so an idle replica does not pay a TCP/TLS handshake
+            // per probe; the server may still close it sooner.
+            .pool_idle_timeout(Duration::from_secs(300))
+            .pool_max_idle_per_host(1)
+            .build()
+            .map_err(|e| Error::InvalidUrl(e.to_string()))?;
+        Ok(Wire {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            token: RwLock::new(token),
+            timeout,
+        })
+    }
+
+    pub fn set_token(&self, token: String) {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+    }
+
+    fn auth(&self) -> String {
+        format!(
+            "Bearer {}",
+            self.token.read().unwrap_or_else(|e| e.into_inner())
+        )
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base, path_and_query)
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, Error> {
+        req.header(AUTHORIZATION, self.auth())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable(describe(&e)))
+    }
+
+    /// `GET /v1/changes?since=&wait=&limit=` with `If-None-Match: "<since>"`.
+    pub async fn changes(
+        &self,
+        since: u64,
+        wait: Duration,
+        limit: Option<u32>,
+    ) -> Result<ChangesResponse, Error> {
+        // Only non-default parameters are sent: every byte repeats on each
+        // idle probe.
+        let mut q = format!("/v1/changes?since={since}");
+        let wait_s = wait.as_secs();
+        if wait_s > 0 {
+            q.push_str(&format!("&wait={wait_s}"));
+        }
+        if let Some(l) = limit {
+            q.push_str(&format!("&limit={l}"));
+        }
+        let req = self
+            .http
+            .get(self.url(&q))
+            .header(IF_NONE_MATCH, format!("\"{since}\""));
+        let resp = self
+            .send(req, wait + LONG_POLL_GRACE.max(self.timeout))
+            .await?;
+        let poll_interval = header_seconds(resp.headers(), "x-poll-interval");
+        let status = resp.status();
+        let outcome = match status {
+            StatusCode::NOT_MODIFIED => ChangesOutcome::NotModified,
+            StatusCode::OK => ChangesOutcome::Page(json_body(resp).await?),
+            StatusCode::CONFLICT => ChangesOutcome::CursorAhead,
+            StatusCode::GONE => ChangesOutcome::CursorExpired,
+            _ => return Err(server_error(resp).await),
+        };
+        Ok(ChangesResponse {
+            outcome,
+            poll_interval,
+        })
+    }
+
+    /// One page of `GET /v1/docs`.
+    pub async fn docs_page(&self, after: Option<&str>, limit: u32) -> Result<DocsPage, Error> {
+        let mut q = format!("/v1/docs?limit={limit}");
+        if let Some(after) = after {
+            q.push_str("&after=");
+            q.push_str(&encode_query_value(after));
+        }
+        let resp = self.send(self.http.get(self.url(&q)), self.timeout).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(server_error(resp).await);
+        }
+        json_body(resp).await
+    }
+
+    /// `POST /v1/mutations` with the given queued mutations, in order.
+    pub async fn mutations(&self, batch: &[PendingMutation]) -> Result<BatchResponse, Error> {
+        let items: Vec<Value> = batch.iter().map(batch_item).collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "mutations": items }))
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let req = self
+            .http
+            .post(self.url("/v1/mutations"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        let resp = self.send(req, self.timeout).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(server_error(resp).await);
+        }
+        json_body(resp).await
+    }
+
+    /// `GET /v1/docs/{c}/{id}`: `None` on 404.
+    pub async fn get_doc(&self, collection: &str, id: &str) -> Result<Option<Document>, Error> {
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url(&format!("/v1/docs/{collection}/{id}"))),
+                self.timeout,
+            )
+            .await?;
+        match resp.status() {
+            StatusCode::OK => json_body(resp).await.map(Some),
+            StatusCode::NOT_FOUND => {
+                let (status, problem) = problem_of(resp).await;
+                // A 404 for an unknown route (an old or foreign server) is an
+                // error, not an absent document.
+                if problem.kind == "not-found" {
+                    Err(Error::Server {
+                        status,
+                        problem,
+                        retry_after: None,
+                    })
+                } else {
+                    Ok(None)
+                }
+            }
+            _ => Err(server_error(resp).await),
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    // reqwest's Display hides the cause ("error sending request"); the chain
+    // says what actually happened (connection refused, timeout…).
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+pub(crate) fn batch_item(p: &PendingMutation) -> Value {
+    let m = &p.mutation;
+    let mut item = serde_json::json!({
+        "id": p.key,
+        "op": m.op.as_str(),
+        "collection": m.collection,
+        "doc": m.id,
+    });
+    if let Some(v) = &m.value {
+        item["value"] = v.clone();
+    }
+    if let Some(v) = m.if_version {
+        item["if_version"] = v.into();
+    }
+    item
+}
+
+/// Percent-encode a query value (names are `[A-Za-z0-9._~-]` plus the `/`
+/// between collection and id; anything else is encoded defensively).
+fn encode_query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn header_seconds(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    let secs: f64 = v.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(86_400)));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(86_400)),
+    )
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error> {
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Unreachable(describe(&e)))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("bad response body: {e}")))
+}
+
+async fn problem_of(resp: reqwest::Response) -> (u16, Problem) {
+    let status = resp.status();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let problem = serde_json::from_slice::<Problem>(&bytes)
+        .ok()
+        .filter(|p| !p.title.is_empty() || !p.kind.is_empty())
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&bytes);
+            let text = text.trim();
+            Problem {
+                kind: String::new(),
+                title: status
+                    .canonical_reason()
+                    .unwrap_or("unexpected status")
+                    .to_string(),
+                status: status.as_u16(),
+                detail: (!text.is_empty()).then(|| text.chars().take(300).collect()),
+                extensions: Default::default(),
+            }
+        });
+    (status.as_u16(), problem)
+}
+
+async fn server_error(resp: reqwest::Response) -> Error {
+    let retry_after = retry_after(resp.headers());
+    let (status, problem) = problem_of(resp).await;
+    Error::Server {
+        status,
+        problem,
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn batch_items_follow_the_contract() {
+        let p = PendingMutation {
+            seq: 1,
+            key: "k".into(),
+            mutation: crate::Mutation::delete("c", "d").if_version(0),
+            enqueued_at_ms: 0,
+        };
+        assert_eq!(
+            batch_item(&p),
+            serde_json::json!({"id":"k","op":"delete","collection":"c","doc":"d","if_version":0})
+        );
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(encode_query_value("todos/a1"), "todos/a1");
+        assert_eq!(encode_query_value("a b&c"), "a%20b%26c");
+    }
+}
