@@ -7,10 +7,18 @@
 
 pub mod auth;
 pub mod config;
+mod engine;
+mod entry;
 pub mod host;
+mod http_util;
+mod keys;
 pub mod kv;
+mod merge_patch;
+pub mod names;
+mod problem;
 mod routes;
 mod service;
+mod time;
 
 pub use config::{Config, ConfigError, CorsOrigins};
 pub use host::Host;

@@ -1,24 +1,798 @@
-//! Routing (placeholder until the protocol lands).
+//! Routing and the HTTP face of every route.
 
-use http::{Request, Response, StatusCode};
+use http::header::{
+    HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
+    ACCESS_CONTROL_REQUEST_METHOD, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH,
+    CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LOCATION, ORIGIN, VARY,
+};
+use http::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
+use crate::auth::{self, Expectations};
+use crate::config::CorsOrigins;
+use crate::engine::{Action, ChangesPage, Charge, Cond, Conditions, Log, Mutation, Outcome};
+use crate::entry::Entry;
 use crate::host::Host;
+use crate::http_util::{
+    media_type, parse_etag_list, parse_u64, prefer_wait, query_params, ETagList,
+};
 use crate::kv::Kv;
-use crate::service::Service;
+use crate::names::{is_valid_idempotency_key, is_valid_name};
+use crate::problem::{Failure, Problem};
+use crate::service::{RequestInfo, Service};
+
+const MAX_LIMIT: u64 = 1000;
+const DEFAULT_LIMIT: u64 = 100;
+const MAX_BATCH: usize = 100;
+const EXPOSED_HEADERS: &str =
+    "ETag, X-Poll-Interval, Retry-After, Location, Idempotent-Replayed, Preference-Applied";
+const ALLOWED_REQUEST_HEADERS: &str =
+    "Authorization, Content-Type, If-Match, If-None-Match, Idempotency-Key, Prefer";
+const X_POLL_INTERVAL: HeaderName = HeaderName::from_static("x-poll-interval");
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const PREFER: HeaderName = HeaderName::from_static("prefer");
+const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+
+/// The routes, as matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Health,
+    Head,
+    Changes,
+    List,
+    Doc { collection: String, id: String },
+    Mutations,
+}
+
+impl Route {
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Health => "/v1/health",
+            Route::Head => "/v1/head",
+            Route::Changes => "/v1/changes",
+            Route::List => "/v1/docs",
+            Route::Doc { .. } => "/v1/docs/{collection}/{id}",
+            Route::Mutations => "/v1/mutations",
+        }
+    }
+
+    fn methods(&self) -> &'static [Method] {
+        match self {
+            Route::Doc { .. } => &[
+                Method::GET,
+                Method::HEAD,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ],
+            Route::Mutations => &[Method::POST, Method::OPTIONS],
+            _ => &[Method::GET, Method::HEAD, Method::OPTIONS],
+        }
+    }
+
+    fn allow(&self) -> String {
+        self.methods()
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn match_route(path: &str) -> Option<Route> {
+    match path {
+        "/v1/health" => return Some(Route::Health),
+        "/v1/head" => return Some(Route::Head),
+        "/v1/changes" => return Some(Route::Changes),
+        "/v1/docs" => return Some(Route::List),
+        "/v1/mutations" => return Some(Route::Mutations),
+        _ => {}
+    }
+    let rest = path.strip_prefix("/v1/docs/")?;
+    let (collection, id) = rest.split_once('/')?;
+    if id.contains('/') {
+        return None;
+    }
+    Some(Route::Doc {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+    })
+}
 
 pub(crate) async fn handle<K: Kv, H: Host>(
-    _service: &Service<K, H>,
+    service: &Service<K, H>,
     request: Request<Vec<u8>>,
 ) -> Response<Vec<u8>> {
-    if request.uri().path() == "/v1/health" {
-        return Response::builder()
-            .status(StatusCode::OK)
-            .header("content-type", "application/json")
-            .body(br#"{"status":"ok"}"#.to_vec())
-            .expect("static response");
+    let cors_origin = cors_origin(&service.config.cors_origins, request.headers().get(ORIGIN));
+    let is_head = request.method() == Method::HEAD;
+    let (route, user_hash, result) = dispatch(service, request, cors_origin.is_some()).await;
+    let mut store_error = None;
+    let mut response = result.unwrap_or_else(|failure| {
+        if let Failure::Kv(e) = &failure {
+            store_error = Some(e.to_string());
+        }
+        failure.into_problem().into_response()
+    });
+    if let Some(origin) = cors_origin {
+        let h = response.headers_mut();
+        if !h.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
+            h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(
+                ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(EXPOSED_HEADERS),
+            );
+        }
+        h.append(VARY, HeaderValue::from_static("Origin"));
     }
-    Response::builder()
-        .status(StatusCode::NOT_IMPLEMENTED)
-        .body(Vec::new())
-        .expect("static response")
+    if is_head {
+        // Same headers as GET, no body.
+        let len = response.body().len();
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+        response.body_mut().clear();
+    }
+    response.extensions_mut().insert(RequestInfo {
+        route,
+        user_hash,
+        store_error,
+    });
+    response
+}
+
+fn cors_origin(allowed: &CorsOrigins, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let origin = origin?;
+    match allowed {
+        CorsOrigins::None => None,
+        CorsOrigins::Any => Some(HeaderValue::from_static("*")),
+        CorsOrigins::List(list) => {
+            let o = origin.to_str().ok()?;
+            list.iter().any(|a| a == o).then(|| origin.clone())
+        }
+    }
+}
+
+async fn dispatch<K: Kv, H: Host>(
+    service: &Service<K, H>,
+    request: Request<Vec<u8>>,
+    cors_allowed: bool,
+) -> (
+    &'static str,
+    Option<String>,
+    Result<Response<Vec<u8>>, Failure>,
+) {
+    let Some(route) = match_route(request.uri().path()) else {
+        return ("unmatched", None, Ok(Problem::not_found().into_response()));
+    };
+    let template = route.template();
+    let method = request.method().clone();
+    if !route.methods().contains(&method) {
+        return (
+            template,
+            None,
+            Ok(Problem::method_not_allowed(&route.allow()).into_response()),
+        );
+    }
+    if method == Method::OPTIONS {
+        let mut r = empty(StatusCode::NO_CONTENT);
+        let allow = route.allow();
+        r.headers_mut().insert(ALLOW, header_value(&allow));
+        if cors_allowed
+            && request
+                .headers()
+                .contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            let h = r.headers_mut();
+            h.insert(ACCESS_CONTROL_ALLOW_METHODS, header_value(&allow));
+            h.insert(
+                ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(ALLOWED_REQUEST_HEADERS),
+            );
+            h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        }
+        return (template, None, Ok(r));
+    }
+    if request.body().len() > service.config.max_body_bytes {
+        return (
+            template,
+            None,
+            Ok(Problem::payload_too_large(service.config.max_body_bytes).into_response()),
+        );
+    }
+    if route == Route::Health {
+        return (
+            template,
+            None,
+            Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        );
+    }
+    let expect = Expectations {
+        secret: &service.config.jwt_secret,
+        audience: service.config.jwt_audience.as_deref(),
+        issuer: service.config.jwt_issuer.as_deref(),
+    };
+    let now_seconds = service.host.now_millis() / 1000;
+    let claims = match auth::bearer(request.headers().get(AUTHORIZATION))
+        .and_then(|token| auth::verify(token, &expect, now_seconds))
+    {
+        Ok(claims) => claims,
+        Err(e) => {
+            return (
+                template,
+                None,
+                Ok(Problem::invalid_token(&e.to_string()).into_response()),
+            )
+        }
+    };
+    let user_hash = Some(user_hash(&claims.sub));
+    let log = Log::new(&service.kv, &service.host, &service.config, &claims.sub);
+    let result = match route {
+        Route::Head => head(service, &log, &request).await,
+        Route::Changes => changes(service, &log, &request).await,
+        Route::List => list(&log, &request).await,
+        Route::Doc { collection, id } => doc(&log, &request, collection, id).await,
+        Route::Mutations => mutations(&log, &request).await,
+        Route::Health => unreachable!("answered above"),
+    };
+    (template, user_hash, result)
+}
+
+/// A short, non-reversible id for logs.
+fn user_hash(sub: &str) -> String {
+    let digest = Sha256::digest(sub.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).expect("header values we build are visible ASCII")
+}
+
+fn empty(status: StatusCode) -> Response<Vec<u8>> {
+    let mut r = Response::new(Vec::new());
+    *r.status_mut() = status;
+    r
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    let mut r = Response::new(serde_json::to_vec(body).expect("JSON serializes"));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn etag(version: u64) -> HeaderValue {
+    header_value(&format!("\"{version}\""))
+}
+
+/// Headers every changes/head response carries, 304 included.
+fn poll_headers<K: Kv, H: Host>(service: &Service<K, H>, r: &mut Response<Vec<u8>>, tag: u64) {
+    let h = r.headers_mut();
+    h.insert(ETAG, etag(tag));
+    h.insert(
+        X_POLL_INTERVAL,
+        HeaderValue::from(service.config.poll_interval_seconds),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+}
+
+fn if_none_match<T>(request: &Request<T>) -> Result<Option<ETagList>, Problem> {
+    parse_etag_list(request.headers().get_all(IF_NONE_MATCH).iter()).map_err(|()| {
+        Problem::invalid_parameter("If-None-Match", "entity-tags must be quoted, e.g. \"12\"")
+    })
+}
+
+fn if_match<T>(request: &Request<T>) -> Result<Option<ETagList>, Problem> {
+    parse_etag_list(request.headers().get_all(IF_MATCH).iter()).map_err(|()| {
+        Problem::invalid_parameter("If-Match", "entity-tags must be quoted, e.g. \"12\"")
+    })
+}
+
+// -------------------------------------------------------------------
+// /v1/head
+// -------------------------------------------------------------------
+
+async fn head<K: Kv, H: Host>(
+    service: &Service<K, H>,
+    log: &Log<'_, K, H>,
+    request: &Request<Vec<u8>>,
+) -> Result<Response<Vec<u8>>, Failure> {
+    let inm = if_none_match(request)?;
+    // The cheap probe: one small read answers "still at N?".
+    if let Some(ETagList::Tags(tags)) = &inm {
+        if let [tag] = tags.as_slice() {
+            if let Some(n) = parse_u64(&tag.opaque) {
+                if log.nothing_after(n).await? == Some(true) {
+                    let mut r = empty(StatusCode::NOT_MODIFIED);
+                    poll_headers(service, &mut r, n);
+                    return Ok(r);
+                }
+            }
+        }
+    }
+    let head = log.head().await?;
+    let mut r = if inm.is_some_and(|l| l.matches_weakly(head)) {
+        empty(StatusCode::NOT_MODIFIED)
+    } else {
+        json_response(StatusCode::OK, &json!({"head": head}))
+    };
+    poll_headers(service, &mut r, head);
+    Ok(r)
+}
+
+// -------------------------------------------------------------------
+// /v1/changes
+// -------------------------------------------------------------------
+
+async fn changes<K: Kv, H: Host>(
+    service: &Service<K, H>,
+    log: &Log<'_, K, H>,
+    request: &Request<Vec<u8>>,
+) -> Result<Response<Vec<u8>>, Failure> {
+    let params = query_params(request.uri().query()).map_err(|name| {
+        Problem::invalid_parameter(
+            &name,
+            "query parameters must be valid percent-encoded UTF-8",
+        )
+    })?;
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let since = match get("since") {
+        None => 0,
+        Some(v) => parse_u64(v).ok_or_else(|| {
+            Problem::invalid_parameter("since", "since must be a non-negative integer")
+        })?,
+    };
+    let limit = match get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => parse_u64(v)
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                Problem::invalid_parameter("limit", "limit must be an integer from 1 to 1000")
+            })?,
+    };
+    let (wait, preferred) = match get("wait") {
+        Some(v) => (
+            parse_u64(v).ok_or_else(|| {
+                Problem::invalid_parameter(
+                    "wait",
+                    "wait must be a non-negative integer number of seconds",
+                )
+            })?,
+            false,
+        ),
+        None => match prefer_wait(request.headers().get_all(PREFER).iter()) {
+            Some(w) => (w, true),
+            None => (0, false),
+        },
+    };
+    let wait = wait.min(service.config.max_wait_seconds);
+    let inm = if_none_match(request)?;
+
+    let started = service.host.now_millis();
+    let deadline = started.saturating_add(wait.saturating_mul(1000));
+    let mut page = match log.changes(since, limit).await? {
+        Ok(page) => page,
+        Err(problem) => return Err(problem.into()),
+    };
+    while matches!(page, ChangesPage::Idle) && service.host.now_millis() < deadline {
+        service.host.wait_for_change(log.topic(), deadline).await;
+        if log.nothing_after(since).await? == Some(true) {
+            continue;
+        }
+        page = match log.changes(since, limit).await? {
+            Ok(page) => page,
+            Err(problem) => return Err(problem.into()),
+        };
+    }
+    let mut response = match page {
+        ChangesPage::Idle => {
+            if inm.as_ref().is_some_and(|l| l.matches_weakly(since)) {
+                empty(StatusCode::NOT_MODIFIED)
+            } else {
+                json_response(
+                    StatusCode::OK,
+                    &json!({"changes": [], "next": since, "head": since}),
+                )
+            }
+        }
+        ChangesPage::Entries { changes, head } => {
+            let next = changes.last().map_or(since, |(seq, _)| *seq);
+            let list: Vec<Value> = changes.iter().map(|(seq, e)| e.change(*seq)).collect();
+            let mut r = json_response(
+                StatusCode::OK,
+                &json!({"changes": list, "next": next, "head": head.max(next)}),
+            );
+            poll_headers(service, &mut r, next);
+            if preferred {
+                r.headers_mut()
+                    .insert(PREFERENCE_APPLIED, header_value(&format!("wait={wait}")));
+            }
+            return Ok(r);
+        }
+    };
+    poll_headers(service, &mut response, since);
+    if preferred {
+        response
+            .headers_mut()
+            .insert(PREFERENCE_APPLIED, header_value(&format!("wait={wait}")));
+    }
+    Ok(response)
+}
+
+// -------------------------------------------------------------------
+// /v1/docs (listing)
+// -------------------------------------------------------------------
+
+async fn list<K: Kv, H: Host>(
+    log: &Log<'_, K, H>,
+    request: &Request<Vec<u8>>,
+) -> Result<Response<Vec<u8>>, Failure> {
+    let params = query_params(request.uri().query()).map_err(|name| {
+        Problem::invalid_parameter(
+            &name,
+            "query parameters must be valid percent-encoded UTF-8",
+        )
+    })?;
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let collection = match get("collection") {
+        None => None,
+        Some(c) if is_valid_name(c) => Some(c.to_owned()),
+        Some(_) => {
+            return Err(Problem::invalid_parameter(
+                "collection",
+                "collection must be a valid collection name",
+            )
+            .into())
+        }
+    };
+    let after = match get("after") {
+        None => None,
+        Some(a) => match a.split_once('/') {
+            Some((c, i)) if is_valid_name(c) && is_valid_name(i) => {
+                Some((c.to_owned(), i.to_owned()))
+            }
+            _ => {
+                return Err(Problem::invalid_parameter(
+                    "after",
+                    "after must be \"{collection}/{id}\" as returned in next_after",
+                )
+                .into())
+            }
+        },
+    };
+    let limit = match get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => parse_u64(v)
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                Problem::invalid_parameter("limit", "limit must be an integer from 1 to 1000")
+            })?,
+    };
+    let page = log
+        .list(collection.as_deref(), after, limit as usize)
+        .await?;
+    let mut body = json!({
+        "documents": page.documents.iter().map(Entry::document).collect::<Vec<_>>(),
+        "cursor": page.cursor,
+    });
+    if let Some((c, i)) = page.next_after {
+        body["next_after"] = json!(format!("{c}/{i}"));
+    }
+    let mut r = json_response(StatusCode::OK, &body);
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    Ok(r)
+}
+
+// -------------------------------------------------------------------
+// /v1/docs/{collection}/{id}
+// -------------------------------------------------------------------
+
+fn check_names(collection: &str, id: &str) -> Result<(), Problem> {
+    if !is_valid_name(collection) {
+        return Err(Problem::invalid_name("collection", collection));
+    }
+    if !is_valid_name(id) {
+        return Err(Problem::invalid_name("id", id));
+    }
+    Ok(())
+}
+
+fn fingerprint(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(body)
+        .map_err(|e| Problem::invalid_json(format!("the body is not valid JSON: {e}")))
+}
+
+fn require_media_type<T>(request: &Request<T>, expected: &str) -> Result<(), Problem> {
+    if media_type(request.headers().get(CONTENT_TYPE)).as_deref() == Some(expected) {
+        Ok(())
+    } else {
+        Err(Problem::unsupported_media_type(expected))
+    }
+}
+
+async fn doc<K: Kv, H: Host>(
+    log: &Log<'_, K, H>,
+    request: &Request<Vec<u8>>,
+    collection: String,
+    id: String,
+) -> Result<Response<Vec<u8>>, Failure> {
+    check_names(&collection, &id)?;
+    let method = request.method().clone();
+    if method == Method::GET || method == Method::HEAD {
+        let inm = if_none_match(request)?;
+        let found = log.documents(&[(collection, id)]).await?.pop().flatten();
+        let Some(entry) = found else {
+            return Err(Problem::document_not_found().into());
+        };
+        let mut r = if inm.is_some_and(|l| l.matches_weakly(entry.k)) {
+            empty(StatusCode::NOT_MODIFIED)
+        } else {
+            json_response(StatusCode::OK, &entry.document())
+        };
+        r.headers_mut().insert(ETAG, etag(entry.k));
+        r.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+        return Ok(r);
+    }
+
+    let action = if method == Method::PUT {
+        require_media_type(request, "application/json")?;
+        Action::Put(parse_json(request.body())?)
+    } else if method == Method::PATCH {
+        require_media_type(request, "application/merge-patch+json")?;
+        Action::Patch(parse_json(request.body())?)
+    } else {
+        Action::Delete
+    };
+    let conditions = Conditions {
+        if_match: if_match(request)?.map(|l| l.to_cond(true)),
+        if_none_match: if_none_match(request)?.map(|l| l.to_cond(false)),
+    };
+    let idempotency = match request.headers().get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| is_valid_idempotency_key(k))
+                .ok_or_else(|| {
+                    Problem::invalid_parameter(
+                        "Idempotency-Key",
+                        "must be 1-255 visible ASCII characters",
+                    )
+                })?;
+            let fp = fingerprint(&[
+                method.as_str().as_bytes(),
+                collection.as_bytes(),
+                id.as_bytes(),
+                request.body(),
+            ]);
+            Some((key.to_owned(), fp))
+        }
+    };
+    let mutation = Mutation {
+        collection,
+        id,
+        action,
+        conditions,
+        idempotency,
+    };
+    match log.mutate(&mutation, Charge::Check).await? {
+        Outcome::Refused(problem) => Err(problem.into()),
+        Outcome::Applied { entry, replayed } => Ok(mutation_response(&entry, replayed)),
+    }
+}
+
+fn mutation_response(entry: &Entry, replayed: bool) -> Response<Vec<u8>> {
+    let status = StatusCode::from_u16(entry.status()).expect("valid status");
+    let mut r = if entry.is_live() {
+        json_response(status, &entry.document())
+    } else {
+        empty(status)
+    };
+    let h = r.headers_mut();
+    h.insert(ETAG, etag(entry.k));
+    if status == StatusCode::CREATED {
+        h.insert(
+            LOCATION,
+            header_value(&format!("/v1/docs/{}/{}", entry.c, entry.i)),
+        );
+    }
+    if replayed {
+        h.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    r
+}
+
+// -------------------------------------------------------------------
+// /v1/mutations
+// -------------------------------------------------------------------
+
+fn parse_batch(body: &[u8]) -> Result<Vec<(Mutation, String)>, Problem> {
+    let value = parse_json(body)?;
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Object(mut obj) => match obj.remove("mutations") {
+            Some(Value::Array(items)) => items,
+            _ => return Err(Problem::invalid_body("expected {\"mutations\": [...]}")),
+        },
+        _ => return Err(Problem::invalid_body("expected {\"mutations\": [...]}")),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(Problem::invalid_body(format!(
+            "a batch holds 1 to {MAX_BATCH} mutations, not {}",
+            items.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (n, item) in items.into_iter().enumerate() {
+        let bad = |what: &str| Problem::invalid_body(format!("mutation #{n}: {what}"));
+        let Value::Object(obj) = &item else {
+            return Err(bad("must be an object"));
+        };
+        let text = |name: &str| obj.get(name).and_then(Value::as_str);
+        let key = text("id").ok_or_else(|| bad("needs an \"id\" (its idempotency key)"))?;
+        if !is_valid_idempotency_key(key) {
+            return Err(bad("\"id\" must be 1-255 visible ASCII characters"));
+        }
+        let collection = text("collection").ok_or_else(|| bad("needs a \"collection\""))?;
+        let id = text("doc").ok_or_else(|| bad("needs a \"doc\" (the document id)"))?;
+        if !is_valid_name(collection) {
+            return Err(Problem::invalid_name("collection", collection));
+        }
+        if !is_valid_name(id) {
+            return Err(Problem::invalid_name("id", id));
+        }
+        let value = obj.get("value");
+        let action = match text("op") {
+            Some("put") => Action::Put(
+                value
+                    .cloned()
+                    .ok_or_else(|| bad("\"put\" needs a \"value\""))?,
+            ),
+            Some("patch") => Action::Patch(
+                value
+                    .cloned()
+                    .ok_or_else(|| bad("\"patch\" needs a \"value\" (the merge patch)"))?,
+            ),
+            Some("delete") => Action::Delete,
+            _ => return Err(bad("\"op\" must be \"put\", \"patch\" or \"delete\"")),
+        };
+        let conditions = match obj.get("if_version") {
+            None | Some(Value::Null) => Conditions::default(),
+            Some(v) => match v.as_u64() {
+                Some(0) => Conditions {
+                    if_none_match: Some(Cond::Any),
+                    ..Conditions::default()
+                },
+                Some(n) => Conditions {
+                    if_match: Some(Cond::Versions(vec![n])),
+                    ..Conditions::default()
+                },
+                None => return Err(bad("\"if_version\" must be a non-negative integer")),
+            },
+        };
+        let canonical = serde_json::to_vec(&json!({
+            "op": text("op"), "collection": collection, "doc": id,
+            "value": value, "if_version": obj.get("if_version"),
+        }))
+        .expect("JSON serializes");
+        let fp = fingerprint(&[b"batch", &canonical]);
+        out.push((
+            Mutation {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                action,
+                conditions,
+                idempotency: Some((key.to_owned(), fp)),
+            },
+            key.to_owned(),
+        ));
+    }
+    Ok(out)
+}
+
+async fn mutations<K: Kv, H: Host>(
+    log: &Log<'_, K, H>,
+    request: &Request<Vec<u8>>,
+) -> Result<Response<Vec<u8>>, Failure> {
+    require_media_type(request, "application/json")?;
+    let batch = parse_batch(request.body())?;
+    if let Err(retry_after) = log.admit(batch.len() as u64).await? {
+        return Err(Problem::rate_limited(retry_after).into());
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for (mutation, key) in &batch {
+        let result = match log.mutate(mutation, Charge::Admitted).await? {
+            Outcome::Applied { entry, replayed } => {
+                let mut r = json!({
+                    "id": key, "status": entry.status(), "version": entry.k, "replayed": replayed,
+                });
+                if entry.is_live() {
+                    r["document"] = entry.document();
+                }
+                r
+            }
+            Outcome::Refused(problem) => json!({
+                "id": key, "status": problem.status.as_u16(), "replayed": false, "problem": problem.to_json(),
+            }),
+        };
+        results.push(result);
+    }
+    let head = log.head().await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"results": results, "head": head}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_the_public_table() {
+        let examples = [
+            ("/v1/health", "/v1/health"),
+            ("/v1/head", "/v1/head"),
+            ("/v1/changes", "/v1/changes"),
+            ("/v1/docs", "/v1/docs"),
+            ("/v1/docs/a/b", "/v1/docs/{collection}/{id}"),
+            ("/v1/mutations", "/v1/mutations"),
+        ];
+        for (path, template) in examples {
+            let route = match_route(path).unwrap();
+            assert_eq!(route.template(), template);
+            let (_, methods) = crate::ROUTES.iter().find(|(t, _)| *t == template).unwrap();
+            let mut mine: Vec<&str> = route
+                .methods()
+                .iter()
+                .map(Method::as_str)
+                .filter(|m| *m != "HEAD" && *m != "OPTIONS")
+                .collect();
+            mine.sort_unstable();
+            let mut theirs = methods.to_vec();
+            theirs.sort_unstable();
+            assert_eq!(mine, theirs, "{template}");
+        }
+        assert_eq!(crate::ROUTES.len(), examples.len());
+        for unmatched in [
+            "/",
+            "/v1",
+            "/v1/docs/a",
+            "/v1/docs/a/b/c",
+            "/v1/head/",
+            "/v2/head",
+        ] {
+            assert_eq!(match_route(unmatched), None, "{unmatched}");
+        }
+    }
 }

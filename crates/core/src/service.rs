@@ -15,6 +15,9 @@ pub struct RequestInfo {
     pub route: &'static str,
     /// First 12 hex digits of SHA-256 of the user id, when authenticated.
     pub user_hash: Option<String>,
+    /// Why the store failed, when the response is a 503 caused by it (for
+    /// the host's logs; never sent to the client).
+    pub store_error: Option<String>,
 }
 
 /// The edgesync service over a KV store and a host.

@@ -1,0 +1,1185 @@
+//! The change log and the documents derived from it, over the [`Kv`] trait.
+//!
+//! See the crate docs for the layout, the commit protocol and why it keeps
+//! the invariants; this module is the code that does it. Everything here
+//! acts for one user ([`Log`] is built per request from the authenticated
+//! user id).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::entry::{Entry, Op};
+use crate::host::Host;
+use crate::keys::UserKeys;
+use crate::kv::{decode_counter, encode_counter, Kv, KvError, KvErrorKind};
+use crate::merge_patch;
+use crate::problem::{Failure, Problem};
+
+/// Slots read per round trip when looking for the tail of the log.
+const WINDOW: u64 = 16;
+/// The hint is advanced on every seq divisible by this.
+const HINT_EVERY: u64 = 8;
+/// Give up (503) after this many optimistic attempts.
+const MAX_ATTEMPTS: usize = 48;
+/// Compaction runs on seqs divisible by this and moves the floor by at
+/// least this much.
+pub(crate) const COMPACT_STEP: u64 = 16;
+/// Most log entries one request cleans up (bounds the work a single
+/// writer does on behalf of everyone).
+const MAX_CLEAN_PER_REQUEST: u64 = 64;
+/// Largest collection index blob; beyond it creates are refused (409
+/// `collection-full`). Half of the 1 MB value limit of managed hosts.
+pub(crate) const INDEX_MAX_BYTES: usize = 512 * 1024;
+/// A page of changes stops growing once its values reach this size.
+const PAGE_VALUE_BUDGET: usize = 1024 * 1024;
+
+/// A counter as read from the store: its raw bytes (for compare-and-swap)
+/// and decoded value. `raw == None` means the key is absent (value 0).
+#[derive(Debug, Clone)]
+struct Counter {
+    key: String,
+    raw: Option<Vec<u8>>,
+    value: u64,
+}
+
+fn corrupt(key: &str) -> Failure {
+    Failure::Kv(KvError::new(
+        KvErrorKind::Other,
+        format!("value at {key} is not a counter"),
+    ))
+}
+
+fn counter(key: String, raw: Option<Vec<u8>>) -> Result<Counter, Failure> {
+    let value = match &raw {
+        None => 0,
+        Some(bytes) => decode_counter(bytes).ok_or_else(|| corrupt(&key))?,
+    };
+    Ok(Counter { key, raw, value })
+}
+
+/// Signals an optimistic attempt that lost a race and must start over.
+enum Step<T> {
+    Done(T),
+    Retry,
+}
+
+/// What to do to a document.
+#[derive(Debug, Clone)]
+pub(crate) enum Action {
+    Put(Value),
+    Patch(Value),
+    Delete,
+}
+
+/// An entity-tag condition (`If-Match` / `If-None-Match`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cond {
+    /// `*`
+    Any,
+    /// A list of versions (strong tags `"n"`); may be empty when only
+    /// unusable tags were given.
+    Versions(Vec<u64>),
+}
+
+/// Preconditions of a mutation.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Conditions {
+    pub if_match: Option<Cond>,
+    pub if_none_match: Option<Cond>,
+}
+
+/// One mutation request.
+#[derive(Debug, Clone)]
+pub(crate) struct Mutation {
+    pub collection: String,
+    pub id: String,
+    pub action: Action,
+    pub conditions: Conditions,
+    /// Idempotency key and the fingerprint of the request it came with.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// How a mutation is charged against the rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Charge {
+    /// Check that one token is available.
+    Check,
+    /// Already admitted (batch items after the batch was admitted).
+    Admitted,
+}
+
+/// Result of a mutation.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Committed (now, or earlier under the same idempotency key).
+    Applied { entry: Entry, replayed: bool },
+    /// Refused without changing anything.
+    Refused(Problem),
+}
+
+/// The committed state of a document.
+#[derive(Debug, Clone, Default)]
+struct DocState {
+    /// Entry holding the state (0: never existed or forgotten).
+    id: u64,
+    version: u64,
+    live: bool,
+    /// The entry itself, when loaded.
+    entry: Option<Entry>,
+}
+
+impl DocState {
+    fn from_entry(id: u64, e: Entry) -> Self {
+        Self {
+            id,
+            version: e.k,
+            live: e.is_live(),
+            entry: Some(e),
+        }
+    }
+    /// The state before the (uncommitted) intent `x`.
+    fn before(x: &Entry) -> Self {
+        Self {
+            id: x.p,
+            version: x.pv,
+            live: x.px,
+            entry: None,
+        }
+    }
+}
+
+/// How a pointer (document or idempotency) resolves.
+#[derive(Debug, Clone)]
+enum Resolution {
+    /// No pointer, or a zero one.
+    Nothing,
+    /// An entry matching the pointer's subject is committed at the target
+    /// seq of the pointed-to intent.
+    Committed(u64, Entry),
+    /// The pointed-to intent is not committed; `pending` when its target
+    /// slot is still the free tail (so another writer may take it over).
+    Open {
+        intent: u64,
+        x: Entry,
+        pending: bool,
+    },
+}
+
+/// A snapshot of where the log ends.
+#[derive(Debug)]
+struct Tail {
+    hint: Counter,
+    /// First free slot.
+    tail: u64,
+    /// That slot as read (absent, or zero).
+    tail_slot: Counter,
+    /// Claimed slots seen while scanning: seq → entry id.
+    claimed: BTreeMap<u64, u64>,
+}
+
+/// A page of the change feed.
+#[derive(Debug)]
+pub(crate) enum ChangesPage {
+    /// Nothing after `since` (which is the head).
+    Idle,
+    /// Entries after `since`.
+    Entries {
+        changes: Vec<(u64, Entry)>,
+        head: u64,
+    },
+}
+
+/// A page of the snapshot listing.
+#[derive(Debug)]
+pub(crate) struct ListPage {
+    pub cursor: u64,
+    pub documents: Vec<Entry>,
+    pub next_after: Option<(String, String)>,
+}
+
+/// One user's log, for the duration of one request.
+pub(crate) struct Log<'a, K, H> {
+    kv: &'a K,
+    host: &'a H,
+    cfg: &'a Config,
+    keys: UserKeys,
+}
+
+impl<'a, K: Kv, H: Host> Log<'a, K, H> {
+    pub fn new(kv: &'a K, host: &'a H, cfg: &'a Config, user_id: &str) -> Self {
+        Self {
+            kv,
+            host,
+            cfg,
+            keys: UserKeys::new(user_id),
+        }
+    }
+
+    /// Topic name for change notifications.
+    pub fn topic(&self) -> &str {
+        self.keys.topic()
+    }
+
+    fn fresh_id(&self) -> u64 {
+        loop {
+            let id = self.host.random_u64();
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // Small KV helpers
+    // ---------------------------------------------------------------
+
+    async fn read_counter(&self, key: String) -> Result<Counter, Failure> {
+        let raw = self.kv.get(&key).await?;
+        counter(key, raw)
+    }
+
+    async fn read_counters(&self, keys: Vec<String>) -> Result<Vec<Counter>, Failure> {
+        let raws = self.kv.get_many(&keys).await?;
+        keys.into_iter()
+            .zip(raws)
+            .map(|(k, r)| counter(k, r))
+            .collect()
+    }
+
+    /// Make sure a counter exists (creating it with `increment(_, 0)`, the
+    /// only creation that can never undo someone else's progress) and
+    /// return it as it now is.
+    async fn ensure(&self, c: Counter) -> Result<Counter, Failure> {
+        if c.raw.is_some() {
+            return Ok(c);
+        }
+        // On Redis, INCRBY fails if someone swapped in a binary value
+        // meanwhile: then the key exists, which is all we wanted.
+        let incremented = self.kv.increment(&c.key, 0).await;
+        let raw = self.kv.get(&c.key).await?;
+        match (raw, incremented) {
+            (Some(raw), _) => counter(c.key, Some(raw)),
+            (None, Err(e)) => Err(e.into()),
+            (None, Ok(_)) => Err(Failure::Kv(KvError::new(
+                KvErrorKind::Other,
+                format!("{} vanished right after increment", c.key),
+            ))),
+        }
+    }
+
+    /// Swap a counter (which must exist) from what was read to `new`.
+    async fn swap(&self, c: &Counter, new: u64) -> Result<bool, Failure> {
+        let current = c.raw.as_deref().expect("swap only on existing counters");
+        Ok(self
+            .kv
+            .compare_and_swap(&c.key, current, &encode_counter(new))
+            .await?)
+    }
+
+    /// Raise a counter to at least `min` (never lowers it).
+    async fn raise(&self, key: String, min: u64) -> Result<bool, Failure> {
+        for _ in 0..8 {
+            let c = self.read_counter(key.clone()).await?;
+            if c.value >= min {
+                return Ok(true);
+            }
+            let c = self.ensure(c).await?;
+            if c.value >= min {
+                return Ok(true);
+            }
+            if self.swap(&c, min).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn load_entries(
+        &self,
+        cache: &mut HashMap<u64, Option<Entry>>,
+        ids: &[u64],
+    ) -> Result<(), Failure> {
+        let missing: Vec<u64> = {
+            let mut v: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|id| *id != 0 && !cache.contains_key(id))
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = missing.iter().map(|id| self.keys.entry(*id)).collect();
+        let raws = self.kv.get_many(&keys).await?;
+        for (id, raw) in missing.into_iter().zip(raws) {
+            let entry = match raw {
+                None => None,
+                Some(bytes) => {
+                    Some(Entry::from_bytes(&bytes).ok_or_else(|| corrupt(&self.keys.entry(id)))?)
+                }
+            };
+            cache.insert(id, entry);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------
+    // The tail of the log
+    // ---------------------------------------------------------------
+
+    /// Find the first free slot, scanning forward from the hint.
+    async fn scan_tail(&self, hint: Counter) -> Result<Tail, Failure> {
+        let mut start = hint.value + 1;
+        let mut claimed = BTreeMap::new();
+        for _ in 0..1024 {
+            let keys: Vec<String> = (start..start + WINDOW).map(|s| self.keys.slot(s)).collect();
+            let slots = self.read_counters(keys).await?;
+            for (i, slot) in slots.into_iter().enumerate() {
+                let seq = start + i as u64;
+                if slot.value == 0 {
+                    return Ok(Tail {
+                        hint,
+                        tail: seq,
+                        tail_slot: slot,
+                        claimed,
+                    });
+                }
+                claimed.insert(seq, slot.value);
+            }
+            start += WINDOW;
+        }
+        Err(Problem::unavailable("the log tail is too far from its hint").into())
+    }
+
+    /// The newest committed seq.
+    pub async fn head(&self) -> Result<u64, Failure> {
+        let hint = self.read_counter(self.keys.hint()).await?;
+        Ok(self.scan_tail(hint).await?.tail - 1)
+    }
+
+    /// Whether nothing was committed after `since` — answered with one
+    /// read of one small key: slot `since + 1` exists and is zero exactly
+    /// when `since` is the head. `None` when that read alone can't tell.
+    pub async fn nothing_after(&self, since: u64) -> Result<Option<bool>, Failure> {
+        let slot = self.read_counter(self.keys.slot(since + 1)).await?;
+        Ok(match (slot.raw.is_some(), slot.value) {
+            (true, 0) => Some(true),
+            (_, v) if v != 0 => Some(false),
+            _ => None,
+        })
+    }
+
+    // ---------------------------------------------------------------
+    // Pointer resolution
+    // ---------------------------------------------------------------
+
+    /// Resolve a pointer to the entry it names. `matches` says whether a
+    /// committed entry belongs to the pointer's subject (same document, or
+    /// same idempotency key): any such entry committed at the intent's
+    /// target seq counts, which is what lets writers take over each other's
+    /// pending intents safely.
+    async fn resolve(
+        &self,
+        ptr: u64,
+        tail: &Tail,
+        cache: &mut HashMap<u64, Option<Entry>>,
+        matches: &dyn Fn(&Entry) -> bool,
+    ) -> Result<Step<Resolution>, Failure> {
+        if ptr == 0 {
+            return Ok(Step::Done(Resolution::Nothing));
+        }
+        self.load_entries(cache, &[ptr]).await?;
+        let Some(x) = cache.get(&ptr).cloned().flatten() else {
+            // The pointer moved on and its old target was cleaned up
+            // between our two reads.
+            return Ok(Step::Retry);
+        };
+        if x.k > tail.tail {
+            // Our view of the tail is older than the pointer: start over.
+            return Ok(Step::Retry);
+        }
+        if x.k == tail.tail {
+            return Ok(Step::Done(Resolution::Open {
+                intent: ptr,
+                x,
+                pending: true,
+            }));
+        }
+        let slot = match tail.claimed.get(&x.k) {
+            Some(id) => *id,
+            None => self.read_counter(self.keys.slot(x.k)).await?.value,
+        };
+        if slot == ptr {
+            return Ok(Step::Done(Resolution::Committed(ptr, x)));
+        }
+        if slot != 0 {
+            self.load_entries(cache, &[slot]).await?;
+            if let Some(Some(y)) = cache.get(&slot) {
+                if matches(y) {
+                    return Ok(Step::Done(Resolution::Committed(slot, y.clone())));
+                }
+            }
+        }
+        // The target slot went to an entry for something else, or was
+        // deleted by compaction (which never deletes the slot of a
+        // document's current state): the intent never committed.
+        Ok(Step::Done(Resolution::Open {
+            intent: ptr,
+            x,
+            pending: false,
+        }))
+    }
+
+    // ---------------------------------------------------------------
+    // Mutations
+    // ---------------------------------------------------------------
+
+    /// Apply a mutation, retrying lost races.
+    pub async fn mutate(&self, m: &Mutation, charge: Charge) -> Result<Outcome, Failure> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Step::Done(outcome) = self.try_mutate(m, charge).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(Problem::unavailable("too much contention on this user's log; retry").into())
+    }
+
+    async fn try_mutate(&self, m: &Mutation, charge: Charge) -> Result<Step<Outcome>, Failure> {
+        let z = self.fresh_id();
+        let doc_key = self.keys.doc(&m.collection, &m.id);
+        let first = self
+            .kv
+            .get_many(&[self.keys.hint(), doc_key.clone(), self.keys.entry(z)])
+            .await?;
+        let [hint_raw, doc_raw, z_raw]: [Option<Vec<u8>>; 3] =
+            first.try_into().expect("three keys");
+        if z_raw.is_some() {
+            return Ok(Step::Retry); // a 2^-64 id collision: draw again
+        }
+        let hint = counter(self.keys.hint(), hint_raw)?;
+        let doc_ptr = counter(doc_key, doc_raw)?;
+        let tail = self.scan_tail(hint).await?;
+        let t = tail.tail;
+        let epoch = t / self.cfg.retention_entries;
+
+        // Read the floor only now: compaction raises the hint, then the
+        // floor, then deletes; a floor at or below our hint, read after
+        // the slots, proves none of the slots we scanned had been deleted.
+        let mut second = vec![self.keys.floor()];
+        if let Some((key, _)) = &m.idempotency {
+            second.push(self.keys.idempotency(epoch, key));
+            if epoch > 0 {
+                second.push(self.keys.idempotency(epoch - 1, key));
+            }
+        }
+        let mut counters = self.read_counters(second).await?.into_iter();
+        let floor = counters.next().expect("floor");
+        if floor.value > tail.hint.value {
+            return Ok(Step::Retry);
+        }
+        let idem_ptrs: Vec<Counter> = counters.collect();
+
+        let mut cache: HashMap<u64, Option<Entry>> = HashMap::new();
+        let prefetch: Vec<u64> = std::iter::once(doc_ptr.value)
+            .chain(idem_ptrs.iter().map(|c| c.value))
+            .collect();
+        self.load_entries(&mut cache, &prefetch).await?;
+
+        // Idempotency: a committed entry with this key answers the request.
+        let mut idem_current: Option<Counter> = None;
+        if let Some((key, fingerprint)) = &m.idempotency {
+            let same_key = |e: &Entry| e.ik.as_deref() == Some(key.as_str());
+            for (i, ptr) in idem_ptrs.iter().enumerate() {
+                match self
+                    .resolve(ptr.value, &tail, &mut cache, &same_key)
+                    .await?
+                {
+                    Step::Retry => return Ok(Step::Retry),
+                    Step::Done(Resolution::Committed(_, e)) => {
+                        if e.fp.as_deref() == Some(fingerprint.as_str()) {
+                            return Ok(Step::Done(Outcome::Applied {
+                                entry: e,
+                                replayed: true,
+                            }));
+                        }
+                        return Ok(Step::Done(
+                            Outcome::Refused(Problem::idempotency_mismatch()),
+                        ));
+                    }
+                    Step::Done(Resolution::Open { pending: true, .. }) if i > 0 => {
+                        // A pending intent always sits in the current epoch.
+                        return Ok(Step::Retry);
+                    }
+                    Step::Done(_) => {}
+                }
+            }
+            idem_current = idem_ptrs.first().cloned();
+        }
+
+        // The document's committed state, and whether its pointer holds an
+        // intent for this very slot that we take over.
+        let same_doc = |e: &Entry| e.is_for(&m.collection, &m.id);
+        let (state, dead_intent) = match self
+            .resolve(doc_ptr.value, &tail, &mut cache, &same_doc)
+            .await?
+        {
+            Step::Retry => return Ok(Step::Retry),
+            Step::Done(Resolution::Nothing) => (DocState::default(), None),
+            Step::Done(Resolution::Committed(id, e)) => (DocState::from_entry(id, e), None),
+            Step::Done(Resolution::Open { intent, x, pending }) => {
+                let dead = (!pending && x.ik.is_none()).then_some(intent);
+                (DocState::before(&x), dead)
+            }
+        };
+
+        if let Some(problem) = check_conditions(&m.conditions, &state) {
+            return Ok(Step::Done(Outcome::Refused(problem)));
+        }
+        if !state.live && !matches!(m.action, Action::Put(_)) {
+            return Ok(Step::Done(Outcome::Refused(Problem::document_not_found())));
+        }
+
+        // The rate limiter's state rides on the previous entry.
+        let mut prev_tat = 0;
+        if self.cfg.rate_limit_per_second > 0 && t > 1 {
+            let prev_id = match tail.claimed.get(&(t - 1)) {
+                Some(id) => *id,
+                None => self.read_counter(self.keys.slot(t - 1)).await?.value,
+            };
+            self.load_entries(&mut cache, &[prev_id]).await?;
+            prev_tat = cache
+                .get(&prev_id)
+                .cloned()
+                .flatten()
+                .and_then(|e| e.rl)
+                .unwrap_or(0);
+        }
+        let now = self.host.now_millis();
+        let tokens = if charge == Charge::Check { 1 } else { 0 };
+        let tat = match self.rate_check(prev_tat, now, tokens) {
+            Ok(tat) => tat,
+            Err(retry_after) => {
+                return Ok(Step::Done(Outcome::Refused(Problem::rate_limited(
+                    retry_after,
+                ))))
+            }
+        };
+
+        let value = match &m.action {
+            Action::Put(v) => Some(v.clone()),
+            Action::Delete => None,
+            Action::Patch(patch) => {
+                let mut current = match state.entry.clone() {
+                    Some(e) => e.value(),
+                    None => {
+                        self.load_entries(&mut cache, &[state.id]).await?;
+                        match cache.get(&state.id).cloned().flatten() {
+                            Some(e) => e.value(),
+                            None => return Ok(Step::Retry),
+                        }
+                    }
+                };
+                merge_patch::apply(&mut current, patch);
+                Some(current)
+            }
+        };
+        let entry = Entry {
+            k: t,
+            op: if value.is_some() { Op::Put } else { Op::Delete },
+            c: m.collection.clone(),
+            i: m.id.clone(),
+            v: value,
+            ts: now,
+            p: state.id,
+            pv: state.version,
+            px: state.live,
+            ik: m.idempotency.as_ref().map(|(k, _)| k.clone()),
+            fp: m.idempotency.as_ref().map(|(_, f)| f.clone()),
+            rl: (self.cfg.rate_limit_per_second > 0).then_some(tat),
+        };
+        self.kv.set(&self.keys.entry(z), &entry.to_bytes()).await?;
+
+        // A document that has no pointer is in no index: put it there
+        // before anything can make it visible (indexes may list more than
+        // exists, never less).
+        if doc_ptr.value == 0 && entry.op == Op::Put {
+            if let Some(problem) = self.index_add(&m.collection, &m.id).await? {
+                self.kv.delete_many(&[self.keys.entry(z)]).await?;
+                return Ok(Step::Done(Outcome::Refused(problem)));
+            }
+        }
+
+        if let Some(ptr) = idem_current {
+            // Resolved above to nothing or to an uncommitted intent; the swap
+            // from exactly what we read catches any change since.
+            let resolved = ptr.value;
+            let ptr = self.ensure(ptr).await?;
+            if ptr.value != resolved || !self.swap(&ptr, z).await? {
+                self.kv.delete_many(&[self.keys.entry(z)]).await?;
+                return Ok(Step::Retry);
+            }
+        }
+
+        let resolved = doc_ptr.value;
+        let doc_ptr = self.ensure(doc_ptr).await?;
+        if doc_ptr.value != resolved || !self.swap(&doc_ptr, z).await? {
+            if m.idempotency.is_none() {
+                // Nothing points at our entry: drop it.
+                self.kv.delete_many(&[self.keys.entry(z)]).await?;
+            }
+            return Ok(Step::Retry);
+        }
+
+        let slot = self.ensure(tail.tail_slot.clone()).await?;
+        if slot.value != 0 || !self.swap(&slot, z).await? {
+            return Ok(Step::Retry);
+        }
+
+        // Committed at seq t. Everything below is housekeeping that any
+        // later writer would also do or tolerate missing.
+        // Pre-create the next slot so that "nothing after t" is one read of
+        // an existing zero. A failure is harmless: the next writer creates
+        // it, and readers treat an absent next slot after a claimed one as
+        // the head.
+        let _ = self.kv.increment(&self.keys.slot(t + 1), 0).await;
+        self.host.log_changed(self.keys.topic(), t);
+        if t % HINT_EVERY == 0 && tail.hint.value < t {
+            let hint = self.ensure(tail.hint.clone()).await?;
+            if hint.value < t {
+                self.swap(&hint, t).await?;
+            }
+        }
+        if let Some(dead) = dead_intent {
+            // Nothing points at a dead intent without an idempotency key
+            // once its document pointer moved on.
+            self.kv.delete_many(&[self.keys.entry(dead)]).await?;
+        }
+        if t % COMPACT_STEP == 0 {
+            self.compact(t).await?;
+        }
+        Ok(Step::Done(Outcome::Applied {
+            entry,
+            replayed: false,
+        }))
+    }
+
+    /// GCRA over the chained theoretical arrival time (µs): the new TAT if
+    /// `tokens` fit, else the seconds to wait.
+    fn rate_check(&self, prev_tat: u64, now_millis: u64, tokens: u64) -> Result<u64, u64> {
+        let rate = self.cfg.rate_limit_per_second;
+        if rate == 0 {
+            return Ok(0);
+        }
+        let interval = 1_000_000 / rate;
+        let now = now_millis.saturating_mul(1000);
+        let tat = prev_tat.max(now);
+        let tolerance = interval.saturating_mul(self.cfg.rate_limit_burst().saturating_sub(1));
+        if tokens > 0 {
+            let last = tat.saturating_add(interval.saturating_mul(tokens - 1));
+            if last.saturating_sub(now) > tolerance {
+                let wait_us = last - now - tolerance;
+                return Err(wait_us.div_ceil(1_000_000).max(1));
+            }
+        }
+        Ok(tat.saturating_add(interval))
+    }
+
+    /// Admission of a batch: whether `tokens` mutations may start now.
+    pub async fn admit(&self, tokens: u64) -> Result<Result<(), u64>, Failure> {
+        if self.cfg.rate_limit_per_second == 0 {
+            return Ok(Ok(()));
+        }
+        let hint = self.read_counter(self.keys.hint()).await?;
+        let tail = self.scan_tail(hint).await?;
+        let mut prev_tat = 0;
+        if tail.tail > 1 {
+            let prev_id = match tail.claimed.get(&(tail.tail - 1)) {
+                Some(id) => *id,
+                None => {
+                    self.read_counter(self.keys.slot(tail.tail - 1))
+                        .await?
+                        .value
+                }
+            };
+            let mut cache = HashMap::new();
+            self.load_entries(&mut cache, &[prev_id]).await?;
+            prev_tat = cache
+                .get(&prev_id)
+                .cloned()
+                .flatten()
+                .and_then(|e| e.rl)
+                .unwrap_or(0);
+        }
+        Ok(self
+            .rate_check(prev_tat, self.host.now_millis(), tokens)
+            .map(|_| ()))
+    }
+
+    // ---------------------------------------------------------------
+    // Reads
+    // ---------------------------------------------------------------
+
+    /// The committed, live state of documents (`None`: absent or deleted).
+    pub async fn documents(
+        &self,
+        docs: &[(String, String)],
+    ) -> Result<Vec<Option<Entry>>, Failure> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Step::Done(found) = self.try_documents(docs).await? {
+                return Ok(found);
+            }
+        }
+        Err(Problem::unavailable("documents kept changing under the read; retry").into())
+    }
+
+    async fn try_documents(
+        &self,
+        docs: &[(String, String)],
+    ) -> Result<Step<Vec<Option<Entry>>>, Failure> {
+        let keys: Vec<String> = docs.iter().map(|(c, i)| self.keys.doc(c, i)).collect();
+        let ptrs: Vec<u64> = self
+            .read_counters(keys)
+            .await?
+            .into_iter()
+            .map(|c| c.value)
+            .collect();
+        let mut cache = HashMap::new();
+        self.load_entries(&mut cache, &ptrs).await?;
+        // The target slot of every intent.
+        let mut targets = Vec::new();
+        for ptr in &ptrs {
+            if *ptr != 0 {
+                match cache.get(ptr) {
+                    Some(Some(x)) => targets.push(x.k),
+                    _ => return Ok(Step::Retry),
+                }
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        let slot_keys: Vec<String> = targets.iter().map(|k| self.keys.slot(*k)).collect();
+        let slot_values: HashMap<u64, u64> = targets
+            .iter()
+            .copied()
+            .zip(
+                self.read_counters(slot_keys)
+                    .await?
+                    .into_iter()
+                    .map(|c| c.value),
+            )
+            .collect();
+        // Entries that took a slot, and previous states of open intents.
+        let mut more = Vec::new();
+        for ptr in &ptrs {
+            if let Some(Some(x)) = cache.get(ptr) {
+                let slot = slot_values[&x.k];
+                if slot != *ptr && slot != 0 {
+                    more.push(slot);
+                }
+                if slot != *ptr && x.px {
+                    more.push(x.p);
+                }
+            }
+        }
+        self.load_entries(&mut cache, &more).await?;
+        let mut out = Vec::with_capacity(docs.len());
+        for ((c, i), ptr) in docs.iter().zip(&ptrs) {
+            if *ptr == 0 {
+                out.push(None);
+                continue;
+            }
+            let x = cache[ptr].clone().expect("checked above");
+            let slot = slot_values[&x.k];
+            let current = if slot == *ptr {
+                Some(x)
+            } else {
+                let taken_over = match cache.get(&slot) {
+                    Some(Some(y)) if slot != 0 && y.is_for(c, i) => Some(y.clone()),
+                    _ => None,
+                };
+                match taken_over {
+                    Some(y) => Some(y),
+                    None if x.px => match cache.get(&x.p) {
+                        Some(Some(p)) => Some(p.clone()),
+                        _ => return Ok(Step::Retry),
+                    },
+                    None => None,
+                }
+            };
+            out.push(current.filter(Entry::is_live));
+        }
+        Ok(Step::Done(out))
+    }
+
+    /// Changes after `since`, at most `limit`.
+    pub async fn changes(
+        &self,
+        since: u64,
+        limit: u64,
+    ) -> Result<Result<ChangesPage, Problem>, Failure> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Step::Done(page) = self.try_changes(since, limit).await? {
+                return Ok(page);
+            }
+        }
+        Err(Problem::unavailable("the log kept changing under the read; retry").into())
+    }
+
+    async fn try_changes(
+        &self,
+        since: u64,
+        limit: u64,
+    ) -> Result<Step<Result<ChangesPage, Problem>>, Failure> {
+        let first = self.read_counter(self.keys.slot(since + 1)).await?;
+        if first.value == 0 {
+            if first.raw.is_some() {
+                return Ok(Step::Done(Ok(ChangesPage::Idle)));
+            }
+            // Absent: `since` is beyond the head, below the floor, or the
+            // head whose writer has not pre-created the next slot yet.
+            let mut keys = vec![self.keys.floor()];
+            if since > 0 {
+                keys.push(self.keys.slot(since));
+            }
+            let c = self.read_counters(keys).await?;
+            let floor = c[0].value;
+            if since < floor {
+                return Ok(Step::Done(Err(Problem::cursor_expired(since, floor))));
+            }
+            if since == 0 || c[1].value != 0 {
+                return Ok(Step::Done(Ok(ChangesPage::Idle)));
+            }
+            let head = self.head().await?;
+            if since > head {
+                return Ok(Step::Done(Err(Problem::cursor_ahead(since, head))));
+            }
+            if since == head {
+                return Ok(Step::Done(Ok(ChangesPage::Idle)));
+            }
+            return Ok(Step::Retry);
+        }
+        // Read the following slots in growing windows, stopping at the
+        // first free one, so a page of a few changes costs a few reads.
+        let mut run = vec![(since + 1, first.value)];
+        let mut head = None;
+        let mut next = since + 2;
+        let mut window = WINDOW;
+        let mut floor = None;
+        let mut hint = 0;
+        while head.is_none() && run.len() < limit as usize + 1 {
+            let end = (next + window).min(since + limit + 2);
+            let mut keys: Vec<String> = (next..end).map(|s| self.keys.slot(s)).collect();
+            if floor.is_none() {
+                keys.push(self.keys.floor());
+                keys.push(self.keys.hint());
+            }
+            let mut counters = self.read_counters(keys).await?;
+            if floor.is_none() {
+                hint = counters.pop().expect("hint").value;
+                floor = Some(counters.pop().expect("floor").value);
+            }
+            for (i, c) in counters.into_iter().enumerate() {
+                let seq = next + i as u64;
+                if c.value == 0 {
+                    head = Some(seq - 1);
+                    break;
+                }
+                run.push((seq, c.value));
+            }
+            next = end;
+            window *= 4;
+        }
+        let floor = floor.unwrap_or(0);
+        if since < floor {
+            return Ok(Step::Done(Err(Problem::cursor_expired(since, floor))));
+        }
+        // One slot past the page was read to learn whether more follow.
+        run.truncate(limit as usize);
+        let head = head.unwrap_or_else(|| hint.max(since + limit + 1));
+        let mut cache = HashMap::new();
+        let ids: Vec<u64> = run.iter().map(|(_, id)| *id).collect();
+        self.load_entries(&mut cache, &ids).await?;
+        let mut changes = Vec::with_capacity(run.len());
+        let mut budget = 0usize;
+        for (seq, id) in run {
+            let Some(Some(entry)) = cache.get(&id) else {
+                // Compaction removed it after we read the floor.
+                let floor = self.read_counter(self.keys.floor()).await?.value;
+                if since < floor {
+                    return Ok(Step::Done(Err(Problem::cursor_expired(since, floor))));
+                }
+                return Ok(Step::Retry);
+            };
+            budget += entry.v.as_ref().map_or(0, |v| v.to_string().len());
+            if budget > PAGE_VALUE_BUDGET && !changes.is_empty() {
+                break;
+            }
+            changes.push((seq, entry.clone()));
+        }
+        Ok(Step::Done(Ok(ChangesPage::Entries { changes, head })))
+    }
+
+    /// A page of live documents ordered by (collection, id).
+    pub async fn list(
+        &self,
+        collection: Option<&str>,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<ListPage, Failure> {
+        // Any seq at or below the head at this moment is a valid cursor: the
+        // documents read below reflect at least everything up to it. The
+        // hint is such a seq and never below the floor.
+        let cursor = self.read_counter(self.keys.hint()).await?.value;
+        let collections = match collection {
+            Some(c) => vec![c.to_owned()],
+            None => self.read_blob_root(self.keys.collections()).await?.1,
+        };
+        let mut documents = Vec::new();
+        let mut next_after = None;
+        'outer: for c in collections {
+            if let Some((ac, _)) = &after {
+                if c.as_str() < ac.as_str() {
+                    continue;
+                }
+            }
+            let (_, ids) = self.read_blob_root(self.keys.index(&c)).await?;
+            let ids: Vec<String> = ids
+                .into_iter()
+                .filter(|id| match &after {
+                    Some((ac, ai)) if *ac == c => id.as_str() > ai.as_str(),
+                    _ => true,
+                })
+                .collect();
+            for chunk in ids.chunks(limit.max(16)) {
+                let docs: Vec<(String, String)> =
+                    chunk.iter().map(|i| (c.clone(), i.clone())).collect();
+                for found in self.documents(&docs).await?.into_iter().flatten() {
+                    if documents.len() == limit {
+                        let last: &Entry = documents.last().expect("limit > 0");
+                        next_after = Some((last.c.clone(), last.i.clone()));
+                        break 'outer;
+                    }
+                    documents.push(found);
+                }
+            }
+        }
+        Ok(ListPage {
+            cursor,
+            documents,
+            next_after,
+        })
+    }
+
+    // ---------------------------------------------------------------
+    // Index blobs
+    // ---------------------------------------------------------------
+
+    /// Read a blob root and its sorted names.
+    async fn read_blob_root(&self, root_key: String) -> Result<(Counter, Vec<String>), Failure> {
+        for _ in 0..MAX_ATTEMPTS {
+            let root = self.read_counter(root_key.clone()).await?;
+            if root.value == 0 {
+                return Ok((root, Vec::new()));
+            }
+            let key = self.keys.blob(root.value);
+            match self.kv.get(&key).await? {
+                Some(bytes) => {
+                    let names: Vec<String> =
+                        serde_json::from_slice(&bytes).map_err(|_| corrupt(&key))?;
+                    return Ok((root, names));
+                }
+                // Replaced and deleted since we read the root.
+                None => continue,
+            }
+        }
+        Err(Problem::unavailable("an index kept changing under the read; retry").into())
+    }
+
+    /// Replace a blob root by a new blob with `names`; false if the root
+    /// moved since `root` was read.
+    async fn replace_blob(&self, root: Counter, names: &[String]) -> Result<bool, Failure> {
+        let new_id = self.fresh_id();
+        let bytes = serde_json::to_vec(names).expect("names serialize");
+        self.kv.set(&self.keys.blob(new_id), &bytes).await?;
+        // `ensure` may find a root someone created meanwhile: then the names
+        // we computed are stale.
+        let expected = root.value;
+        let root = self.ensure(root).await?;
+        if root.value != expected || !self.swap(&root, new_id).await? {
+            self.kv.delete_many(&[self.keys.blob(new_id)]).await?;
+            return Ok(false);
+        }
+        if root.value != 0 {
+            self.kv.delete_many(&[self.keys.blob(root.value)]).await?;
+        }
+        Ok(true)
+    }
+
+    /// Add a document to its collection's index (and the collection to the
+    /// user's list of collections). Always installs a new blob, even when
+    /// the id is already there: that serializes it against compaction's
+    /// removal of the same id (see `index_remove`).
+    async fn index_add(&self, collection: &str, id: &str) -> Result<Option<Problem>, Failure> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (root, mut names) = self.read_blob_root(self.keys.index(collection)).await?;
+            if names.is_empty() {
+                self.collection_add(collection).await?;
+            }
+            if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(id)) {
+                names.insert(at, id.to_owned());
+            }
+            let size: usize = names.iter().map(|n| n.len() + 3).sum();
+            if size > INDEX_MAX_BYTES {
+                return Ok(Some(Problem::collection_full(collection, INDEX_MAX_BYTES)));
+            }
+            if self.replace_blob(root, &names).await? {
+                return Ok(None);
+            }
+        }
+        Err(Problem::unavailable("too much contention on a collection index; retry").into())
+    }
+
+    /// Add a collection name to the user's list (names are never removed:
+    /// a user has few collections, and an empty one costs one empty blob).
+    async fn collection_add(&self, collection: &str) -> Result<(), Failure> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (root, mut names) = self.read_blob_root(self.keys.collections()).await?;
+            match names.binary_search_by(|n| n.as_str().cmp(collection)) {
+                Ok(_) => return Ok(()),
+                Err(at) => names.insert(at, collection.to_owned()),
+            }
+            if self.replace_blob(root, &names).await? {
+                return Ok(());
+            }
+        }
+        Err(Problem::unavailable("too much contention on the collection list; retry").into())
+    }
+
+    /// Remove a forgotten document from its collection's index. Safe
+    /// against a concurrent re-creation: the creator installs a new blob
+    /// after setting the document pointer, and we re-check the pointer
+    /// after reading the blob we replace.
+    async fn index_remove(&self, collection: &str, id: &str) -> Result<(), Failure> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (root, mut names) = self.read_blob_root(self.keys.index(collection)).await?;
+            let Ok(at) = names.binary_search_by(|n| n.as_str().cmp(id)) else {
+                return Ok(());
+            };
+            if self
+                .read_counter(self.keys.doc(collection, id))
+                .await?
+                .value
+                != 0
+            {
+                return Ok(()); // re-created meanwhile: it stays
+            }
+            names.remove(at);
+            if self.replace_blob(root, &names).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------
+    // Compaction
+    // ---------------------------------------------------------------
+
+    /// Move the floor to `retention_entries` behind `head` and remove what
+    /// is no longer needed below it. Called by the writer that committed
+    /// `head` (every COMPACT_STEP seqs); bounded work per call.
+    async fn compact(&self, head: u64) -> Result<(), Failure> {
+        let retention = self.cfg.retention_entries;
+        let c = self
+            .read_counters(vec![self.keys.floor(), self.keys.cleaned()])
+            .await?;
+        let (floor, cleaned) = (c[0].clone(), c[1].clone());
+        let target = head.saturating_sub(retention);
+        if target >= floor.value + COMPACT_STEP {
+            // Order matters: hint first (writers scan from it and must
+            // never scan below the floor), then the floor (readers check
+            // it), then deletions.
+            if !self.raise(self.keys.hint(), head).await? {
+                return Ok(());
+            }
+            let floor = self.ensure(floor).await?;
+            if floor.value < target {
+                self.swap(&floor, target).await?;
+            }
+        }
+        let floor = self.read_counter(self.keys.floor()).await?.value;
+        if cleaned.value >= floor {
+            return Ok(());
+        }
+        let end = floor.min(cleaned.value + MAX_CLEAN_PER_REQUEST);
+        self.clean(cleaned.value, end).await?;
+        let cleaned = self.ensure(cleaned).await?;
+        if cleaned.value < end {
+            self.swap(&cleaned, end).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove garbage for seqs in (from, to]: each entry's predecessor for
+    /// the same document (superseded now that the entry is below the
+    /// floor), its idempotency record, and deleted documents altogether.
+    async fn clean(&self, from: u64, to: u64) -> Result<(), Failure> {
+        let keys: Vec<String> = (from + 1..=to).map(|s| self.keys.slot(s)).collect();
+        let slots = self.read_counters(keys).await?;
+        let mut cache = HashMap::new();
+        let ids: Vec<u64> = slots.iter().map(|c| c.value).collect();
+        self.load_entries(&mut cache, &ids).await?;
+        for (i, slot) in slots.iter().enumerate() {
+            let seq = from + 1 + i as u64;
+            let Some(Some(entry)) = cache.get(&slot.value) else {
+                continue;
+            };
+            let mut garbage = Vec::new();
+            if entry.p != 0 {
+                garbage.push(self.keys.entry(entry.p));
+                garbage.push(self.keys.slot(entry.pv));
+            }
+            if let Some(key) = &entry.ik {
+                garbage.push(self.keys.idempotency(seq / self.cfg.retention_entries, key));
+            }
+            if entry.op == Op::Delete {
+                let ptr = self.read_counter(self.keys.doc(&entry.c, &entry.i)).await?;
+                if ptr.value == slot.value && self.swap(&ptr, 0).await? {
+                    self.index_remove(&entry.c, &entry.i).await?;
+                    garbage.push(self.keys.entry(slot.value));
+                    garbage.push(self.keys.slot(seq));
+                }
+            }
+            if !garbage.is_empty() {
+                self.kv.delete_many(&garbage).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Evaluate `If-Match` then `If-None-Match` (RFC 9110 §13.2.2) against the
+/// committed state.
+fn check_conditions(conditions: &Conditions, state: &DocState) -> Option<Problem> {
+    let current = state.live.then_some(state.version);
+    let matches = |cond: &Cond| match cond {
+        Cond::Any => state.live,
+        Cond::Versions(vs) => state.live && vs.contains(&state.version),
+    };
+    if let Some(cond) = &conditions.if_match {
+        if !matches(cond) {
+            return Some(Problem::precondition_failed(current));
+        }
+    }
+    if let Some(cond) = &conditions.if_none_match {
+        if matches(cond) {
+            return Some(Problem::precondition_failed(current));
+        }
+    }
+    None
+}

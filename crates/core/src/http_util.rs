@@ -1,0 +1,259 @@
+//! Small HTTP parsing helpers: query strings, entity tags, media types,
+//! `Prefer`.
+
+use http::HeaderValue;
+
+use crate::engine::Cond;
+
+/// Decode one `application/x-www-form-urlencoded` component; `None` if it
+/// is not valid percent-encoding of UTF-8.
+pub(crate) fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = raw.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The first value of each query parameter, decoded. Parameters that fail
+/// to decode are reported by name.
+pub(crate) fn query_params(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(k).ok_or_else(|| k.to_owned())?;
+        let value = percent_decode(v).ok_or_else(|| key.clone())?;
+        if !out.iter().any(|(existing, _)| *existing == key) {
+            out.push((key, value));
+        }
+    }
+    Ok(out)
+}
+
+/// Parse a non-negative decimal integer written plainly (no sign, no
+/// spaces, no leading `+`).
+pub(crate) fn parse_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// One entity tag from an `If-Match`/`If-None-Match` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ETag {
+    pub weak: bool,
+    pub opaque: String,
+}
+
+/// An `If-Match`/`If-None-Match` header: `*` or a list of tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ETagList {
+    Any,
+    Tags(Vec<ETag>),
+}
+
+/// Parse an entity-tag list (RFC 9110 §8.8.3, §13.1.1). Several header
+/// lines are joined with commas first. `Err` on syntax errors (e.g. an
+/// unquoted tag).
+pub(crate) fn parse_etag_list<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<Option<ETagList>, ()> {
+    let mut joined = String::new();
+    let mut any_line = false;
+    for v in values {
+        any_line = true;
+        let s = v.to_str().map_err(|_| ())?;
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(s);
+    }
+    if !any_line {
+        return Ok(None);
+    }
+    let trimmed = joined.trim();
+    if trimmed == "*" {
+        return Ok(Some(ETagList::Any));
+    }
+    let mut tags = Vec::new();
+    let mut rest = trimmed;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+        if rest.is_empty() {
+            break;
+        }
+        let (weak, after) = match rest.strip_prefix("W/") {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let after = after.strip_prefix('"').ok_or(())?;
+        let end = after.find('"').ok_or(())?;
+        let opaque = &after[..end];
+        if opaque.bytes().any(|b| b < 0x21 || b == 0x7f) {
+            return Err(());
+        }
+        tags.push(ETag {
+            weak,
+            opaque: opaque.to_owned(),
+        });
+        rest = &after[end + 1..];
+        let next = rest.trim_start();
+        if !(next.is_empty() || next.starts_with(',')) {
+            return Err(());
+        }
+    }
+    if tags.is_empty() {
+        return Err(());
+    }
+    Ok(Some(ETagList::Tags(tags)))
+}
+
+impl ETagList {
+    /// As a write precondition on versions: `If-Match` compares strongly
+    /// (weak tags never match), `If-None-Match` weakly.
+    pub fn to_cond(&self, strong: bool) -> Cond {
+        match self {
+            ETagList::Any => Cond::Any,
+            ETagList::Tags(tags) => Cond::Versions(
+                tags.iter()
+                    .filter(|t| !(strong && t.weak))
+                    .filter_map(|t| parse_u64(&t.opaque))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether the list matches the current tag `"n"` under weak
+    /// comparison (`If-None-Match` on GET/HEAD).
+    pub fn matches_weakly(&self, n: u64) -> bool {
+        match self {
+            ETagList::Any => true,
+            ETagList::Tags(tags) => tags.iter().any(|t| parse_u64(&t.opaque) == Some(n)),
+        }
+    }
+}
+
+/// The media type of a `Content-Type` value, lower-cased, without
+/// parameters.
+pub(crate) fn media_type(value: Option<&HeaderValue>) -> Option<String> {
+    let s = value?.to_str().ok()?;
+    let essence = s.split(';').next()?.trim().to_ascii_lowercase();
+    (!essence.is_empty()).then_some(essence)
+}
+
+/// The `wait` preference of a `Prefer` header (RFC 7240 §4.3), if any and
+/// well-formed; unknown or malformed preferences are ignored as the RFC
+/// requires.
+pub(crate) fn prefer_wait<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<u64> {
+    for value in values {
+        let Ok(s) = value.to_str() else { continue };
+        for pref in s.split(',') {
+            let token = pref.split(';').next().unwrap_or("").trim();
+            if let Some((name, v)) = token.split_once('=') {
+                if name.trim().eq_ignore_ascii_case("wait") {
+                    if let Some(n) = parse_u64(v.trim().trim_matches('"')) {
+                        return Some(n);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hv(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn etag_lists() {
+        let parse = |s: &str| parse_etag_list(std::iter::once(&hv(s)));
+        assert_eq!(parse("*"), Ok(Some(ETagList::Any)));
+        let list = parse(r#""1", W/"2" ,"x""#).unwrap().unwrap();
+        assert_eq!(list.to_cond(true), Cond::Versions(vec![1]));
+        assert_eq!(list.to_cond(false), Cond::Versions(vec![1, 2]));
+        assert!(list.matches_weakly(2));
+        assert!(!list.matches_weakly(3));
+        assert_eq!(parse("5"), Err(()));
+        assert_eq!(parse(r#""5" "6""#), Err(()));
+        assert_eq!(parse(r#""unterminated"#), Err(()));
+        assert_eq!(parse(""), Err(()));
+        assert_eq!(parse_etag_list(std::iter::empty()), Ok(None));
+        let two = [hv(r#""1""#), hv(r#""2""#)];
+        assert_eq!(
+            parse_etag_list(two.iter()).unwrap().unwrap().to_cond(true),
+            Cond::Versions(vec![1, 2])
+        );
+    }
+
+    #[test]
+    fn query_strings() {
+        let q = query_params(Some("since=5&limit=&after=todos%2Fa1&since=9&x")).unwrap();
+        assert_eq!(
+            q,
+            vec![
+                ("since".into(), "5".into()),
+                ("limit".into(), "".into()),
+                ("after".into(), "todos/a1".into()),
+                ("x".into(), "".into()),
+            ]
+        );
+        assert!(query_params(Some("a=%ZZ")).is_err());
+        assert!(query_params(Some("a=%C3")).is_err());
+        assert_eq!(parse_u64("007"), Some(7));
+        for bad in ["", "-1", "+1", "1.0", " 1", "99999999999999999999999"] {
+            assert_eq!(parse_u64(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefer_and_media_types() {
+        assert_eq!(
+            prefer_wait(std::iter::once(&hv("respond-async, wait=10"))),
+            Some(10)
+        );
+        assert_eq!(prefer_wait(std::iter::once(&hv("wait=abc"))), None);
+        assert_eq!(prefer_wait(std::iter::once(&hv("Wait = 3 ; x=y"))), Some(3));
+        assert_eq!(
+            media_type(Some(&hv("Application/JSON; charset=utf-8"))).as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(media_type(None), None);
+    }
+
+    proptest! {
+        #[test]
+        fn etag_parsing_never_panics(s in "[ -~]{0,40}") {
+            let _ = parse_etag_list(std::iter::once(&hv(&s)));
+        }
+
+        #[test]
+        fn strong_versions_round_trip(vs in prop::collection::vec(0u64..1_000_000, 1..5)) {
+            let header = vs.iter().map(|v| format!("\"{v}\"")).collect::<Vec<_>>().join(", ");
+            let list = parse_etag_list(std::iter::once(&hv(&header))).unwrap().unwrap();
+            prop_assert_eq!(list.to_cond(true), Cond::Versions(vs));
+        }
+    }
+}
