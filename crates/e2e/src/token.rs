@@ -1,0 +1,52 @@
+//! Tokens: valid ones minted with `edgesync_core::auth::mint`, and
+//! hand-signed hostile ones (expired, `alg: none`, missing claims...).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A valid one-hour token for `sub`.
+pub fn mint(secret: &[u8], sub: &str) -> String {
+    mint_at(secret, sub, now(), 3600)
+}
+
+/// A token for `sub` issued at `issued_at`, valid for `ttl` seconds.
+pub fn mint_at(secret: &[u8], sub: &str, issued_at: u64, ttl: u64) -> String {
+    let expect = edgesync_core::auth::Expectations {
+        secret,
+        audience: None,
+        issuer: None,
+    };
+    edgesync_core::auth::mint(&expect, sub, issued_at, ttl)
+}
+
+/// `base64url(header).base64url(payload).HMAC-SHA256(secret)` — any header
+/// and payload text, signed properly.
+pub fn sign(header: &str, payload: &str, secret: &[u8]) -> String {
+    let h = URL_SAFE_NO_PAD.encode(header);
+    let p = URL_SAFE_NO_PAD.encode(payload);
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(format!("{h}.{p}").as_bytes());
+    format!(
+        "{h}.{p}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// An unsigned token (`alg: none`, empty signature).
+pub fn unsigned(payload: &str) -> String {
+    format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(payload)
+    )
+}
