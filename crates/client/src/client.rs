@@ -484,11 +484,17 @@ impl Client {
         Ok(total)
     }
 
-    /// Bring the replica up to date once, without the engine: flush the
-    /// queue, bootstrap or resync if needed, and read changes until caught
-    /// up. For scripts and tests.
+    /// Bring the replica up to date once, without the engine: bootstrap or
+    /// resync if needed, read changes until caught up, then flush the queue.
+    /// For scripts and tests. Reading comes first so that a server that
+    /// refuses writes for now still lets the replica catch up (the write
+    /// error is returned afterwards).
     pub async fn sync_once(&self) -> Result<(), Error> {
-        self.flush().await?;
+        self.pull().await?;
+        self.flush().await.map(|_| ())
+    }
+
+    async fn pull(&self) -> Result<(), Error> {
         self.shared.wake.notify_one();
         let mut st = self.shared.gate.lock().await;
         // Bounded: a resync plus catch-up pages; more means the server is

@@ -1,0 +1,620 @@
+//! The engine against a scripted HTTP server and a virtual clock: back-off,
+//! `Retry-After`, the tight-loop guard, resync, conflicts — counted in
+//! requests and simulated seconds, never in real time.
+
+mod support;
+
+use edgesync_client::{
+    Client, Clock, Commit, DocWrite, MemoryStorage, Mode, Mutation, Origin, ParkReason, Resolution,
+    ResyncReason, Storage, SyncConfig, SyncEvent, VirtualClock,
+};
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{eventually, token, FakeServer, Request, Response};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn client(
+    server: &FakeServer,
+    clock: &VirtualClock,
+    storage: MemoryStorage,
+    mode: Mode,
+    seed: u64,
+) -> Client {
+    Client::builder(&server.url, token())
+        .storage(storage)
+        .clock(clock.clone())
+        .config(SyncConfig {
+            mode,
+            jitter_seed: Some(seed),
+            ..SyncConfig::default()
+        })
+        .build()
+        .unwrap()
+}
+
+/// A replica that already follows from `cursor` (no bootstrap needed).
+fn following(cursor: u64) -> MemoryStorage {
+    let s = MemoryStorage::new();
+    s.commit(Commit {
+        cursor: Some(cursor),
+        head: Some(cursor),
+        ..Default::default()
+    })
+    .unwrap();
+    s
+}
+
+fn not_modified(req: &Request) -> Response {
+    let since: u64 = req.query("since").unwrap().parse().unwrap();
+    Response::new(304).poll_headers(since, 10)
+}
+
+/// Run the engine until its clock parks at the horizon.
+async fn run_until_horizon(client: &Client, clock: &VirtualClock) {
+    client.start();
+    tokio::time::timeout(Duration::from_secs(60), clock.wait_for_horizon())
+        .await
+        .expect("engine reaches the simulated horizon");
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn idle_battery_replica_backs_off_within_budget() {
+    for seed in [1, 2, 3, 42, 1234] {
+        let clock = VirtualClock::with_horizon(HOUR);
+        let server = FakeServer::start(clock.clone(), not_modified).await;
+        let c = client(&server, &clock, following(5), Mode::Battery, seed);
+        run_until_horizon(&c, &clock).await;
+
+        let polls = server.requests_to("/v1/changes");
+        let all = server.exchanges();
+        assert_eq!(polls.len(), all.len(), "an idle replica only probes");
+        // At most 60 requests in the idle hour (expected ~34 with the ramp).
+        assert!(
+            (10..=60).contains(&polls.len()),
+            "seed {seed}: {} probes in an idle hour",
+            polls.len()
+        );
+        for p in &polls {
+            assert_eq!(p.header("if-none-match"), Some("\"5\""));
+            assert_eq!(p.query("wait"), None, "battery probes do not hold");
+        }
+        // Never more often than X-Poll-Interval (10 s), and slower over time.
+        let gaps: Vec<Duration> = polls.windows(2).map(|w| w[1].at - w[0].at).collect();
+        assert!(
+            gaps.iter().all(|g| *g >= Duration::from_secs(10)),
+            "{gaps:?}"
+        );
+        let first_half: Duration = gaps[..3].iter().sum();
+        let last: Duration = gaps[gaps.len() - 3..].iter().sum();
+        assert!(last > first_half, "backs off when idle: {gaps:?}");
+        // 30 KB per idle hour, request and response bytes counted.
+        let bytes: usize = all.iter().map(|e| e.request.bytes + e.response_bytes).sum();
+        assert!(
+            bytes <= 30_000,
+            "seed {seed}: {bytes} bytes in an idle hour"
+        );
+        if seed == 1 {
+            let e = &all[0];
+            eprintln!(
+                "idle probe: request {} B, response {} B; {} probes, {} B per idle hour",
+                e.request.bytes,
+                e.response_bytes,
+                polls.len(),
+                bytes
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn battery_polls_fast_again_after_changes() {
+    let clock = VirtualClock::with_horizon(Duration::from_secs(1800));
+    let clock2 = clock.clone();
+    let server = FakeServer::start(clock.clone(), move |req| {
+        let since: u64 = req.query("since").unwrap().parse().unwrap();
+        // One change arrives after ~10 idle minutes.
+        if since == 5 && clock2.now() >= Duration::from_secs(600) {
+            Response::json(
+                200,
+                json!({"changes":[{"seq":6,"op":"put","collection":"todos","id":"a",
+                    "version":6,"value":{"t":1},"ts":"2026-11-29T20:03:00.000Z"}],
+                    "next":6,"head":6}),
+            )
+            .poll_headers(6, 10)
+        } else {
+            not_modified(req)
+        }
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Battery, 7);
+    let mut todos = c.subscribe("todos");
+    let mut other = c.subscribe("notes");
+    run_until_horizon(&c, &clock).await;
+
+    let ev = todos.try_recv().expect("todos subscribers see the change");
+    assert_eq!(
+        (ev.id.as_str(), ev.version, ev.origin),
+        ("a", 6, Origin::Remote)
+    );
+    assert!(other.try_recv().is_err(), "other collections are not told");
+    assert_eq!(c.get("todos", "a").unwrap().unwrap().value, json!({"t": 1}));
+
+    let polls = server.requests_to("/v1/changes");
+    let change_at = polls
+        .iter()
+        .position(|p| p.query("since").as_deref() == Some("6"))
+        .unwrap();
+    // Right after the change the schedule restarts at the floor.
+    let gap = polls[change_at].at - polls[change_at - 1].at;
+    assert_eq!(gap, Duration::from_secs(10), "fast after activity");
+    assert_eq!(c.status().cursor, Some(6));
+    assert_eq!(c.status().lag, Some(0));
+}
+
+#[tokio::test]
+async fn retry_after_on_503_and_429_is_honoured() {
+    let clock = VirtualClock::with_horizon(HOUR);
+    let changes = Arc::new(AtomicUsize::new(0));
+    let mutations = Arc::new(AtomicUsize::new(0));
+    let (ch, mu) = (changes.clone(), mutations.clone());
+    let server = FakeServer::start(clock.clone(), move |req| match req.path() {
+        "/v1/mutations" => {
+            if mu.fetch_add(1, Ordering::SeqCst) < 2 {
+                Response::problem(429, "rate-limited", "Too many mutations")
+                    .header("retry-after", "30")
+            } else {
+                let items = req.json()["mutations"].as_array().unwrap().clone();
+                let results: Vec<_> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| {
+                        json!({"id": it["id"], "status": 201, "version": 6 + i as u64, "replayed": false,
+                            "document": {"collection": it["collection"], "id": it["doc"],
+                                "version": 6 + i as u64, "value": it["value"],
+                                "updated_at": "2026-11-29T20:03:00.000Z"}})
+                    })
+                    .collect();
+                Response::json(200, json!({"results": results, "head": 6 + items.len() as u64}))
+            }
+        }
+        _ => {
+            if ch.fetch_add(1, Ordering::SeqCst) < 3 {
+                Response::problem(503, "unavailable", "Store unavailable")
+                    .header("retry-after", "120")
+            } else {
+                let since: u64 = req.query("since").unwrap().parse().unwrap();
+                // Answer held polls as a held poll would, without the hold.
+                Response::new(304).poll_headers(since, 10)
+            }
+        }
+    })
+    .await;
+    let storage = following(5);
+    let c = client(&server, &clock, storage, Mode::Battery, 3);
+    let queued = c.put("todos", "a", json!({"t": 1})).unwrap();
+    run_until_horizon(&c, &clock).await;
+
+    let log = server.exchanges();
+    for pair in log.windows(2) {
+        if let Some(ra) = match pair[0].status {
+            429 => Some(30),
+            503 => Some(120),
+            _ => None,
+        } {
+            let gap = pair[1].request.at - pair[0].request.at;
+            assert!(
+                gap >= Duration::from_secs(ra),
+                "{} then a request after only {gap:?}",
+                pair[0].status
+            );
+        }
+    }
+    // The mutation went out three times with the same idempotency key.
+    let posts = server.requests_to("/v1/mutations");
+    assert_eq!(posts.len(), 3);
+    for p in &posts {
+        assert_eq!(p.json()["mutations"][0]["id"], json!(queued.key));
+    }
+    assert_eq!(c.pending().unwrap().len(), 0);
+    assert_eq!(c.get("todos", "a").unwrap().unwrap().version, 6);
+    assert!(server.requests_to("/v1/changes").len() >= 3);
+}
+
+#[tokio::test]
+async fn live_mode_tight_loop_backs_off() {
+    for (name, answer) in [
+        // A proxy or server that ignores `wait` and answers at once.
+        ("immediate 304", 0),
+        // 200s that never advance although the head is ahead.
+        ("200 without progress", 1),
+    ] {
+        let clock = VirtualClock::with_horizon(HOUR);
+        let server = FakeServer::start(clock.clone(), move |req| {
+            let since: u64 = req.query("since").unwrap().parse().unwrap();
+            if answer == 0 {
+                Response::new(304).poll_headers(since, 10)
+            } else {
+                Response::json(
+                    200,
+                    json!({"changes": [], "next": since, "head": since + 3}),
+                )
+                .poll_headers(since, 10)
+            }
+        })
+        .await;
+        let c = client(&server, &clock, following(5), Mode::Live, 11);
+        run_until_horizon(&c, &clock).await;
+        let polls = server.requests_to("/v1/changes");
+        assert!(
+            polls.len() <= 60,
+            "{name}: {} requests in a simulated hour",
+            polls.len()
+        );
+        assert!(polls
+            .iter()
+            .all(|p| p.query("wait").as_deref() == Some("25")));
+    }
+}
+
+#[tokio::test]
+async fn expired_cursor_resyncs_and_keeps_pending_mutations() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/docs" => {
+            if req.query("after").is_none() {
+                Response::json(
+                    200,
+                    json!({"documents":[{"collection":"todos","id":"a","version":7,
+                        "value":{"t":"new"},"updated_at":"2026-11-29T20:03:00.000Z"}],
+                        "cursor": 9, "next_after": "todos/a"}),
+                )
+            } else {
+                assert_eq!(req.query("after").as_deref(), Some("todos/a"));
+                Response::json(
+                    200,
+                    json!({"documents":[{"collection":"todos","id":"b","version":8,
+                        "value":2,"updated_at":"2026-11-29T20:03:00.000Z"}],
+                        "cursor": 10}),
+                )
+            }
+        }
+        "/v1/changes" => match req.query("since").as_deref() {
+            Some("3") => Response::problem(410, "cursor-expired", "Cursor expired")
+                .header("x-poll-interval", "10"),
+            _ => not_modified(req),
+        },
+        // The server is refusing writes for now: the mutation stays queued.
+        _ => Response::problem(503, "unavailable", "Unavailable").header("retry-after", "5"),
+    })
+    .await;
+    let storage = following(3);
+    storage
+        .commit(Commit {
+            docs: vec![
+                DocWrite {
+                    collection: "todos".into(),
+                    id: "a".into(),
+                    version: 2,
+                    value: Some(json!({"t": "old"})),
+                    updated_at: None,
+                },
+                DocWrite {
+                    collection: "todos".into(),
+                    id: "gone".into(),
+                    version: 3,
+                    value: Some(json!(1)),
+                    updated_at: None,
+                },
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+    let c = client(&server, &clock, storage.clone(), Mode::Live, 5);
+    let queued = c.put("todos", "c", json!("offline")).unwrap();
+    let mut events = c.events();
+    let mut todos = c.subscribe("todos");
+    let err = c.sync_once().await.unwrap_err();
+    assert!(
+        err.is_transient(),
+        "503 on writes leaves the mutation queued: {err}"
+    );
+
+    // Pending mutation kept, same key.
+    let pending = c.pending().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].key, queued.key);
+    // The replica is the listing, followed from the FIRST page's cursor.
+    let docs: Vec<_> = c
+        .list(Some("todos"))
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d.version))
+        .collect();
+    assert_eq!(docs, [("a".to_string(), 7), ("b".to_string(), 8)]);
+    assert_eq!(c.status().cursor, Some(9));
+    let polls = server.requests_to("/v1/changes");
+    assert_eq!(polls.last().unwrap().query("since").as_deref(), Some("9"));
+    // The app hears exactly the differences.
+    let mut seen = Vec::new();
+    while let Ok(ev) = todos.try_recv() {
+        assert_eq!(ev.origin, Origin::Resync);
+        seen.push((ev.op.as_str(), ev.id));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("delete", "gone".to_string()),
+            ("put", "a".to_string()),
+            ("put", "b".to_string())
+        ]
+    );
+    let mut resynced = false;
+    while let Ok(ev) = events.try_recv() {
+        if let SyncEvent::Resynced {
+            reason,
+            cursor,
+            documents,
+        } = ev
+        {
+            assert_eq!(
+                (reason, cursor, documents),
+                (ResyncReason::CursorExpired, 9, 2)
+            );
+            resynced = true;
+        }
+    }
+    assert!(resynced);
+    assert!(!storage.meta().unwrap().needs_resync);
+}
+
+fn item_result(it: &serde_json::Value, status: u16, version: u64) -> serde_json::Value {
+    let mut r = json!({"id": it["id"], "status": status, "replayed": false});
+    match status {
+        200 | 201 => {
+            r["version"] = version.into();
+            r["document"] = json!({"collection": it["collection"], "id": it["doc"],
+                "version": version, "value": it["value"], "updated_at": "2026-11-29T20:03:00.000Z"});
+        }
+        204 => r["version"] = version.into(),
+        412 => {
+            r["problem"] = json!({"type":"precondition-failed","title":"Precondition failed",
+                "status":412,"current_version":9});
+        }
+        s => {
+            r["problem"] = json!({"type":"document-not-found","title":"Not found","status":s});
+        }
+    }
+    r
+}
+
+#[tokio::test]
+async fn conflicts_are_parked_until_the_app_resolves_them() {
+    let clock = VirtualClock::new();
+    let version = Arc::new(AtomicUsize::new(10));
+    let v2 = version.clone();
+    let server = FakeServer::start(clock.clone(), move |req| match req.path() {
+        "/v1/mutations" => {
+            let items = req.json()["mutations"].as_array().unwrap().clone();
+            let results: Vec<_> = items
+                .iter()
+                .map(|it| {
+                    let v = v2.fetch_add(1, Ordering::SeqCst) as u64;
+                    match it["if_version"].as_u64() {
+                        Some(3) => item_result(it, 412, v),
+                        _ if it["op"] == "patch" => item_result(it, 404, v),
+                        _ if it["op"] == "delete" => item_result(it, 204, v),
+                        _ => item_result(it, 201, v),
+                    }
+                })
+                .collect();
+            Response::json(200, json!({"results": results, "head": 20}))
+        }
+        _ => not_modified(req),
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    let mut events = c.events();
+    let mut todos = c.subscribe("todos");
+    let conflicted = c
+        .enqueue(Mutation::put("todos", "x", json!("mine")).if_version(3))
+        .unwrap();
+    c.put("todos", "y", json!("ok")).unwrap();
+    let missing = c.patch("todos", "nope", json!({"a": 1})).unwrap();
+    let report = c.flush().await.unwrap();
+    assert_eq!(report.delivered.len(), 1);
+    assert_eq!(report.parked.len(), 2);
+
+    // The put that went through is applied locally at once.
+    let ev = todos.try_recv().unwrap();
+    assert_eq!((ev.id.as_str(), ev.origin), ("y", Origin::Local));
+    assert_eq!(c.get("todos", "y").unwrap().unwrap().value, json!("ok"));
+    // The conflict and the rejection are surfaced, kept, and not applied.
+    assert_eq!(c.get("todos", "x").unwrap(), None);
+    let parked = c.parked().unwrap();
+    assert_eq!(parked.len(), 2);
+    assert!(matches!(
+        parked[0].reason,
+        ParkReason::Conflict {
+            current_version: Some(9),
+            ..
+        }
+    ));
+    assert!(matches!(
+        parked[1].reason,
+        ParkReason::Rejected { status: 404, .. }
+    ));
+    let mut kinds = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        kinds.push(match ev {
+            SyncEvent::Conflict(p) => format!("conflict {}", p.pending.key == conflicted.key),
+            SyncEvent::Rejected(p) => format!("rejected {}", p.pending.key == missing.key),
+            SyncEvent::Delivered { .. } => "delivered".into(),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(kinds, ["delivered", "conflict true", "rejected true"]);
+    assert_eq!(c.status().parked, 2);
+    assert_eq!(c.status().pending, 0);
+
+    // Overwrite: re-queued with a new key on top of the server's version.
+    let again = c
+        .resolve(conflicted.seq, Resolution::Overwrite)
+        .unwrap()
+        .unwrap();
+    assert_ne!(again.key, conflicted.key);
+    assert_eq!(again.mutation.if_version, Some(9));
+    c.resolve(missing.seq, Resolution::Discard).unwrap();
+    assert!(c.resolve(missing.seq, Resolution::Discard).is_err());
+    let report = c.flush().await.unwrap();
+    assert_eq!(report.delivered.len(), 1);
+    assert!(c.parked().unwrap().is_empty());
+    let posts = server.requests_to("/v1/mutations");
+    assert_eq!(
+        posts.last().unwrap().json()["mutations"][0]["if_version"],
+        json!(9)
+    );
+}
+
+#[tokio::test]
+async fn a_batch_refused_whole_is_split_to_find_the_bad_item() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| {
+        let items = req.json()["mutations"].as_array().unwrap().clone();
+        let bad = |it: &serde_json::Value| it["value"] == json!("bad");
+        if items.iter().any(bad) {
+            return Response::problem(400, "invalid-body", "Invalid item");
+        }
+        let results: Vec<_> = items.iter().map(|it| item_result(it, 201, 7)).collect();
+        Response::json(200, json!({"results": results, "head": 7}))
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    c.put("t", "1", json!(1)).unwrap();
+    let bad = c.put("t", "2", json!("bad")).unwrap();
+    c.put("t", "3", json!(3)).unwrap();
+    let report = c.flush().await.unwrap();
+    assert_eq!(report.delivered.len(), 2);
+    assert_eq!(report.parked.len(), 1);
+    assert_eq!(report.parked[0].pending.key, bad.key);
+    // In order: the batch, then one by one.
+    let sent: Vec<Vec<String>> = server
+        .requests_to("/v1/mutations")
+        .iter()
+        .map(|r| {
+            r.json()["mutations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["doc"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(sent, [vec!["1", "2", "3"], vec!["1"], vec!["2"], vec!["3"]]);
+}
+
+#[tokio::test]
+async fn own_mutation_echoed_by_the_feed_is_applied_once() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/mutations" => {
+            let items = req.json()["mutations"].as_array().unwrap().clone();
+            let results = vec![item_result(&items[0], 204, 8)];
+            Response::json(200, json!({"results": results, "head": 8}))
+        }
+        _ => match req.query("since").as_deref() {
+            // The feed replays: an older put, then the delete we already know.
+            Some("5") => Response::json(
+                200,
+                json!({"changes":[
+                    {"seq":6,"op":"put","collection":"t","id":"a","version":6,"value":1,"ts":"2026-11-29T20:03:00.000Z"},
+                    {"seq":8,"op":"delete","collection":"t","id":"a","version":8,"value":null,"ts":"2026-11-29T20:03:00.000Z"}],
+                    "next":8,"head":8}),
+            )
+            .poll_headers(8, 10),
+            _ => not_modified(req),
+        },
+    })
+    .await;
+    let storage = following(5);
+    storage
+        .commit(Commit {
+            docs: vec![DocWrite {
+                collection: "t".into(),
+                id: "a".into(),
+                version: 4,
+                value: Some(json!(0)),
+                updated_at: None,
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+    let c = client(&server, &clock, storage, Mode::Live, 5);
+    let mut all = c.subscribe_all();
+    c.delete("t", "a").unwrap();
+    c.flush().await.unwrap();
+    assert_eq!(c.get("t", "a").unwrap(), None);
+    c.sync_once().await.unwrap();
+    // The tombstone kept the older put from resurrecting the document.
+    assert_eq!(c.get("t", "a").unwrap(), None);
+    let evs: Vec<_> = std::iter::from_fn(|| all.try_recv().ok())
+        .map(|e| (e.op.as_str(), e.version, e.origin))
+        .collect();
+    assert_eq!(evs, [("delete", 8, Origin::Local)]);
+    assert_eq!(c.status().cursor, Some(8));
+}
+
+#[tokio::test]
+async fn enqueue_interrupts_an_idle_long_poll_and_flushes_promptly() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/mutations" => {
+            let items = req.json()["mutations"].as_array().unwrap().clone();
+            let results: Vec<_> = items.iter().map(|it| item_result(it, 201, 6)).collect();
+            Response::json(200, json!({"results": results, "head": 6}))
+        }
+        _ => {
+            // Hold like a real long-poll (real time), then nothing new.
+            std::thread::sleep(Duration::from_millis(200));
+            not_modified(req)
+        }
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    c.start();
+    eventually("a long-poll is in flight", || {
+        !server.requests_to("/v1/changes").is_empty()
+    })
+    .await;
+    c.put("t", "a", json!(1)).unwrap();
+    eventually("the mutation is delivered", || c.status().pending == 0).await;
+    c.stop().await;
+    assert_eq!(c.get("t", "a").unwrap().unwrap().version, 6);
+}
+
+#[tokio::test]
+async fn unauthorized_is_reported_and_slows_down() {
+    let clock = VirtualClock::with_horizon(Duration::from_secs(600));
+    let server = FakeServer::start(clock.clone(), |_| {
+        Response::problem(401, "invalid-token", "Invalid token")
+            .header("www-authenticate", "Bearer error=\"invalid_token\"")
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    let mut events = c.events();
+    run_until_horizon(&c, &clock).await;
+    let n = server.exchanges().len();
+    assert!(
+        n <= 20,
+        "{n} requests in 10 simulated minutes with a bad token"
+    );
+    let auth: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| matches!(e, SyncEvent::AuthFailed(_)))
+        .collect();
+    assert_eq!(auth.len(), 1, "reported once per failure streak");
+    assert!(c.status().last_error.unwrap().contains("Invalid token"));
+}
