@@ -1,0 +1,189 @@
+//! The store the server runs on, chosen at start-up.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use edgesync_core::{Kv, KvError};
+use edgesync_redis::RedisKv;
+use edgesync_sqlite::{SqliteKv, SqliteOptions};
+
+/// File name of the SQLite database inside the data directory.
+pub const SQLITE_FILE: &str = "edgesync.sqlite3";
+
+/// Which store to use (`--store` / `EDGESYNC_STORE`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreKind {
+    /// One SQLite file in the data directory (`sqlite`, the default).
+    #[default]
+    Sqlite,
+    /// A Redis/Valkey server shared by any number of instances
+    /// (`redis://host:port/db`, or `rediss://` / `valkey://` forms).
+    Redis(String),
+}
+
+/// `--store` was neither `sqlite` nor a Redis URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown store {0:?}: expected `sqlite` or a URL like redis://127.0.0.1:6379/0")]
+pub struct ParseStoreError(pub String);
+
+impl FromStr for StoreKind {
+    type Err = ParseStoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("sqlite") {
+            return Ok(Self::Sqlite);
+        }
+        let lower = s.to_ascii_lowercase();
+        if [
+            "redis://",
+            "rediss://",
+            "valkey://",
+            "valkeys://",
+            "redis+unix://",
+            "unix://",
+        ]
+        .iter()
+        .any(|scheme| lower.starts_with(scheme))
+        {
+            return Ok(Self::Redis(s.to_owned()));
+        }
+        Err(ParseStoreError(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    /// Never prints a Redis password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("sqlite"),
+            Self::Redis(url) => {
+                let redacted = match (url.find("://"), url.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => {
+                        format!("{}://<credentials>{}", &url[..scheme], &url[at..])
+                    }
+                    _ => url.clone(),
+                };
+                f.write_str(&redacted)
+            }
+        }
+    }
+}
+
+/// The open store: SQLite or Redis behind one [`Kv`].
+#[derive(Debug)]
+pub enum Store {
+    /// The embedded store.
+    Sqlite(SqliteKv),
+    /// A shared Redis/Valkey.
+    Redis(RedisKv),
+}
+
+impl Store {
+    /// Open the store `kind` (SQLite files live in `data_dir`).
+    pub(crate) async fn open(
+        kind: &StoreKind,
+        data_dir: &Path,
+        sqlite: &SqliteOptions,
+    ) -> Result<Self, crate::ServerError> {
+        match kind {
+            StoreKind::Sqlite => {
+                let path = data_dir.join(SQLITE_FILE);
+                let options = sqlite.clone();
+                // Opening runs SQLite's recovery of a WAL left by a crash:
+                // blocking file I/O, so keep it off the runtime's workers.
+                let kv = tokio::task::spawn_blocking(move || SqliteKv::open(path, options))
+                    .await
+                    .map_err(|e| crate::ServerError::Store(e.to_string()))?
+                    .map_err(|e| crate::ServerError::Store(e.to_string()))?;
+                Ok(Self::Sqlite(kv))
+            }
+            StoreKind::Redis(url) => Ok(Self::Redis(
+                RedisKv::connect(url)
+                    .await
+                    .map_err(|e| crate::ServerError::Store(e.to_string()))?,
+            )),
+        }
+    }
+
+    /// Finish queued writes and release the store.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(kv) => kv.close().await,
+            // The multiplexed connection closes when the last clone drops.
+            Self::Redis(_) => {}
+        }
+    }
+}
+
+impl Kv for Store {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        match self {
+            Self::Sqlite(kv) => kv.get(key).await,
+            Self::Redis(kv) => kv.get(key).await,
+        }
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        match self {
+            Self::Sqlite(kv) => kv.get_many(keys).await,
+            Self::Redis(kv) => kv.get_many(keys).await,
+        }
+    }
+
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        match self {
+            Self::Sqlite(kv) => kv.set(key, value).await,
+            Self::Redis(kv) => kv.set(key, value).await,
+        }
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
+        match self {
+            Self::Sqlite(kv) => kv.delete_many(keys).await,
+            Self::Redis(kv) => kv.delete_many(keys).await,
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        current: &[u8],
+        new: &[u8],
+    ) -> Result<bool, KvError> {
+        match self {
+            Self::Sqlite(kv) => kv.compare_and_swap(key, current, new).await,
+            Self::Redis(kv) => kv.compare_and_swap(key, current, new).await,
+        }
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        match self {
+            Self::Sqlite(kv) => kv.increment(key, delta).await,
+            Self::Redis(kv) => kv.increment(key, delta).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_kinds_parse_and_never_print_passwords() {
+        assert_eq!("sqlite".parse(), Ok(StoreKind::Sqlite));
+        assert_eq!(" SQLite ".parse(), Ok(StoreKind::Sqlite));
+        let kind: StoreKind = "redis://:hunter2@cache:6379/2".parse().unwrap();
+        assert_eq!(
+            kind,
+            StoreKind::Redis("redis://:hunter2@cache:6379/2".into())
+        );
+        assert_eq!(kind.to_string(), "redis://<credentials>@cache:6379/2");
+        assert_eq!(
+            StoreKind::Redis("redis://cache:6379/0".into()).to_string(),
+            "redis://cache:6379/0"
+        );
+        assert!("postgres://x".parse::<StoreKind>().is_err());
+        assert!("".parse::<StoreKind>().is_err());
+    }
+}
