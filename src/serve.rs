@@ -1,0 +1,79 @@
+//! `edgesync serve`: resolve settings (flags, then `EDGESYNC_*` environment
+//! variables, then defaults) and run the native server until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use edgesync_server::settings::{self, SecretSource};
+use edgesync_server::{ServerOptions, SqliteOptions, StoreKind};
+
+/// Where the server listens and keeps its data.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EDGESYNC_LISTEN", default_value = settings::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Directory for the SQLite store and the generated JWT secret.
+    #[arg(long, env = "EDGESYNC_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// `sqlite`, or `redis://host:port/db` for many instances sharing one Redis/Valkey.
+    #[arg(
+        long,
+        env = "EDGESYNC_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub store: StoreKind,
+}
+
+/// Load the configuration the way `serve` and `token` both do, logging
+/// where the secret came from (never the secret).
+pub fn load_config(data_dir: &std::path::Path) -> anyhow::Result<edgesync_core::Config> {
+    let (config, source) = settings::load_config(data_dir, settings::process_env)?;
+    match source {
+        SecretSource::Environment => tracing::debug!("JWT secret from EDGESYNC_JWT_SECRET"),
+        SecretSource::File(path) => {
+            tracing::debug!(path = %path.display(), "JWT secret from file")
+        }
+        SecretSource::Generated(path) => tracing::info!(
+            path = %path.display(),
+            "EDGESYNC_JWT_SECRET is not set: generated a random secret and saved it (mode 0600); \
+             it is reused on every start. Mint tokens with `edgesync token --sub <user>`"
+        ),
+    }
+    Ok(config)
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.data_dir)?;
+    let sqlite = SqliteOptions {
+        synchronous: settings::sqlite_synchronous(settings::process_env)?,
+        ..SqliteOptions::default()
+    };
+    let mut options = ServerOptions::new(config);
+    options.listen = args.listen;
+    options.data_dir = args.data_dir;
+    options.store = args.store;
+    options.sqlite = sqlite;
+    edgesync_server::run(options, shutdown_signal()?)
+        .await
+        .context("server failed")
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+    })
+}
