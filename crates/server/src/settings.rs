@@ -46,9 +46,10 @@ pub enum SecretSource {
 /// A setting could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// A core setting is invalid.
+    /// A core setting is invalid. (Not marked as the error's source: the
+    /// message already includes it, and error chains would repeat it.)
     #[error("{0} (environment variable {var})", var = setting_var(.0))]
-    Config(#[from] edgesync_core::ConfigError),
+    Config(edgesync_core::ConfigError),
     /// The secret file could not be read or written.
     #[error("JWT secret file {path}: {source}")]
     SecretFile {
@@ -71,6 +72,12 @@ pub enum SettingsError {
         /// What is wrong.
         reason: &'static str,
     },
+}
+
+impl From<edgesync_core::ConfigError> for SettingsError {
+    fn from(err: edgesync_core::ConfigError) -> Self {
+        Self::Config(err)
+    }
 }
 
 fn setting_var(err: &edgesync_core::ConfigError) -> String {
