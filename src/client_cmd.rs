@@ -1,11 +1,20 @@
-//! Client commands (`watch`, `get`, `put`, `patch`, `delete`).
+//! Client commands (`watch`, `get`, `put`, `patch`, `delete`), built on
+//! `edgesync-client`: they share one local replica and offline queue per
+//! (server, user), so a write made while the server is down is queued
+//! durably and delivered, in order, by the next command that reaches it.
 //!
-//! TEMPORARY PLACEHOLDER: the client engineer owns this file and replaces
-//! its contents; `main.rs` only relies on `ClientCommand` (a clap
-//! subcommand enum, flattened into the top-level commands) and
-//! `run(ClientCommand)`.
+//! Exit codes: 0 ok, 1 runtime or server error, 2 usage error.
 
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
+use edgesync_client::{
+    default_state_dir, is_valid_name, ChangeEvent, Client, Document, Error, Mode, Mutation,
+    ParkReason, ParkedMutation, Resolution, SendOutcome, Status, SyncEvent,
+};
+use serde_json::Value;
 
 /// Options every client command takes.
 #[derive(Debug, Clone, Args)]
@@ -16,58 +25,560 @@ pub struct ClientArgs {
     /// Bearer token (see `edgesync token`).
     #[arg(long, env = "EDGESYNC_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Directory of the local replica and offline queue [default:
+    /// $XDG_DATA_HOME/edgesync/<hash of URL and user>].
+    #[arg(long, env = "EDGESYNC_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Options of the writing commands.
+#[derive(Debug, Clone, Args)]
+pub struct WriteArgs {
+    /// Fail (exit 1) instead of queueing the mutation when the server cannot
+    /// take it now.
+    #[arg(long, visible_alias = "no-queue")]
+    pub fail_fast: bool,
+    /// Only apply if the document is at this version (0: only if it does not
+    /// exist); otherwise fail with the server's current version.
+    #[arg(long, value_name = "VERSION")]
+    pub if_version: Option<u64>,
+}
+
+fn name(s: &str) -> Result<String, String> {
+    if is_valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("names are 1-128 characters of A-Z a-z 0-9 . _ ~ - (not . or ..)".into())
+    }
 }
 
 /// The client commands.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Follow the changes feed.
+    /// Follow the user's changes live and print each one.
+    ///
+    /// Human-readable lines by default, one JSON object per line with
+    /// --json. On a terminal a status line shows online/syncing, pending
+    /// mutations and lag. Stops on Ctrl-C.
     Watch {
         #[command(flatten)]
         client: ClientArgs,
+        /// Only this collection's changes.
+        #[arg(long, value_parser = name)]
+        collection: Option<String>,
+        /// One JSON object per change per line.
+        #[arg(long)]
+        json: bool,
+        /// Smart-poll (battery mode) instead of long-polling.
+        #[arg(long)]
+        battery: bool,
     },
-    /// Print a document.
+    /// Print a document as JSON.
+    ///
+    /// Delivers queued mutations first, then reads from the server; when the
+    /// server cannot be reached, prints the local copy (with a warning on
+    /// stderr) unless --fail-fast.
     Get {
         #[command(flatten)]
         client: ClientArgs,
+        #[arg(value_parser = name)]
         collection: String,
+        #[arg(value_parser = name)]
         id: String,
+        /// Fail instead of printing the local copy when the server cannot be
+        /// reached.
+        #[arg(long, visible_alias = "no-queue")]
+        fail_fast: bool,
     },
-    /// Create or replace a document.
+    /// Create or replace a document; prints the stored document.
+    ///
+    /// When the server is unreachable the write is queued durably (exit 0,
+    /// a note on stderr) and sent by the next command that reaches it.
     Put {
         #[command(flatten)]
         client: ClientArgs,
+        #[arg(value_parser = name)]
         collection: String,
+        #[arg(value_parser = name)]
         id: String,
-        /// The JSON value.
+        /// The JSON value, @FILE to read it from a file, or - for stdin.
         value: String,
+        #[command(flatten)]
+        write: WriteArgs,
     },
-    /// Merge-patch a document.
+    /// Merge-patch a document (RFC 7396); prints the stored document.
     Patch {
         #[command(flatten)]
         client: ClientArgs,
+        #[arg(value_parser = name)]
         collection: String,
+        #[arg(value_parser = name)]
         id: String,
-        /// The JSON merge patch.
+        /// The JSON merge patch, @FILE, or - for stdin.
         patch: String,
+        #[command(flatten)]
+        write: WriteArgs,
     },
     /// Delete a document.
     Delete {
         #[command(flatten)]
         client: ClientArgs,
+        #[arg(value_parser = name)]
         collection: String,
+        #[arg(value_parser = name)]
         id: String,
+        #[command(flatten)]
+        write: WriteArgs,
     },
+}
+
+/// A usage error found after parsing (bad JSON, missing token): reported the
+/// way clap reports its own, with exit code 2.
+fn usage_error(msg: impl std::fmt::Display) -> ! {
+    let err = clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{msg}\n"));
+    err.exit()
 }
 
 /// Run a client command.
 pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
-    let name = match cmd {
-        ClientCommand::Watch { .. } => "watch",
-        ClientCommand::Get { .. } => "get",
-        ClientCommand::Put { .. } => "put",
-        ClientCommand::Patch { .. } => "patch",
-        ClientCommand::Delete { .. } => "delete",
+    match cmd {
+        ClientCommand::Watch {
+            client,
+            collection,
+            json,
+            battery,
+        } => {
+            let mode = if battery { Mode::Battery } else { Mode::Live };
+            watch(open(&client, mode)?, collection, json).await
+        }
+        ClientCommand::Get {
+            client,
+            collection,
+            id,
+            fail_fast,
+        } => get(open(&client, Mode::Live)?, &collection, &id, fail_fast).await,
+        ClientCommand::Put {
+            client,
+            collection,
+            id,
+            value,
+            write,
+        } => {
+            let value = read_json(&value);
+            let m = Mutation::put(collection, id, value);
+            mutate(open(&client, Mode::Live)?, m, &write).await
+        }
+        ClientCommand::Patch {
+            client,
+            collection,
+            id,
+            patch,
+            write,
+        } => {
+            let patch = read_json(&patch);
+            let m = Mutation::patch(collection, id, patch);
+            mutate(open(&client, Mode::Live)?, m, &write).await
+        }
+        ClientCommand::Delete {
+            client,
+            collection,
+            id,
+            write,
+        } => mutate(open(&client, Mode::Live)?, Mutation::delete(collection, id), &write).await,
+    }
+}
+
+/// A JSON argument: inline, `@file`, or `-` for stdin.
+fn read_json(arg: &str) -> Value {
+    let (text, source) = if arg == "-" {
+        let mut s = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+            usage_error(format_args!("cannot read the value from stdin: {e}"));
+        }
+        (s, "stdin".to_string())
+    } else if let Some(path) = arg.strip_prefix('@') {
+        match std::fs::read_to_string(path) {
+            Ok(s) => (s, path.to_string()),
+            Err(e) => usage_error(format_args!("cannot read {path}: {e}")),
+        }
+    } else {
+        (arg.to_string(), "the argument".to_string())
     };
-    anyhow::bail!("`edgesync {name}` is not implemented yet")
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| usage_error(format_args!("{source} is not valid JSON: {e}")))
+}
+
+/// The `sub` claim of a JWT, read without verifying it: it only names the
+/// state directory (the server verifies the token).
+fn token_subject(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64url_decode(payload)?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("sub")?.as_str().map(str::to_string)
+}
+
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+fn open(args: &ClientArgs, mode: Mode) -> anyhow::Result<Client> {
+    let Some(token) = args.token.clone().filter(|t| !t.is_empty()) else {
+        usage_error("no token: pass --token or set EDGESYNC_TOKEN (see `edgesync token`)");
+    };
+    let dir = match &args.state_dir {
+        Some(d) => d.clone(),
+        None => {
+            let user = token_subject(&token).unwrap_or_else(|| "unknown".into());
+            default_state_dir(&args.url, &user).unwrap_or_else(|| {
+                usage_error("no data directory (set XDG_DATA_HOME or HOME, or pass --state-dir)")
+            })
+        }
+    };
+    let client = Client::builder(&args.url, token)
+        .sqlite(dir.join("replica.db"))
+        .mode(mode)
+        .build();
+    match client {
+        Err(Error::InvalidUrl(u)) => usage_error(format_args!("invalid --url {u}")),
+        other => other.with_context(|| format!("cannot open the replica in {}", dir.display())),
+    }
+}
+
+fn print_json(doc: &Document) -> anyhow::Result<()> {
+    let v = serde_json::to_value(doc)?;
+    let mut out = std::io::stdout().lock();
+    if out.is_terminal() {
+        serde_json::to_writer_pretty(&mut out, &v)?;
+    } else {
+        serde_json::to_writer(&mut out, &v)?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+fn describe_parked(p: &ParkedMutation) -> String {
+    let m = &p.pending.mutation;
+    let what = format!("{} {}/{}", m.op.as_str(), m.collection, m.id);
+    match &p.reason {
+        ParkReason::Conflict {
+            current_version,
+            problem,
+        } => {
+            let now = match current_version {
+                Some(v) => format!("the document is at version {v}"),
+                None => "the document does not exist".to_string(),
+            };
+            let base = problem
+                .as_ref()
+                .map_or("precondition failed".to_string(), |p| p.to_string());
+            format!("{what}: {base}; {now}")
+        }
+        ParkReason::Rejected { status, problem } => match problem {
+            Some(p) => format!("{what}: {p}"),
+            None => format!("{what}: refused with status {status}"),
+        },
+    }
+}
+
+/// Report mutations from earlier commands that the server refused: they stay
+/// parked in the replica (never dropped silently).
+fn warn_parked(parked: &[ParkedMutation], except: Option<&str>) {
+    for p in parked.iter().filter(|p| Some(p.pending.key.as_str()) != except) {
+        eprintln!(
+            "warning: an earlier queued mutation was not applied: {}",
+            describe_parked(p)
+        );
+    }
+}
+
+async fn mutate(client: Client, m: Mutation, write: &WriteArgs) -> anyhow::Result<()> {
+    let m = match write.if_version {
+        Some(v) => m.if_version(v),
+        None => m,
+    };
+    if write.fail_fast {
+        return match client.send_now(m).await? {
+            SendOutcome::Delivered(d) => {
+                if let Some(doc) = d.document {
+                    print_json(&doc)?;
+                }
+                Ok(())
+            }
+            SendOutcome::Refused(p) => Err(anyhow!(describe_parked(&p))),
+        };
+    }
+    let what = format!("{} {}/{}", m.op.as_str(), m.collection, m.id);
+    let queued = client.enqueue(m)?;
+    match client.flush().await {
+        Ok(report) => {
+            warn_parked(&report.parked, Some(&queued.key));
+            if let Some(d) = report.delivered.iter().find(|d| d.key == queued.key) {
+                if let Some(doc) = &d.document {
+                    print_json(doc)?;
+                }
+                return Ok(());
+            }
+            if let Some(p) = report.parked.iter().find(|p| p.pending.key == queued.key) {
+                // Reported here, so it need not stay parked for later.
+                client.resolve(p.pending.seq, Resolution::Discard)?;
+                return Err(anyhow!(describe_parked(p)));
+            }
+            Err(anyhow!("{what} was neither applied nor refused by the server"))
+        }
+        Err(e) if e.is_transient() => {
+            let pending = client.status().pending;
+            eprintln!(
+                "edgesync: {e}\nedgesync: queued {what} ({pending} pending); the next edgesync \
+                 command that reaches the server delivers it"
+            );
+            Ok(())
+        }
+        Err(e) => Err(anyhow!("{e} ({what} stays queued)")),
+    }
+}
+
+async fn get(client: Client, collection: &str, id: &str, fail_fast: bool) -> anyhow::Result<()> {
+    // Deliver queued writes first so the read sees them; if that fails the
+    // read below reports the reason.
+    if client.status().pending > 0 {
+        if let Ok(report) = client.flush().await {
+            warn_parked(&report.parked, None);
+        }
+    }
+    match client.fetch(collection, id).await {
+        Ok(Some(doc)) => print_json(&doc),
+        Ok(None) => Err(anyhow!("{collection}/{id}: document not found")),
+        Err(e) if e.is_transient() && !fail_fast => match client.get(collection, id)? {
+            Some(doc) => {
+                eprintln!(
+                    "warning: {e}; showing the local copy (version {})",
+                    doc.version
+                );
+                print_json(&doc)
+            }
+            None => Err(anyhow!("{e}; and there is no local copy of {collection}/{id}")),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn format_change(ev: &ChangeEvent) -> String {
+    let mut line = String::new();
+    if let Some(ts) = &ev.ts {
+        line.push_str(ts);
+        line.push(' ');
+    }
+    line.push_str(&format!(
+        "{:<6} {}/{} v{}",
+        ev.op.as_str(),
+        ev.collection,
+        ev.id,
+        ev.version
+    ));
+    if let Some(v) = &ev.value {
+        line.push(' ');
+        line.push_str(&v.to_string());
+    }
+    if ev.origin != edgesync_client::Origin::Remote {
+        line.push_str(&format!(" ({})", origin_name(ev.origin)));
+    }
+    line
+}
+
+fn origin_name(o: edgesync_client::Origin) -> &'static str {
+    match o {
+        edgesync_client::Origin::Remote => "remote",
+        edgesync_client::Origin::Local => "local",
+        edgesync_client::Origin::Snapshot => "snapshot",
+        edgesync_client::Origin::Resync => "resync",
+    }
+}
+
+fn format_status(s: &Status) -> String {
+    let conn = if s.online { "online" } else { "offline" };
+    let activity = if s.syncing { "syncing" } else { "idle" };
+    let lag = s.lag.map_or("?".to_string(), |l| l.to_string());
+    let cursor = s.cursor.map_or("-".to_string(), |c| c.to_string());
+    let mut line = format!(
+        "[{conn} · {activity} · pending {} · lag {lag} · cursor {cursor}",
+        s.pending
+    );
+    if s.parked > 0 {
+        line.push_str(&format!(" · {} need attention", s.parked));
+    }
+    line.push(']');
+    if let Some(e) = &s.last_error {
+        line.push_str(&format!(" {e}"));
+    }
+    line
+}
+
+/// Prints changes, keeping a status line under them on a terminal.
+struct Printer {
+    json: bool,
+    tty: bool,
+    status_shown: bool,
+}
+
+impl Printer {
+    fn change(&mut self, ev: &ChangeEvent) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        self.clear(&mut out)?;
+        if self.json {
+            serde_json::to_writer(&mut out, ev)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", format_change(ev))?;
+        }
+        out.flush()
+    }
+
+    fn status(&mut self, s: &Status) -> std::io::Result<()> {
+        if !self.tty {
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        self.clear(&mut out)?;
+        write!(out, "{}", format_status(s))?;
+        self.status_shown = true;
+        out.flush()
+    }
+
+    fn clear(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        if self.status_shown {
+            write!(out, "\r\x1b[2K")?;
+            self.status_shown = false;
+        }
+        Ok(())
+    }
+}
+
+async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow::Result<()> {
+    let mut changes = match &collection {
+        Some(c) => client.subscribe(c),
+        None => client.subscribe_all(),
+    };
+    let mut events = client.events();
+    let mut status = client.watch_status();
+    let mut printer = Printer {
+        json,
+        tty: std::io::stdout().is_terminal(),
+        status_shown: false,
+    };
+    warn_parked(&client.parked()?, None);
+    client.start();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let result = loop {
+        tokio::select! {
+            ev = changes.recv() => match ev {
+                // The first snapshot is the starting point, not a change.
+                Ok(ev) if ev.origin == edgesync_client::Origin::Snapshot => {}
+                Ok(ev) => printer.change(&ev)?,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("\nwarning: {n} changes were not printed (output too slow)");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break Ok(()),
+            },
+            ev = events.recv() => match ev {
+                Ok(SyncEvent::AuthFailed(p)) => break Err(anyhow!("{p}")),
+                Ok(SyncEvent::Conflict(p) | SyncEvent::Rejected(p)) => {
+                    printer.clear(&mut std::io::stderr())?;
+                    eprintln!("warning: a queued mutation was not applied: {}", describe_parked(&p));
+                }
+                Ok(SyncEvent::Resynced { reason, cursor, documents }) => {
+                    printer.clear(&mut std::io::stdout())?;
+                    eprintln!("edgesync: {documents} documents loaded at cursor {cursor} ({reason:?})");
+                }
+                _ => {}
+            },
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                let s = status.borrow_and_update().clone();
+                printer.status(&s)?;
+            }
+            _ = &mut ctrl_c => break Ok(()),
+        }
+    };
+    printer.clear(&mut std::io::stdout())?;
+    std::io::stdout().flush()?;
+    client.stop().await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_of_a_token() {
+        // {"alg":"HS256","typ":"JWT"} . {"sub":"alice","exp":1}
+        let t = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MX0.sig";
+        assert_eq!(token_subject(t).as_deref(), Some("alice"));
+        assert_eq!(token_subject("garbage"), None);
+    }
+
+    #[test]
+    fn change_lines() {
+        let ev = ChangeEvent {
+            op: edgesync_client::Op::Put,
+            collection: "todos".into(),
+            id: "a1".into(),
+            version: 17,
+            value: Some(serde_json::json!({"t": 1})),
+            ts: Some("2026-11-29T20:03:00.123Z".into()),
+            origin: edgesync_client::Origin::Remote,
+        };
+        assert_eq!(
+            format_change(&ev),
+            r#"2026-11-29T20:03:00.123Z put    todos/a1 v17 {"t":1}"#
+        );
+        let s = Status {
+            online: true,
+            pending: 2,
+            lag: Some(0),
+            cursor: Some(17),
+            ..Status::default()
+        };
+        assert_eq!(
+            format_status(&s),
+            "[online · idle · pending 2 · lag 0 · cursor 17]"
+        );
+    }
+
+    #[test]
+    fn document_json_shape() {
+        let d = Document {
+            collection: "c".into(),
+            id: "i".into(),
+            version: 1,
+            value: Value::Null,
+            updated_at: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            serde_json::json!({"collection":"c","id":"i","version":1,"value":null})
+        );
+    }
 }
