@@ -140,6 +140,26 @@ async fn host_handles_absurd_deadlines_without_panicking() {
     assert!(host.now_millis() > 1_600_000_000_000);
 }
 
+#[test]
+fn held_changes_requests_are_reissued_without_wait() {
+    let req = |method: &str, uri: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", "Bearer t")
+            .header("prefer", "wait=20")
+            .body(Vec::new())
+            .unwrap()
+    };
+    let prompt = without_wait(&req("GET", "/v1/changes?since=5&wait=20&limit=3")).unwrap();
+    assert_eq!(prompt.uri(), "/v1/changes?since=5&limit=3&wait=0");
+    assert_eq!(prompt.headers()["authorization"], "Bearer t");
+    let prompt = without_wait(&req("HEAD", "/v1/changes")).unwrap();
+    assert_eq!(prompt.uri(), "/v1/changes?wait=0");
+    assert!(without_wait(&req("GET", "/v1/head")).is_none());
+    assert!(without_wait(&req("POST", "/v1/changes")).is_none());
+}
+
 // ------------------------------------------------------- connection loop
 
 /// A stand-in for the core: `/wait` holds like a long-poll, `/gate` waits

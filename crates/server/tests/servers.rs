@@ -49,12 +49,111 @@ impl Running {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> String {
+    send(addr, "GET", path, None, "").await
+}
+
+/// One request on a fresh connection; the whole response as text.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();
     stream.read_to_string(&mut out).await.unwrap();
     out
+}
+
+fn token(config: &Config, sub: &str) -> String {
+    let expect = edgesync_core::auth::Expectations {
+        secret: &config.jwt_secret,
+        audience: None,
+        issuer: None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    edgesync_core::auth::mint(&expect, sub, now, 3600)
+}
+
+/// Options whose long-polls may be held for an hour, so that a test
+/// finishing at all shows the wake-up did not wait for the deadline.
+fn long_poll_options(data_dir: &std::path::Path) -> ServerOptions {
+    let mut opts = options(data_dir, StoreKind::Sqlite);
+    opts.config.max_wait_seconds = 3600;
+    opts
+}
+
+async fn wait_for_waiters(host: &edgesync_server::NativeHost, users: usize) {
+    while host.hub().waiting_users() < users {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_long_poll_wakes_when_a_change_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = long_poll_options(dir.path());
+    let tok = token(&opts.config, "alice");
+    let server = start(opts).await;
+    let addr = server.addr;
+    let t = tok.clone();
+    let poll = tokio::spawn(async move {
+        send(addr, "GET", "/v1/changes?since=0&wait=3600", Some(&t), "").await
+    });
+    wait_for_waiters(&server.host, 1).await;
+    let put = send(
+        addr,
+        "PUT",
+        "/v1/docs/todos/a1",
+        Some(&tok),
+        r#"{"title":"milk"}"#,
+    )
+    .await;
+    assert!(put.starts_with("HTTP/1.1 201"), "{put}");
+    let resp = tokio::time::timeout(Duration::from_secs(60), poll)
+        .await
+        .expect("the change wakes the held long-poll")
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(r#""title":"milk""#), "{resp}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_held_long_polls_through_the_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = long_poll_options(dir.path());
+    let tok = token(&opts.config, "bob");
+    let server = start(opts).await;
+    let addr = server.addr;
+    let polls: Vec<_> = (0..20)
+        .map(|_| {
+            let t = tok.clone();
+            tokio::spawn(async move {
+                send(addr, "GET", "/v1/changes?since=0&wait=3600", Some(&t), "").await
+            })
+        })
+        .collect();
+    wait_for_waiters(&server.host, 1).await;
+    tokio::time::timeout(Duration::from_secs(60), server.stop())
+        .await
+        .expect("shutdown does not wait for long-poll deadlines");
+    for poll in polls {
+        let resp = poll.await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.contains(r#""changes":[]"#), "{resp}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
