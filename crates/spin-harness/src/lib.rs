@@ -100,4 +100,4 @@ pub mod routing;
 mod server;
 pub mod variables;
 
-pub use server::{Harness, HarnessOptions};
+pub use server::{default_compile_cache, Harness, HarnessOptions};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use edgesync_spin_harness::{Harness, HarnessOptions};
+use edgesync_spin_harness::{default_compile_cache, Harness, HarnessOptions};
 
 /// Run a Spin app (spin.toml, WASI 0.2 components) the way `spin up` would,
 /// for tests. Prints `listening on http://ADDR` on stdout once ready; logs go
@@ -32,6 +32,13 @@ struct Cli {
     /// Seconds in-flight requests may take to finish on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 5)]
     shutdown_grace: u64,
+    /// Keep compiled components in this directory between runs [default:
+    /// <temp dir>/edgesync-spin-harness-cache].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_compile_cache")]
+    compile_cache: Option<PathBuf>,
+    /// Compile the components on every start.
+    #[arg(long)]
+    no_compile_cache: bool,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -56,6 +63,11 @@ fn main() -> anyhow::Result<()> {
         variables: cli.vars,
         kv_labels: cli.kv_labels,
         shutdown_grace: Duration::from_secs(cli.shutdown_grace),
+        compile_cache: if cli.no_compile_cache {
+            None
+        } else {
+            Some(cli.compile_cache.unwrap_or_else(default_compile_cache))
+        },
     })?;
     println!("listening on {}", harness.base_url());
     wait_for_signal()?;

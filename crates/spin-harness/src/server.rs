@@ -50,6 +50,10 @@ pub struct HarnessOptions {
     pub kv_labels: Vec<String>,
     /// How long [`Harness::shutdown`] lets in-flight requests finish.
     pub shutdown_grace: Duration,
+    /// Directory where compiled components are kept between runs (keyed by
+    /// the `.wasm` bytes and the wasmtime configuration); `None` compiles
+    /// every time. Default: [`default_compile_cache`].
+    pub compile_cache: Option<PathBuf>,
 }
 
 impl Default for HarnessOptions {
@@ -61,6 +65,7 @@ impl Default for HarnessOptions {
             variables: vec![],
             kv_labels: vec![],
             shutdown_grace: Duration::from_secs(5),
+            compile_cache: Some(default_compile_cache()),
         }
     }
 }
@@ -196,24 +201,70 @@ fn engine() -> anyhow::Result<Engine> {
     Ok(ENGINE.get_or_init(|| engine).clone())
 }
 
-/// Compile `path`, or reuse this process's earlier compilation of the same
-/// bytes (compiling a component takes seconds in a debug build).
-fn compile(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Component> {
-    static CACHE: OnceLock<Mutex<HashMap<(u64, usize), Component>>> = OnceLock::new();
+/// Where compiled components are kept between runs unless
+/// [`HarnessOptions::compile_cache`] says otherwise:
+/// `<temp dir>/edgesync-spin-harness-cache`.
+pub fn default_compile_cache() -> PathBuf {
+    std::env::temp_dir().join("edgesync-spin-harness-cache")
+}
+
+/// Compile `path`, or reuse an earlier compilation of the same bytes by
+/// the same wasmtime configuration: from `cache_dir` if given (loading one
+/// takes milliseconds), else from this process (compiling a component takes
+/// tens of seconds in a debug build).
+fn compile(
+    engine: &Engine,
+    path: &std::path::Path,
+    cache_dir: Option<&std::path::Path>,
+) -> anyhow::Result<Component> {
+    static MEMORY: OnceLock<Mutex<HashMap<(u64, usize), Component>>> = OnceLock::new();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut hasher);
+    engine.precompile_compatibility_hash().hash(&mut hasher);
     let key = (hasher.finish(), bytes.len());
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(c) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(c.clone());
+
+    let Some(dir) = cache_dir else {
+        let memory = MEMORY.get_or_init(Default::default);
+        if let Some(c) = memory.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(c.clone());
+        }
+        let component = Component::new(engine, &bytes)?;
+        memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, component.clone());
+        return Ok(component);
+    };
+
+    let file = dir.join(format!("{:016x}-{}.cwasm", key.0, key.1));
+    // SAFETY: the files in the cache directory are written by this function
+    // only, from `Engine::precompile_component`, and appear atomically
+    // (rename); wasmtime checks that a file was made by a compatible engine
+    // before using it.
+    if let Ok(component) = unsafe { Component::deserialize_file(engine, &file) } {
+        return Ok(component);
     }
-    let component = Component::new(engine, &bytes)?;
-    cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, component.clone());
-    Ok(component)
+    let compiled = engine.precompile_component(&bytes)?;
+    if let Err(e) = write_atomically(dir, &file, &compiled) {
+        tracing::warn!(
+            "cannot keep the compiled component in {}: {e}",
+            dir.display()
+        );
+    }
+    // SAFETY: `compiled` was just produced by this engine.
+    Ok(unsafe { Component::deserialize(engine, &compiled)? })
+}
+
+fn write_atomically(
+    dir: &std::path::Path,
+    file: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
 }
 
 fn load(options: &HarnessOptions) -> anyhow::Result<App> {
@@ -257,7 +308,7 @@ fn load(options: &HarnessOptions) -> anyhow::Result<App> {
         let variables = ComponentVariables::resolve(&c.id, &c.variables, &app_values)
             .with_context(|| format!("component {:?} variables", c.id))?;
         let started = Instant::now();
-        let component = compile(&engine, &c.source)
+        let component = compile(&engine, &c.source, options.compile_cache.as_deref())
             .with_context(|| format!("component {:?}: cannot load {}", c.id, c.source.display()))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
             anyhow::Error::from(e).context(format!(

@@ -103,6 +103,7 @@ impl App {
         HarnessOptions {
             manifest: self.dir.path().join("spin.toml"),
             data_dir: self.dir.path().join("data"),
+            compile_cache: Some(self.dir.path().join("cache")),
             ..HarnessOptions::default()
         }
     }
@@ -278,4 +279,33 @@ fn startup_errors_are_clear() {
     let mut options = app.options();
     options.kv_labels = vec!["cache".into()];
     Harness::start(options).unwrap().shutdown();
+}
+
+#[test]
+fn compiled_components_are_cached_on_disk() {
+    let app = App::new(
+        ROUTED,
+        &[("sleeper.wat", &sleeper(1)), ("trapper.wat", TRAPPER)],
+    );
+    app.start().shutdown();
+    let cache = app.path().join("cache");
+    let mut files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    // One file per distinct component.
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files.iter().all(|f| f.extension().unwrap() == "cwasm"));
+
+    // A damaged cache file is recompiled and replaced, not trusted.
+    std::fs::write(&files[0], b"not a compiled component").unwrap();
+    let h = app.start();
+    assert_eq!(get(h.addr(), "/trap").0, 500);
+    assert_eq!(get(h.addr(), "/sleep/x").0, 500);
+    h.shutdown();
+    assert_ne!(
+        std::fs::read(&files[0]).unwrap(),
+        b"not a compiled component"
+    );
 }
