@@ -80,8 +80,8 @@
 //! (σ ≈ 69 s): over six standard deviations away.
 //!
 //! Each idle probe is one request and one `304`. Measured against a
-//! byte-counting server (`tests/fake_server.rs`) with the 145-byte token
-//! `edgesync token` mints (`sub`, `iat`, `exp`): the request is 263 bytes
+//! byte-counting server (`tests/fake_server.rs`) with the ~147-byte token
+//! `edgesync token` mints (`sub`, `iat`, `exp`): the request is about 263 bytes
 //! (`GET /v1/changes?since=N`, `if-none-match`, `authorization`, `accept`,
 //! `host`) and a `304` carrying `etag`, `x-poll-interval`, `cache-control`
 //! and `date` is 132 bytes: ≈ 395 bytes per probe, so ≈ **13.4 KB in the

@@ -1,0 +1,649 @@
+//! edgesync-client and the `edgesync` client commands against a real
+//! `edgesync serve` process: convergence, an offline queue across a server
+//! outage, resync after a forced 410, and the CLI's exit codes.
+//!
+//! Every wait here is a bounded poll for a condition (generous deadlines,
+//! never a timing assertion).
+
+use edgesync_client::{Client, Mode, Origin, SyncConfig, SyncEvent};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "client-e2e-secret-0123456789abcdefghijklmnop";
+
+/// The binary under test; `EDGESYNC_TEST_BIN` points the suite at another
+/// build (e.g. a release binary).
+fn bin() -> String {
+    std::env::var("EDGESYNC_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_edgesync").to_string())
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "edgesync-client-e2e-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `edgesync serve` process.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut s = Server {
+            child: None,
+            port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: data_dir.with_extension("log"),
+        };
+        s.spawn();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("EDGESYNC_JWT_SECRET", SECRET)
+            .env_remove("EDGESYNC_URL")
+            .env_remove("EDGESYNC_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn edgesync serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "edgesync serve exited with {status} before becoming healthy:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if http_get(self.port, "/v1/health", None).is_some_and(|(s, _)| s == 200) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "edgesync serve did not answer GET /v1/health within 30 s:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+    }
+
+    /// Stop the process (as a crash would: no graceful shutdown).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port and data dir.
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The server's whole change log for `user` (from `since`).
+    fn changes(&self, user: &str, since: u64) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut since = since;
+        loop {
+            let (status, body) = http_get(
+                self.port,
+                &format!("/v1/changes?since={since}&limit=1000"),
+                Some(&token(user)),
+            )
+            .expect("server reachable");
+            assert_eq!(status, 200, "GET /v1/changes: {body}");
+            let page: Value = serde_json::from_str(&body).unwrap();
+            let entries = page["changes"].as_array().unwrap().clone();
+            let next = page["next"].as_u64().unwrap();
+            let head = page["head"].as_u64().unwrap();
+            out.extend(entries);
+            if next >= head || next == since {
+                return out;
+            }
+            since = next;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn token(user: &str) -> String {
+    let expect = edgesync_core::auth::Expectations {
+        secret: SECRET.as_bytes(),
+        audience: None,
+        issuer: None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    edgesync_core::auth::mint(&expect, user, now, 3600)
+}
+
+/// A minimal blocking HTTP/1.1 GET (no client library in the way).
+fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split(' ').nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b)?;
+    // Small bodies only: undo chunked encoding if the server used it.
+    let body = if resp
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// Poll `cond` until it holds (bounded), with a message that says what did
+/// not happen.
+async fn eventually<F: FnMut() -> bool>(what: &str, secs: u64, mut cond: F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Fast retries, so that tests do not wait out production back-off.
+fn test_config(mode: Mode) -> SyncConfig {
+    SyncConfig {
+        mode,
+        retry: edgesync_client::Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(500),
+        },
+        ..SyncConfig::default()
+    }
+}
+
+fn replica(server: &Server, user: &str, db: &Path, mode: Mode) -> Client {
+    Client::builder(server.url(), token(user))
+        .sqlite(db)
+        .config(test_config(mode))
+        .build()
+        .unwrap()
+}
+
+fn snapshot(c: &Client) -> Vec<(String, String, u64, Value)> {
+    c.list(None)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.collection, d.id, d.version, d.value))
+        .collect()
+}
+
+// -------------------------------------------------------------- scenarios
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_converge_after_concurrent_edits() {
+    let dir = TempDir::new("converge");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let a = replica(&server, "alice", &dir.path().join("a.db"), Mode::Live);
+    let b = replica(&server, "alice", &dir.path().join("b.db"), Mode::Live);
+    // Both bootstrapped first, so everything B writes reaches A as a change.
+    a.sync_once().await.unwrap();
+    b.sync_once().await.unwrap();
+    let mut a_todos = a.subscribe("todos");
+    a.start();
+    b.start();
+    for i in 0..10 {
+        a.put("todos", &format!("a{i}"), json!({"by": "a", "i": i}))
+            .unwrap();
+        b.put("todos", &format!("b{i}"), json!({"by": "b", "i": i}))
+            .unwrap();
+        // Both edit the same documents.
+        a.patch("notes", "shared", json!({"a": i})).unwrap();
+        b.put("notes", "shared", json!({"b": i})).unwrap();
+    }
+    eventually("both replicas deliver their queues", 60, || {
+        a.status().pending == 0 && b.status().pending == 0
+    })
+    .await;
+    let server_head = server.changes("alice", 0).len() as u64;
+    eventually("both replicas reach the server's head", 60, || {
+        a.status().cursor == Some(server_head) && b.status().cursor == Some(server_head)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(snapshot(&a), snapshot(&b), "replicas converged");
+    assert_eq!(a.list(Some("todos")).unwrap().len(), 20);
+    // A patch of a document that did not exist yet may be rejected (404):
+    // that is reported and kept, never silently dropped.
+    for p in a.parked().unwrap() {
+        assert_eq!(p.pending.mutation.op, edgesync_client::Op::Patch);
+    }
+    // A learned of B's documents through change events on its collection.
+    let mut from_b = 0;
+    while let Ok(ev) = a_todos.try_recv() {
+        assert_eq!(ev.collection, "todos");
+        if ev.id.starts_with('b') {
+            assert_eq!(ev.origin, Origin::Remote);
+            from_b += 1;
+        }
+    }
+    assert_eq!(from_b, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_queue_is_delivered_exactly_once_after_an_outage() {
+    let dir = TempDir::new("offline");
+    let mut server = Server::start(&dir.path().join("data"), &[]);
+    let db = dir.path().join("replica.db");
+    let c = replica(&server, "bob", &db, Mode::Live);
+    c.sync_once().await.unwrap();
+    c.start();
+
+    server.stop();
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        keys.push(
+            c.put("todos", &format!("t{i}"), json!({"i": i}))
+                .unwrap()
+                .key,
+        );
+    }
+    keys.push(c.delete("todos", "t0").unwrap().key);
+    eventually("the replica notices the server is gone", 30, || {
+        !c.status().online
+    })
+    .await;
+    assert_eq!(c.status().pending, 6);
+    // Crash-restart the app: the queue is in the replica file.
+    c.stop().await;
+    drop(c);
+
+    server.restart();
+    let c = replica(&server, "bob", &db, Mode::Live);
+    // A second process on the same replica flushes concurrently: the shared
+    // idempotency keys make the duplicates harmless.
+    let twin = replica(&server, "bob", &db, Mode::Live);
+    assert_eq!(c.pending().unwrap().len(), 6);
+    c.start();
+    let _ = twin.flush().await;
+    eventually("the queue drains", 60, || c.status().pending == 0).await;
+    c.stop().await;
+
+    let log = server.changes("bob", 0);
+    for i in 0..5 {
+        let id = format!("t{i}");
+        let puts = log
+            .iter()
+            .filter(|e| e["id"] == json!(id) && e["op"] == "put")
+            .count();
+        assert_eq!(puts, 1, "{id} applied exactly once: {log:?}");
+    }
+    let deletes = log.iter().filter(|e| e["op"] == "delete").count();
+    assert_eq!(deletes, 1);
+    assert_eq!(log.len(), 6);
+    c.sync_once().await.unwrap();
+    assert_eq!(c.get("todos", "t0").unwrap(), None);
+    assert_eq!(c.list(Some("todos")).unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_cursor_resyncs_and_keeps_pending_mutations() {
+    let dir = TempDir::new("resync");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            ("EDGESYNC_RETENTION_ENTRIES", "16"),
+            ("EDGESYNC_RATE_LIMIT_PER_SECOND", "0"),
+        ],
+    );
+    let a = replica(&server, "carol", &dir.path().join("a.db"), Mode::Live);
+    let writer = replica(&server, "carol", &dir.path().join("w.db"), Mode::Live);
+    writer.put("todos", "early", json!(1)).unwrap();
+    writer.flush().await.unwrap();
+    a.sync_once().await.unwrap();
+    assert_eq!(a.get("todos", "early").unwrap().unwrap().value, json!(1));
+    let cursor_before = a.status().cursor.unwrap();
+
+    // A is "stopped" (no sync) while the log moves far past its retention.
+    let mine = a.put("todos", "mine", json!("offline edit")).unwrap();
+    for round in 0..3 {
+        for i in 0..40 {
+            writer
+                .put("bulk", &format!("d{i}"), json!({"round": round}))
+                .unwrap();
+        }
+        writer.flush().await.unwrap();
+    }
+    writer.delete("todos", "early").unwrap();
+    writer.flush().await.unwrap();
+
+    let mut events = a.events();
+    a.sync_once().await.unwrap();
+    let mut order = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        match ev {
+            SyncEvent::Resynced { reason, cursor, .. } => {
+                assert!(cursor > cursor_before);
+                order.push(format!("resynced {reason:?}"));
+            }
+            SyncEvent::Delivered { key, .. } if key == mine.key => order.push("mine".into()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        order,
+        ["resynced CursorExpired", "mine"],
+        "a 410 (retention 16, 121 writes behind) resyncs before the pending \
+         mutation is delivered"
+    );
+    assert_eq!(
+        a.get("todos", "early").unwrap(),
+        None,
+        "delete seen via resync"
+    );
+    assert_eq!(a.list(Some("bulk")).unwrap().len(), 40);
+    assert_eq!(
+        a.get("todos", "mine").unwrap().unwrap().value,
+        json!("offline edit")
+    );
+    assert_eq!(a.status().pending, 0);
+    let log = server.changes("carol", a.status().cursor.unwrap().saturating_sub(5));
+    assert!(log
+        .iter()
+        .all(|e| e["id"] != json!("mine") || e["op"] == "put"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn battery_replica_sees_a_change() {
+    let dir = TempDir::new("battery");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("EDGESYNC_POLL_INTERVAL_SECONDS", "1")],
+    );
+    let mut config = test_config(Mode::Battery);
+    config.idle = edgesync_client::Backoff {
+        base: Duration::from_secs(1),
+        cap: Duration::from_secs(2),
+    };
+    let a = Client::builder(server.url(), token("dave"))
+        .memory()
+        .config(config)
+        .build()
+        .unwrap();
+    let w = replica(&server, "dave", &dir.path().join("w.db"), Mode::Live);
+    let mut todos = a.subscribe("todos");
+    a.start();
+    eventually("bootstrapped", 30, || a.status().cursor.is_some()).await;
+    w.put("todos", "x", json!("hello")).unwrap();
+    w.flush().await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(30), todos.recv())
+        .await
+        .expect("a battery replica sees the change within a few intervals")
+        .unwrap();
+    assert_eq!((ev.id.as_str(), ev.value), ("x", Some(json!("hello"))));
+    a.stop().await;
+}
+
+// --------------------------------------------------------------------- CLI
+
+fn cli(server_url: &str, state: &Path, user: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .env("EDGESYNC_URL", server_url)
+        .env("EDGESYNC_TOKEN", token(user))
+        .env("EDGESYNC_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run edgesync")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).to_string()
+}
+
+#[test]
+fn cli_usage_errors_exit_2() {
+    let dir = TempDir::new("cli-usage");
+    for args in [
+        &["put", "todos"][..],
+        &["put", "todos", "a", "{not json"][..],
+        &["get", "bad/name", "a"][..],
+    ] {
+        let out = cli("http://127.0.0.1:9", dir.path(), "erin", args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_put_get_delete_and_offline_queue() {
+    let dir = TempDir::new("cli");
+    let mut server = Server::start(&dir.path().join("data"), &[]);
+    let url = server.url();
+    let state = dir.path().join("state");
+
+    let out = cli(&url, &state, "frank", &["put", "todos", "a", r#"{"t":1}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (doc["version"].as_u64(), &doc["value"]),
+        (Some(1), &json!({"t": 1}))
+    );
+
+    let out = cli(
+        &url,
+        &state,
+        "frank",
+        &["patch", "todos", "a", r#"{"u":2}"#],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = cli(&url, &state, "frank", &["get", "todos", "a"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["value"], json!({"t": 1, "u": 2}));
+
+    // Missing document: runtime error with the server's words.
+    let out = cli(&url, &state, "frank", &["get", "todos", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stderr.is_empty());
+
+    // Value from a file.
+    let file = dir.path().join("v.json");
+    std::fs::write(&file, r#"[1,2,3]"#).unwrap();
+    let at = format!("@{}", file.display());
+    let out = cli(&url, &state, "frank", &["put", "todos", "f", &at]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // Server down: queued by default, an error with --fail-fast.
+    server.stop();
+    let out = cli(
+        &url,
+        &state,
+        "frank",
+        &["put", "--fail-fast", "todos", "z", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = cli(&url, &state, "frank", &["put", "todos", "b", r#""queued""#]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("queued"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(&url, &state, "frank", &["delete", "todos", "f"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // Back up: the next command delivers the queue first, in order.
+    server.restart();
+    let out = cli(&url, &state, "frank", &["get", "todos", "b"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["value"], json!("queued"));
+    let log = server.changes("frank", 0);
+    let ops: Vec<String> = log
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["op"].as_str().unwrap(),
+                e["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(ops, ["put a", "put a", "put f", "put b", "delete f"]);
+    let out = cli(&url, &state, "frank", &["delete", "todos", "f"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "already deleted: {}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_watch_prints_json_lines() {
+    let dir = TempDir::new("watch");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let url = server.url();
+    let mut watch = Command::new(bin())
+        .args(["watch", "--json", "--collection", "todos"])
+        .env("EDGESYNC_URL", &url)
+        .env("EDGESYNC_TOKEN", token("gina"))
+        .env("EDGESYNC_STATE_DIR", dir.path().join("watch-state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let w = replica(&server, "gina", &dir.path().join("w.db"), Mode::Live);
+    // Until watch has bootstrapped, a write may arrive in its snapshot
+    // instead of as a change: keep writing fresh ids until one is printed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut printed = None;
+    let mut i = 0;
+    while printed.is_none() && Instant::now() < deadline {
+        w.put("notes", &format!("n{i}"), json!(i)).unwrap();
+        w.put("todos", &format!("t{i}"), json!({"i": i})).unwrap();
+        w.flush().await.unwrap();
+        i += 1;
+        printed = rx.recv_timeout(Duration::from_millis(500)).ok();
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let line = printed.expect("watch printed a change");
+    let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(
+        v["collection"], "todos",
+        "only the watched collection: {line}"
+    );
+    assert_eq!(v["op"], "put");
+    assert!(v["version"].as_u64().is_some());
+}
