@@ -27,8 +27,17 @@
 //! ```
 //!
 //! or the binary: `edgesync-spin-harness --manifest spin.toml --listen
-//! 127.0.0.1:0 --data-dir DIR --var jwt_secret=...`, which prints exactly
-//! one line, `listening on http://127.0.0.1:PORT`, on stdout once it serves.
+//! 127.0.0.1:0 --data-dir DIR --var jwt_secret=...` (also `--kv-label L`,
+//! `--shutdown-grace SECS`, `--compile-cache DIR`, `--no-compile-cache`),
+//! which prints exactly one line, `listening on http://127.0.0.1:PORT`, on
+//! stdout once it serves, logs one line per request (method, path,
+//! component, status, ms) on stderr (`RUST_LOG` filters), and serves until
+//! SIGINT/SIGTERM. Guests' stdout and stderr go to the harness's stderr.
+//!
+//! Compiling a component takes ~20 s in a debug build of the harness, so
+//! compiled components are kept in [`HarnessOptions::compile_cache`]
+//! (default [`default_compile_cache`], keyed by the `.wasm` bytes and the
+//! wasmtime configuration): a later start takes well under a second.
 //!
 //! ## Spin behaviours reproduced, and where they come from
 //!
@@ -46,7 +55,10 @@
 //!   guest sees an absolute URI and, appended after the client's headers,
 //!   `spin-full-url`, `spin-path-info`, `spin-matched-route`,
 //!   `spin-base-path`, `spin-raw-component-route`, `spin-component-route`,
-//!   `spin-client-addr` and `spin-path-match-<name>`.
+//!   `spin-client-addr` and `spin-path-match-<name>`. wasmtime-wasi-http
+//!   (which Spin also runs on) strips its forbidden headers (`Host`,
+//!   `Connection`, `Transfer-Encoding`, …) before the guest sees them; the
+//!   authority is in the URI.
 //! * **Execution** (`crates/trigger-http/src/wasi.rs`): a fresh instance
 //!   per request from an `InstancePre` made at startup; the guest's
 //!   `wasi:http/incoming-handler` runs in its own task, so it may keep

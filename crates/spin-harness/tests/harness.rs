@@ -309,3 +309,74 @@ fn compiled_components_are_cached_on_disk() {
         b"not a compiled component"
     );
 }
+
+#[test]
+fn binary_prints_one_line_serves_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let app = App::new(
+        ROUTED,
+        &[("sleeper.wat", &sleeper(1)), ("trapper.wat", TRAPPER)],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgesync-spin-harness"))
+        .arg("--manifest")
+        .arg(app.path().join("spin.toml"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(app.path().join("data"))
+        .arg("--compile-cache")
+        .arg(app.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim_end();
+    let addr: SocketAddr = url.parse().unwrap();
+    assert_eq!(get(addr, "/.well-known/spin/health"), (200, "OK".into()));
+    assert_eq!(get(addr, "/trap").0, 500);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    // Nothing else was printed on stdout.
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "");
+    // One log line per request on stderr.
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let request_lines: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("request"))
+        .filter(|l| l.contains("status="))
+        .collect();
+    assert_eq!(request_lines.len(), 2, "{stderr}");
+    assert!(
+        request_lines[1].contains("path=/trap")
+            && request_lines[1].contains("component=trapper")
+            && request_lines[1].contains("status=500"),
+        "{stderr}"
+    );
+}
