@@ -478,3 +478,239 @@ impl atomics::Host for Ctx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use super::*;
+    use crate::kv::KvBackend;
+    use atomics::{Host as _, HostCas as _};
+    use batch::Host as _;
+    use wasi_config::Host as _;
+    use wasi_kv::HostBucket as _;
+
+    fn ctx(allowed: &[&str]) -> Ctx {
+        let backend = KvBackend::open_in_memory(&["other".to_string()]).unwrap();
+        let app: HashMap<String, String> = [("s".to_string(), "v".to_string())].into();
+        let templates: BTreeMap<String, String> =
+            [("greeting".to_string(), "hi {{ s }}".to_string())].into();
+        Ctx::new(
+            WasiCtx::builder().build(),
+            OutboundPolicy {
+                component: "c".into(),
+                allowed: false,
+            },
+            KvAccess::new(backend, allowed.iter().map(|s| s.to_string())),
+            Arc::new(ComponentVariables::resolve("c", &templates, &app).unwrap()),
+        )
+    }
+
+    async fn bucket(ctx: &mut Ctx) -> Resource<Bucket> {
+        wasi_kv::Host::open(ctx, "default".into())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    fn borrow<T: 'static>(r: &Resource<T>) -> Resource<T> {
+        Resource::new_borrow(r.rep())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn open_checks_labels_on_both_interfaces() {
+        let mut c = ctx(&["default", "undefined"]);
+        assert!(spin_kv::HostStore::open(&mut c, "default".into())
+            .await
+            .unwrap()
+            .is_ok());
+        assert!(matches!(
+            spin_kv::HostStore::open(&mut c, "other".into())
+                .await
+                .unwrap(),
+            Err(spin_kv::Error::AccessDenied)
+        ));
+        assert!(matches!(
+            spin_kv::HostStore::open(&mut c, "undefined".into())
+                .await
+                .unwrap(),
+            Err(spin_kv::Error::NoSuchStore)
+        ));
+        assert!(matches!(
+            wasi_kv::Host::open(&mut c, "other".into()).await.unwrap(),
+            Err(wasi_kv::Error::AccessDenied)
+        ));
+        assert!(matches!(
+            wasi_kv::Host::open(&mut c, "undefined".into())
+                .await
+                .unwrap(),
+            Err(wasi_kv::Error::NoSuchStore)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn both_interfaces_share_data() {
+        let mut c = ctx(&["default"]);
+        let s = spin_kv::HostStore::open(&mut c, "default".into())
+            .await
+            .unwrap()
+            .unwrap();
+        spin_kv::HostStore::set(&mut c, borrow(&s), "k".into(), b"v".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let b = bucket(&mut c).await;
+        assert_eq!(
+            wasi_kv::HostBucket::get(&mut c, borrow(&b), "k".into())
+                .await
+                .unwrap()
+                .unwrap(),
+            Some(b"v".to_vec())
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn failed_swap_hands_back_a_cas_that_already_read_the_new_value() {
+        let mut c = ctx(&["default"]);
+        let b = bucket(&mut c).await;
+        wasi_kv::HostBucket::set(&mut c, borrow(&b), "k".into(), b"1".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let cas = c.new(borrow(&b), "k".into()).await.unwrap().unwrap();
+        assert_eq!(
+            c.current(borrow(&cas)).await.unwrap().unwrap(),
+            Some(b"1".to_vec())
+        );
+        wasi_kv::HostBucket::set(&mut c, borrow(&b), "k".into(), b"2".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let again = match c.swap(cas, b"x".to_vec()).await.unwrap() {
+            Err(atomics::CasError::CasFailed(again)) => again,
+            other => panic!("expected cas-failed, got {other:?}"),
+        };
+        // The new handle already read "2" (no current() call): had it not,
+        // its swap would be an unconditional upsert and succeed below.
+        wasi_kv::HostBucket::set(&mut c, borrow(&b), "k".into(), b"3".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            c.swap(again, b"x".to_vec()).await.unwrap(),
+            Err(atomics::CasError::CasFailed(_))
+        ));
+        assert_eq!(
+            wasi_kv::HostBucket::get(&mut c, borrow(&b), "k".into())
+                .await
+                .unwrap()
+                .unwrap(),
+            Some(b"3".to_vec())
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn failed_swap_after_the_bucket_is_gone_is_a_store_error() {
+        let mut c = ctx(&["default"]);
+        let b = bucket(&mut c).await;
+        wasi_kv::HostBucket::set(&mut c, borrow(&b), "k".into(), b"1".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let cas = c.new(borrow(&b), "k".into()).await.unwrap().unwrap();
+        c.current(borrow(&cas)).await.unwrap().unwrap();
+        wasi_kv::HostBucket::set(&mut c, borrow(&b), "k".into(), b"2".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        wasi_kv::HostBucket::drop(&mut c, b).await.unwrap();
+        assert!(matches!(
+            c.swap(cas, b"x".to_vec()).await.unwrap(),
+            Err(atomics::CasError::StoreError(wasi_kv::Error::NoSuchStore))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn increment_on_a_wrong_length_value_traps() {
+        let mut c = ctx(&["default"]);
+        let b = bucket(&mut c).await;
+        wasi_kv::HostBucket::set(&mut c, borrow(&b), "n".into(), b"7".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let trap = c.increment(borrow(&b), "n".into(), 1).await.unwrap_err();
+        assert!(trap.to_string().contains("incorrect length"), "{trap}");
+        // The label stays poisoned: a plain get traps too.
+        assert!(wasi_kv::HostBucket::get(&mut c, borrow(&b), "n".into())
+            .await
+            .is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn batch_and_list_quirks() {
+        let mut c = ctx(&["default"]);
+        let b = bucket(&mut c).await;
+        assert_eq!(
+            c.get_many(borrow(&b), vec![]).await.unwrap().unwrap(),
+            vec![]
+        );
+        c.set_many(borrow(&b), vec![("a".into(), b"1".to_vec())])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c.get_many(borrow(&b), vec!["zz".into(), "a".into()])
+                .await
+                .unwrap()
+                .unwrap(),
+            vec![("a".to_string(), Some(b"1".to_vec()))]
+        );
+        assert!(matches!(
+            c.list_keys(borrow(&b), Some("0".into())).await.unwrap(),
+            Err(wasi_kv::Error::Other(m)) if m == "list_keys: cursor not supported"
+        ));
+        let listed = c.list_keys(borrow(&b), None).await.unwrap().unwrap();
+        assert_eq!(listed.keys, vec!["a".to_string()]);
+        assert_eq!(listed.cursor, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn variables_and_wasi_config() {
+        let mut c = ctx(&[]);
+        assert_eq!(
+            spin_vars::Host::get(&mut c, "greeting".into())
+                .await
+                .unwrap()
+                .unwrap(),
+            "hi v"
+        );
+        assert!(matches!(
+            spin_vars::Host::get(&mut c, "missing".into())
+                .await
+                .unwrap(),
+            Err(spin_vars::Error::Undefined(_))
+        ));
+        assert!(matches!(
+            spin_vars::Host::get(&mut c, "Nope".into()).await.unwrap(),
+            Err(spin_vars::Error::InvalidName(_))
+        ));
+        assert_eq!(
+            wasi_config::Host::get(&mut c, "greeting".into())
+                .await
+                .unwrap()
+                .unwrap(),
+            Some("hi v".to_string())
+        );
+        assert_eq!(
+            wasi_config::Host::get(&mut c, "Nope".into())
+                .await
+                .unwrap()
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            c.get_all().await.unwrap().unwrap(),
+            vec![("greeting".to_string(), "hi v".to_string())]
+        );
+    }
+}
