@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use edgesync_client::{
     default_state_dir, is_valid_name, ChangeEvent, Client, Document, Error, Mode, Mutation,
-    ParkReason, ParkedMutation, Resolution, SendOutcome, Status, SyncEvent,
+    ParkReason, ParkedMutation, Resolution, ResyncReason, SendOutcome, Status, SyncEvent,
 };
 use serde_json::Value;
 
@@ -184,7 +184,14 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             collection,
             id,
             write,
-        } => mutate(open(&client, Mode::Live)?, Mutation::delete(collection, id), &write).await,
+        } => {
+            mutate(
+                open(&client, Mode::Live)?,
+                Mutation::delete(collection, id),
+                &write,
+            )
+            .await
+        }
     }
 }
 
@@ -264,12 +271,11 @@ fn open(args: &ClientArgs, mode: Mode) -> anyhow::Result<Client> {
 }
 
 fn print_json(doc: &Document) -> anyhow::Result<()> {
-    let v = serde_json::to_value(doc)?;
     let mut out = std::io::stdout().lock();
     if out.is_terminal() {
-        serde_json::to_writer_pretty(&mut out, &v)?;
+        serde_json::to_writer_pretty(&mut out, doc)?;
     } else {
-        serde_json::to_writer(&mut out, &v)?;
+        serde_json::to_writer(&mut out, doc)?;
     }
     writeln!(out)?;
     Ok(())
@@ -282,16 +288,11 @@ fn describe_parked(p: &ParkedMutation) -> String {
         ParkReason::Conflict {
             current_version,
             problem,
-        } => {
-            let now = match current_version {
-                Some(v) => format!("the document is at version {v}"),
-                None => "the document does not exist".to_string(),
-            };
-            let base = problem
-                .as_ref()
-                .map_or("precondition failed".to_string(), |p| p.to_string());
-            format!("{what}: {base}; {now}")
-        }
+        } => match (problem, current_version) {
+            (Some(p), _) => format!("{what}: {p}"),
+            (None, Some(v)) => format!("{what}: conflict, the document is at version {v}"),
+            (None, None) => format!("{what}: conflict, the document does not exist"),
+        },
         ParkReason::Rejected { status, problem } => match problem {
             Some(p) => format!("{what}: {p}"),
             None => format!("{what}: refused with status {status}"),
@@ -302,7 +303,10 @@ fn describe_parked(p: &ParkedMutation) -> String {
 /// Report mutations from earlier commands that the server refused: they stay
 /// parked in the replica (never dropped silently).
 fn warn_parked(parked: &[ParkedMutation], except: Option<&str>) {
-    for p in parked.iter().filter(|p| Some(p.pending.key.as_str()) != except) {
+    for p in parked
+        .iter()
+        .filter(|p| Some(p.pending.key.as_str()) != except)
+    {
         eprintln!(
             "warning: an earlier queued mutation was not applied: {}",
             describe_parked(p)
@@ -342,7 +346,9 @@ async fn mutate(client: Client, m: Mutation, write: &WriteArgs) -> anyhow::Resul
                 client.resolve(p.pending.seq, Resolution::Discard)?;
                 return Err(anyhow!(describe_parked(p)));
             }
-            Err(anyhow!("{what} was neither applied nor refused by the server"))
+            Err(anyhow!(
+                "{what} was neither applied nor refused by the server"
+            ))
         }
         Err(e) if e.is_transient() => {
             let pending = client.status().pending;
@@ -375,7 +381,9 @@ async fn get(client: Client, collection: &str, id: &str, fail_fast: bool) -> any
                 );
                 print_json(&doc)
             }
-            None => Err(anyhow!("{e}; and there is no local copy of {collection}/{id}")),
+            None => Err(anyhow!(
+                "{e}; and there is no local copy of {collection}/{id}"
+            )),
         },
         Err(e) => Err(e.into()),
     }
@@ -436,36 +444,53 @@ fn format_status(s: &Status) -> String {
 struct Printer {
     json: bool,
     tty: bool,
+    status: Option<Status>,
     status_shown: bool,
 }
 
 impl Printer {
     fn change(&mut self, ev: &ChangeEvent) -> std::io::Result<()> {
+        self.clear()?;
         let mut out = std::io::stdout().lock();
-        self.clear(&mut out)?;
         if self.json {
             serde_json::to_writer(&mut out, ev)?;
             writeln!(out)?;
         } else {
             writeln!(out, "{}", format_change(ev))?;
         }
-        out.flush()
+        drop(out);
+        self.redraw()
     }
 
-    fn status(&mut self, s: &Status) -> std::io::Result<()> {
-        if !self.tty {
+    /// A message on stderr, without tearing the status line.
+    fn note(&mut self, msg: &str) -> std::io::Result<()> {
+        self.clear()?;
+        eprintln!("{msg}");
+        self.redraw()
+    }
+
+    fn status(&mut self, s: Status) -> std::io::Result<()> {
+        self.status = Some(s);
+        self.clear()?;
+        self.redraw()
+    }
+
+    fn redraw(&mut self) -> std::io::Result<()> {
+        let Some(s) = self.status.as_ref().filter(|_| self.tty) else {
             return Ok(());
-        }
+        };
         let mut out = std::io::stdout().lock();
-        self.clear(&mut out)?;
         write!(out, "{}", format_status(s))?;
         self.status_shown = true;
         out.flush()
     }
 
-    fn clear(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+    fn clear(&mut self) -> std::io::Result<()> {
         if self.status_shown {
+            let mut out = std::io::stdout().lock();
+            // Flushed now: stderr output must not land before it.
             write!(out, "\r\x1b[2K")?;
+            out.flush()?;
             self.status_shown = false;
         }
         Ok(())
@@ -482,6 +507,7 @@ async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow
     let mut printer = Printer {
         json,
         tty: std::io::stdout().is_terminal(),
+        status: None,
         status_shown: false,
     };
     warn_parked(&client.parked()?, None);
@@ -495,19 +521,27 @@ async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow
                 Ok(ev) if ev.origin == edgesync_client::Origin::Snapshot => {}
                 Ok(ev) => printer.change(&ev)?,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    eprintln!("\nwarning: {n} changes were not printed (output too slow)");
+                    printer.note(&format!("warning: {n} changes were not printed (output too slow)"))?;
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break Ok(()),
             },
             ev = events.recv() => match ev {
                 Ok(SyncEvent::AuthFailed(p)) => break Err(anyhow!("{p}")),
                 Ok(SyncEvent::Conflict(p) | SyncEvent::Rejected(p)) => {
-                    printer.clear(&mut std::io::stderr())?;
-                    eprintln!("warning: a queued mutation was not applied: {}", describe_parked(&p));
+                    printer.note(&format!(
+                        "warning: a queued mutation was not applied: {}",
+                        describe_parked(&p)
+                    ))?;
                 }
                 Ok(SyncEvent::Resynced { reason, cursor, documents }) => {
-                    printer.clear(&mut std::io::stdout())?;
-                    eprintln!("edgesync: {documents} documents loaded at cursor {cursor} ({reason:?})");
+                    let why = match reason {
+                        ResyncReason::Initial => "first sync",
+                        ResyncReason::CursorAhead => "the server is behind this replica",
+                        ResyncReason::CursorExpired => "the server no longer has the changes since the last sync",
+                    };
+                    printer.note(&format!(
+                        "edgesync: loaded {documents} documents at cursor {cursor} ({why})"
+                    ))?;
                 }
                 _ => {}
             },
@@ -516,13 +550,12 @@ async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow
                     break Ok(());
                 }
                 let s = status.borrow_and_update().clone();
-                printer.status(&s)?;
+                printer.status(s)?;
             }
             _ = &mut ctrl_c => break Ok(()),
         }
     };
-    printer.clear(&mut std::io::stdout())?;
-    std::io::stdout().flush()?;
+    printer.clear()?;
     client.stop().await;
     result
 }

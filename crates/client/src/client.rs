@@ -519,6 +519,11 @@ impl Client {
                 .await?;
             let meta = self.shared.store.meta()?;
             if meta.needs_resync {
+                if st.resyncs_in_row > 2 {
+                    return Err(Error::Protocol(
+                        "the server keeps refusing the cursor its own listing gave".into(),
+                    ));
+                }
                 continue;
             }
             let caught_up = meta

@@ -117,6 +117,8 @@ pub(crate) struct NetState {
     resync_reason: Option<ResyncReason>,
     /// An `AuthFailed` event was sent for the current failure streak.
     auth_reported: bool,
+    /// Resyncs in a row whose cursor the server refused again at once.
+    pub(crate) resyncs_in_row: u32,
 }
 
 pub(crate) struct Shared {
@@ -162,6 +164,7 @@ impl Shared {
             isolate_until: 0,
             resync_reason: None,
             auth_reported: false,
+            resyncs_in_row: 0,
         };
         let status = Status {
             mode: config.mode,
@@ -485,7 +488,7 @@ impl Shared {
         let resp = self.wire.changes(cursor, wait, limit).await;
         let resp = self.settle(st, resp)?;
         let elapsed = self.clock.now().saturating_sub(started);
-        let r = self.on_changes(st, cursor, resp, wait, elapsed);
+        let r = self.on_changes(st, cursor, head, resp, wait, elapsed);
         self.set_status(|s| s.syncing = false);
         r
     }
@@ -494,6 +497,7 @@ impl Shared {
         &self,
         st: &mut NetState,
         since: u64,
+        known_head: Option<u64>,
         resp: ChangesResponse,
         wait: Duration,
         elapsed: Duration,
@@ -505,10 +509,14 @@ impl Shared {
         let (progress, more, anomaly) = match resp.outcome {
             ChangesOutcome::NotModified => {
                 // 304 means nothing after `since`: the head is the cursor.
-                self.store.commit(Commit {
-                    head: Some(since),
-                    ..Default::default()
-                })?;
+                // Written only when it differs: an idle probe should not
+                // cost a disk sync.
+                if known_head != Some(since) {
+                    self.store.commit(Commit {
+                        head: Some(since),
+                        ..Default::default()
+                    })?;
+                }
                 (false, false, false)
             }
             ChangesOutcome::Page(page) => {
@@ -572,10 +580,24 @@ impl Shared {
                     ..Default::default()
                 })?;
                 st.resync_reason = Some(reason);
+                // A server whose listing hands out a cursor it then refuses
+                // would make us resync in a loop: back off from the second
+                // refusal in a row.
+                st.resyncs_in_row = st.resyncs_in_row.saturating_add(1);
+                if st.resyncs_in_row > 1 {
+                    let n = st.resyncs_in_row - 2;
+                    let wait = self
+                        .config
+                        .idle
+                        .full_jitter(n, &mut st.rng)
+                        .max(self.floor(st));
+                    st.not_before = st.not_before.max(now + wait);
+                }
                 self.refresh_status();
                 return Ok(false);
             }
         };
+        st.resyncs_in_row = 0;
         self.refresh_status();
         // Tight-loop guard: a response that brought nothing and came back
         // sooner than a held long-poll would (or an anomalous page) is a

@@ -99,6 +99,8 @@
 //! the server reports a head beyond it, is a *stall*. Two in a row are
 //! tolerated (a restarting server ends holds early); after that the engine
 //! waits a full-jitter back-off on the idle schedule before the next request.
+//! Likewise, if the cursor of a fresh listing is refused again at once
+//! (409/410 in a loop), resyncs back off on the idle schedule.
 //! Errors back off on [`SyncConfig::retry`] (1 s doubling to 60 s, full
 //! jitter; in battery mode at least the poll floor, up to 240 s), and a
 //! `Retry-After` on 429/503 (or any response) is a minimum wait.

@@ -618,3 +618,20 @@ async fn unauthorized_is_reported_and_slows_down() {
     assert_eq!(auth.len(), 1, "reported once per failure streak");
     assert!(c.status().last_error.unwrap().contains("Invalid token"));
 }
+
+#[tokio::test]
+async fn a_listing_cursor_the_server_keeps_refusing_does_not_loop() {
+    let clock = VirtualClock::with_horizon(HOUR);
+    let server = FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/docs" => Response::json(200, json!({"documents": [], "cursor": 3})),
+        _ => Response::problem(410, "cursor-expired", "Cursor expired")
+            .header("x-poll-interval", "10"),
+    })
+    .await;
+    let c = client(&server, &clock, MemoryStorage::new(), Mode::Live, 5);
+    let err = c.sync_once().await.unwrap_err();
+    assert!(err.to_string().contains("keeps refusing"), "{err}");
+    run_until_horizon(&c, &clock).await;
+    let listings = server.requests_to("/v1/docs").len();
+    assert!(listings <= 60, "{listings} resyncs in a simulated hour");
+}
