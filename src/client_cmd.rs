@@ -435,9 +435,23 @@ fn format_status(s: &Status) -> String {
     }
     line.push(']');
     if let Some(e) = &s.last_error {
-        line.push_str(&format!(" {e}"));
+        // The innermost cause is the informative part ("Connection
+        // refused"); the full chain would wrap the line.
+        let cause = e.rsplit(": ").next().unwrap_or(e);
+        line.push_str(&format!(" {cause}"));
     }
     line
+}
+
+/// Cut the status line to the terminal width: a wrapped line cannot be
+/// cleared with a carriage return.
+fn fit_width(line: &str) -> String {
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|w| *w > 10)
+        .unwrap_or(80);
+    line.chars().take(width - 1).collect()
 }
 
 /// Prints changes, keeping a status line under them on a terminal.
@@ -480,7 +494,7 @@ impl Printer {
             return Ok(());
         };
         let mut out = std::io::stdout().lock();
-        write!(out, "{}", format_status(s))?;
+        write!(out, "{}", fit_width(&format_status(s)))?;
         self.status_shown = true;
         out.flush()
     }
