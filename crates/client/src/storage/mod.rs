@@ -131,7 +131,7 @@ pub struct QueueCounts {
 
 /// The replica store. Implementations must apply each [`Commit`] atomically
 /// and durably (for a durable store) before returning, and follow the
-/// [`DocWrite`] rule exactly; [`conformance`] checks both implementations
+/// [`DocWrite`] rule exactly; the crate's storage conformance tests check both
 /// against the same expectations.
 pub trait Storage: Send + Sync + 'static {
     /// Sync position and replica id.
