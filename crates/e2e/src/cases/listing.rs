@@ -117,10 +117,10 @@ pub async fn listing_is_ordered_and_filtered(t: &Target) -> anyhow::Result<()> {
 
     let r = api.get("/v1/docs").auth(&u).send().await?.expect(200);
     let page = r.json();
-    assert_eq!(
-        page["cursor"],
-        json!(h),
-        "cursor is a seq read before the page (the head, when quiet)"
+    let cursor = page["cursor"].as_u64().expect("numeric cursor");
+    assert!(
+        cursor <= h,
+        "cursor {cursor} must be a seq read before the page: at most the head {h}"
     );
     assert!(
         page.get("next_after").is_none_or(|v| v.is_null()),
@@ -180,7 +180,7 @@ pub async fn listing_pages_with_after(t: &Target) -> anyhow::Result<()> {
             keys, want,
             "paging with limit={limit} sees every document once, in order"
         );
-        assert_eq!(cursor, 10);
+        assert!(cursor <= 10, "cursor {cursor} beyond the head 10");
     }
     let (docs, _) = list_all(&api, &u, Some("k2"), 2).await?;
     assert_eq!(docs.len(), 5, "paging within a collection");

@@ -1,0 +1,340 @@
+//! The end-to-end suite (`edgesync-e2e`) against the real native server:
+//! `edgesync serve --listen 127.0.0.1:<port> --data-dir <tmp>` with its
+//! settings in `EDGESYNC_*` variables. Two server instances (see
+//! `common::standard` and `common::tight`) are started on first use and
+//! shared by every case; they are killed when the test process exits.
+//!
+//! Native-only tests: durability across `kill -9` and a restart on the same
+//! data directory, and graceful shutdown on SIGTERM.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use edgesync_e2e::{Case, Target, TargetSettings};
+use serde_json::json;
+
+/// A running `edgesync serve`.
+struct Server {
+    child: Child,
+    target: Target,
+    log: PathBuf,
+}
+
+/// PIDs to kill when the test process exits (statics are never dropped).
+static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+extern "C" fn kill_servers() {
+    if let Ok(pids) = PIDS.lock() {
+        for pid in pids.iter() {
+            // SAFETY: kill(2) on a pid we spawned; errors are irrelevant.
+            unsafe {
+                libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn register(pid: u32) {
+    static AT_EXIT: OnceLock<()> = OnceLock::new();
+    AT_EXIT.get_or_init(|| {
+        // SAFETY: registering a plain extern "C" fn.
+        unsafe {
+            libc::atexit(kill_servers);
+        }
+    });
+    PIDS.lock().unwrap().push(pid);
+}
+
+fn unregister(pid: u32) {
+    PIDS.lock().unwrap().retain(|p| *p != pid);
+}
+
+/// Start `edgesync serve` on a free port with `settings` and
+/// `<dir>/data` as its data directory (the log goes to `<dir>/server-<port>.log`),
+/// and wait until `/v1/health` answers.
+fn start(settings: &TargetSettings, data_dir: &Path) -> Server {
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // The server owns `data/`; its log sits beside it.
+    let log = data_dir.join(format!("server-{port}.log"));
+    let data_dir = data_dir.join("data");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgesync"));
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(&listen)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("EDGESYNC_JWT_SECRET", common::SECRET)
+        .envs(settings.env())
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe. The server dies with the test
+        // process even if that one is killed (atexit does not run then).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    let mut child = spawn_from_long_lived_thread(cmd);
+    register(child.id());
+    common::wait_for_health(&listen, || match child.try_wait() {
+        Ok(Some(status)) => Err(format!(
+            "{status}; its log ({}):\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )),
+        _ => Ok(()),
+    });
+    Server {
+        child,
+        target: Target {
+            base_url: format!("http://{listen}"),
+            jwt_secret: common::SECRET.as_bytes().to_vec(),
+            settings: settings.clone(),
+        },
+        log,
+    }
+}
+
+/// `PR_SET_PDEATHSIG` fires when the spawning *thread* exits, and test
+/// threads come and go: spawn every server from one thread that lives as
+/// long as the process.
+fn spawn_from_long_lived_thread(cmd: Command) -> Child {
+    type Job = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("server-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // Keep the thread alive even if every sender is gone.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .unwrap();
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    spawner.lock().unwrap().send((cmd, reply_tx)).unwrap();
+    reply_rx
+        .recv()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", env!("CARGO_BIN_EXE_edgesync")))
+}
+
+/// A directory for one server (its `data/` and its log), removed at exit.
+fn data_dir(name: &str) -> PathBuf {
+    common::temp_dir(&format!("edgesync-e2e-{name}-"))
+}
+
+fn shared(name: &'static str, settings: fn() -> TargetSettings) -> &'static Target {
+    static SERVERS: Mutex<BTreeMap<&'static str, &'static Server>> = Mutex::new(BTreeMap::new());
+    let mut servers = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+    let server = servers
+        .entry(name)
+        .or_insert_with(|| Box::leak(Box::new(start(&settings(), &data_dir(name)))));
+    &server.target
+}
+
+fn target_for(case: &'static Case) -> &'static Target {
+    common::pick(
+        case,
+        || shared("standard", common::standard),
+        || shared("tight", common::tight),
+    )
+}
+
+edgesync_e2e::e2e_tests!(target_for);
+
+/// The CORS cases also hold for `cors_origins = *` (the tight server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_with_any_origin() {
+    let tight = shared("tight", common::tight);
+    for name in [
+        "preflight_needs_no_token",
+        "allowed_origin_gets_exposed_headers",
+    ] {
+        edgesync_e2e::run(edgesync_e2e::case(name), tight)
+            .await
+            .unwrap();
+    }
+}
+
+impl Server {
+    fn kill_9(mut self) {
+        let pid = self.child.id();
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+        unregister(pid);
+    }
+}
+
+/// Every write acknowledged before a `kill -9` is there after a restart on
+/// the same data directory, once in the log, and the seq continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_and_restart() {
+    let dir = data_dir("durability");
+    let settings = common::standard();
+    let server = start(&settings, &dir);
+    let target = server.target.clone();
+    let api = target.api();
+    let user = target.new_user();
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    // Concurrent single writes and a batch, then kill -9 right after the
+    // last acknowledgement.
+    for round in 0..5 {
+        let writes = (0..8).map(|i| {
+            let api = &api;
+            let user = &user;
+            async move {
+                let id = format!("r{round}-{i}");
+                let r = api
+                    .put(format!("/v1/docs/dur/{id}"))
+                    .auth(user)
+                    .json(&json!({"round": round, "i": i}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .expect(201);
+                (id, r.json()["version"].as_u64().unwrap())
+            }
+        });
+        for (id, v) in edgesync_e2e::cases::join_all(writes).await {
+            acked.insert(id, v);
+        }
+    }
+    let items: Vec<_> = (0..10)
+        .map(|i| json!({"id": format!("batch-{i}"), "op": "put", "collection": "dur", "doc": format!("b{i}"), "value": i}))
+        .collect();
+    let r = api
+        .post("/v1/mutations")
+        .auth(&user)
+        .json(&json!({ "mutations": items }))
+        .send()
+        .await
+        .unwrap()
+        .expect(200);
+    for (i, res) in r.json()["results"].as_array().unwrap().iter().enumerate() {
+        acked.insert(format!("b{i}"), res["version"].as_u64().unwrap());
+    }
+    let log = server.log.clone();
+    server.kill_9();
+
+    let server = start(&settings, &dir);
+    let target = server.target.clone();
+    let api = target.api();
+    for (id, version) in &acked {
+        let r = api
+            .get(format!("/v1/docs/dur/{id}"))
+            .auth(&user)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "{id} (acknowledged at version {version}) is missing after kill -9 + restart; first run's log: {}",
+            log.display()
+        );
+        assert_eq!(
+            r.json()["version"],
+            json!(version),
+            "{id}: version after restart"
+        );
+    }
+    let entries = edgesync_e2e::cases::all_changes(&api, &user, 0)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let n = acked.len() as u64;
+    assert_eq!(
+        seqs,
+        (1..=n).collect::<Vec<_>>(),
+        "the log after restart: every acknowledged write once, no gaps"
+    );
+    let v = edgesync_e2e::cases::put_ok(&api, &user, "dur", "after", &json!(1))
+        .await
+        .unwrap();
+    assert_eq!(v, n + 1, "the seq continues after a restart");
+    server.kill_9();
+}
+
+/// On SIGTERM the server answers a held long-poll (200 with an empty list,
+/// or 304) and exits with status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_held_long_polls_and_exits_0() {
+    let dir = data_dir("sigterm");
+    let settings = TargetSettings {
+        max_wait_seconds: 10,
+        ..common::standard()
+    };
+    let mut server = start(&settings, &dir);
+    let target = server.target.clone();
+    let api = target.api();
+    let user = target.new_user();
+    let held = api
+        .get("/v1/changes?since=0&wait=10")
+        .auth(&user)
+        .header("If-None-Match", "\"0\"")
+        .send();
+    let pid = server.child.id();
+    let terminate = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    };
+    let (r, ()) = tokio::join!(held, terminate);
+    let r = r.unwrap_or_else(|e| {
+        panic!(
+            "a long-poll held during SIGTERM must be answered, not cut: {e:?}; log: {}",
+            std::fs::read_to_string(&server.log).unwrap_or_default()
+        )
+    });
+    match r.status {
+        304 => {}
+        200 => assert_eq!(
+            r.json()["changes"],
+            json!([]),
+            "an answered long-poll with nothing new"
+        ),
+        s => panic!(
+            "held long-poll during shutdown: expected 200 or 304, got {s} {}",
+            r.text()
+        ),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not exit within 30 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    unregister(pid);
+    assert!(
+        status.success(),
+        "the server must exit 0 after SIGTERM, got {status}; log:\n{}",
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
+}
