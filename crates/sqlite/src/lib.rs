@@ -19,6 +19,11 @@
 //!   every transaction committed before its read began, so a read issued
 //!   after an acknowledged write sees that write; readers never see a batch
 //!   that has not committed.
+//! * **Checkpoints off the write path.** Automatic checkpoints are off on
+//!   the writer; a checkpointer thread copies the WAL back into the main
+//!   file (`PASSIVE`, never blocking readers or the writer) a few times a
+//!   second while there are writes, so the `fsync`s a checkpoint needs never
+//!   stall a commit.
 //! * **Nothing blocks the async runtime**: callers await a oneshot answer.
 //!
 //! # Durability
@@ -42,6 +47,7 @@
 //! request path panics.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -58,6 +64,16 @@ pub const MAX_BATCH: usize = 512;
 /// How long a connection waits for a lock held by another process on the
 /// same file before reporting the store unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the checkpointer looks for committed writes to checkpoint.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// WAL size beyond which the checkpointer forces the log to start over.
+/// Passive checkpoints alone cannot reset the log while readers overlap
+/// without pause (SQLite's "checkpoint starvation"), and it would grow
+/// without bound under sustained load. Also the size the file is truncated
+/// back to after a reset.
+const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// SQLite's `synchronous` setting in WAL mode: what an acknowledged write
 /// survives. See the crate docs.
@@ -151,6 +167,7 @@ enum ReadOp {
 /// work happens on the store's own threads.
 pub struct SqliteKv {
     writer: mpsc::Sender<WriterMsg>,
+    checkpointer: Mutex<Option<mpsc::Sender<()>>>,
     readers: mpsc::Sender<ReadOp>,
     reader_count: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -202,7 +219,18 @@ impl SqliteKv {
         }
         write_conn
             .execute_batch(&format!(
-                "PRAGMA synchronous={};\n{SCHEMA}",
+                "PRAGMA synchronous={};\n\
+                 PRAGMA wal_autocheckpoint=0;\n\
+                 PRAGMA journal_size_limit={WAL_SIZE_LIMIT};\n\
+                 {SCHEMA}",
+                options.synchronous.pragma()
+            ))
+            .map_err(err)?;
+        let checkpoint_conn = Connection::open(&path).map_err(err)?;
+        checkpoint_conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        checkpoint_conn
+            .execute_batch(&format!(
+                "PRAGMA synchronous={};",
                 options.synchronous.pragma()
             ))
             .map_err(err)?;
@@ -222,6 +250,8 @@ impl SqliteKv {
         }
 
         let (writer_tx, writer_rx) = mpsc::channel();
+        let (checkpoint_tx, checkpoint_rx) = mpsc::channel();
+        let dirty = Arc::new(AtomicBool::new(false));
         let (reader_tx, reader_rx) = mpsc::channel();
         let reader_rx = Arc::new(Mutex::new(reader_rx));
         let mut threads = Vec::with_capacity(reader_count + 1);
@@ -231,9 +261,17 @@ impl SqliteKv {
                 .spawn(f)
                 .map_err(|e| err(rusqlite::Error::InvalidParameterName(e.to_string())))
         };
+        let writer_dirty = Arc::clone(&dirty);
         threads.push(spawn(
             "sqlite-writer".into(),
-            Box::new(move || writer_loop(write_conn, writer_rx)),
+            Box::new(move || writer_loop(write_conn, writer_rx, &writer_dirty)),
+        )?);
+        let mut wal_path = path.clone().into_os_string();
+        wal_path.push("-wal");
+        let wal_path = PathBuf::from(wal_path);
+        threads.push(spawn(
+            "sqlite-checkpoint".into(),
+            Box::new(move || checkpoint_loop(checkpoint_conn, checkpoint_rx, &dirty, &wal_path)),
         )?);
         for (i, conn) in read_conns.into_iter().enumerate() {
             let rx = Arc::clone(&reader_rx);
@@ -244,6 +282,7 @@ impl SqliteKv {
         }
         Ok(Self {
             writer: writer_tx,
+            checkpointer: Mutex::new(Some(checkpoint_tx)),
             readers: reader_tx,
             reader_count,
             threads: Mutex::new(threads),
@@ -260,6 +299,12 @@ impl SqliteKv {
     /// main file and stop the store's threads. Operations issued afterwards
     /// fail with [`KvErrorKind::Unavailable`]. Calling it twice is harmless.
     pub async fn close(&self) {
+        // The checkpointer goes first, so that the writer's final checkpoint
+        // does not compete with it.
+        self.checkpointer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let (tx, rx) = oneshot::channel();
         if self.writer.send(WriterMsg::Close(tx)).is_ok() {
             let _ = rx.await;
@@ -408,7 +453,34 @@ fn read_many(conn: &Connection, keys: &[String]) -> rusqlite::Result<Vec<Option<
 
 // ----------------------------------------------------------------- writer
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriterMsg>) {
+fn checkpoint_loop(
+    conn: Connection,
+    stop: mpsc::Receiver<()>,
+    dirty: &AtomicBool,
+    wal_path: &Path,
+) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_EVERY) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // Told to stop, or the store is gone.
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if dirty.swap(false, Ordering::Relaxed) {
+            // A failed or partial checkpoint is retried on the next round;
+            // committed data is safe in the WAL meanwhile.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            let wal_size = std::fs::metadata(wal_path).map_or(0, |m| m.len());
+            if wal_size > WAL_SIZE_LIMIT {
+                // Waits for the (short) reads still on older snapshots and
+                // holds writers back meanwhile; the next commit then
+                // rewrites the log from its start.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+            }
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriterMsg>, dirty: &AtomicBool) {
     let mut batch: Vec<(WriteOp, Reply<WriteResult>)> = Vec::with_capacity(MAX_BATCH);
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
@@ -428,6 +500,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriterMsg>) {
         }
         if !batch.is_empty() {
             commit_batch(&mut conn, &mut batch);
+            dirty.store(true, Ordering::Relaxed);
         }
     }
     // Checkpointing on a clean close leaves one self-contained file behind;
