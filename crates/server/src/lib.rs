@@ -369,16 +369,20 @@ async fn answer_long_poll<H: Handler>(
     prompt: Request<Vec<u8>>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Response<Vec<u8>> {
-    if *stopping.borrow_and_update() {
-        return handler.handle(prompt).await;
-    }
-    tokio::select! {
-        biased;
-        response = handler.handle(request) => response,
-        () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
-            handler.handle(prompt).await
+    if !*stopping.borrow_and_update() {
+        // The held request's future is gone before the prompt one exists, so
+        // the two can share one slot in this future (it lives as long as
+        // the long-poll, so its size is memory per held connection).
+        let held = tokio::select! {
+            biased;
+            response = handler.handle(request) => Some(response),
+            () = async { let _ = stopping.wait_for(|stop| *stop).await; } => None,
+        };
+        if let Some(response) = held {
+            return response;
         }
     }
+    handler.handle(prompt).await
 }
 
 /// For a `GET`/`HEAD /v1/changes` request, the same request with
