@@ -134,18 +134,22 @@ async fn a_held_long_poll_wakes_when_a_change_commits() {
 async fn shutdown_answers_held_long_polls_through_the_core() {
     let dir = tempfile::tempdir().unwrap();
     let opts = long_poll_options(dir.path());
-    let tok = token(&opts.config, "bob");
+    // One user per poll, so that the hub shows when all of them are held
+    // (a connection still in the accept backlog at shutdown is refused).
+    let tokens: Vec<String> = (0..20)
+        .map(|i| token(&opts.config, &format!("bob{i}")))
+        .collect();
     let server = start(opts).await;
     let addr = server.addr;
-    let polls: Vec<_> = (0..20)
-        .map(|_| {
-            let t = tok.clone();
+    let polls: Vec<_> = tokens
+        .into_iter()
+        .map(|t| {
             tokio::spawn(async move {
                 send(addr, "GET", "/v1/changes?since=0&wait=3600", Some(&t), "").await
             })
         })
         .collect();
-    wait_for_waiters(&server.host, 1).await;
+    wait_for_waiters(&server.host, 20).await;
     tokio::time::timeout(Duration::from_secs(60), server.stop())
         .await
         .expect("shutdown does not wait for long-poll deadlines");
