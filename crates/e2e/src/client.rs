@@ -18,9 +18,15 @@ use tokio::net::TcpStream;
 
 use crate::Target;
 
-/// How long any single request may take before the suite calls it hung.
-/// Long-polls are bounded by the target's `max_wait_seconds` on top.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long any single request may take before the suite calls it hung
+/// (generous: debug builds of a host can be slow; this detects hangs, it
+/// measures nothing). Long-polls get the target's `max_wait_seconds` on top.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a raw exchange waits for the server's answer. Raw requests are
+/// small or deliberately incomplete (a body announced and never sent must
+/// be answered without waiting for it), so this is shorter.
+pub const RAW_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A user of the server under test, with a valid token.
 #[derive(Debug, Clone)]
@@ -541,7 +547,7 @@ impl Api<'_> {
         });
         let mut buf = Vec::new();
         let mut error = None;
-        let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let read = tokio::time::timeout(RAW_TIMEOUT, async {
             let mut chunk = [0u8; 16 * 1024];
             loop {
                 match reader.read(&mut chunk).await {
@@ -563,7 +569,7 @@ impl Api<'_> {
         write.abort();
         if read.is_err() {
             bail!(
-                "{what}: no complete response within {REQUEST_TIMEOUT:?} (got {} bytes: {:?})",
+                "{what}: no complete response within {RAW_TIMEOUT:?} (got {} bytes: {:?})",
                 buf.len(),
                 String::from_utf8_lossy(&buf)
             );
@@ -699,4 +705,36 @@ fn parse_response(what: &str, buf: &[u8], head_request: bool) -> anyhow::Result<
         headers,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_length_chunked_and_interim_responses() {
+        let r = parse_response(
+            "t",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nhi",
+            false,
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hi"[..]));
+        assert_eq!(r.header("x-a").as_deref(), Some("b"));
+        let chunked = b"HTTP/1.1 413 Payload Too Large\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        assert!(response_complete(chunked, false));
+        assert!(!response_complete(&chunked[..chunked.len() - 3], false));
+        assert_eq!(parse_response("t", chunked, false).unwrap().body, b"abcde");
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(parse_response("t", interim, false).unwrap().status, 204);
+        assert!(parse_head(b"garbage\r\n\r\n").is_none());
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
+            false
+        ));
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            true
+        ));
+    }
 }

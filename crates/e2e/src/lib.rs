@@ -19,7 +19,22 @@
 //!
 //! ## Pointing the suite at any server
 //!
-//! Write a test file (in any crate that depends on `edgesync-e2e` and
+//! The quickest way is the crate's binary, which runs every case that the
+//! given settings allow (several at a time) and prints
+//! `N passed, N failed, N skipped`:
+//!
+//! ```text
+//! cargo run -p edgesync-e2e -- --url https://sync.example.com --secret "$JWT_SECRET" \
+//!     --max-wait-seconds 25 --retention-entries 10000 --rate-limit-per-second 20 \
+//!     --max-body-bytes 262144 --cors-origins https://app.example.com
+//! ```
+//!
+//! The settings flags must state what the server runs with. Cases that need
+//! other settings (a small `retention_entries` to see compaction, a low
+//! rate limit to see 429, CORS origins, a short `max_wait_seconds`) are
+//! reported as skipped, with what they need.
+//!
+//! Or write a test file (in any crate that depends on `edgesync-e2e` and
 //! `tokio`) with a function that returns the target for a case, and let
 //! [`e2e_tests!`] generate one `#[tokio::test]` per case:
 //!
@@ -457,4 +472,55 @@ registry! { $;
     concurrency::concurrent_creates_exactly_one_wins => BASIC,
     concurrency::concurrent_writers_are_logged_exactly_once => writes(48),
     concurrency::concurrent_idempotent_retries_log_once => BASIC,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_names_are_unique() {
+        let mut names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "duplicate case names");
+    }
+
+    #[test]
+    fn requirements_explain_what_is_missing() {
+        let defaults = TargetSettings::default();
+        let compaction = case("compaction_expires_old_cursors_with_410");
+        let why = compaction.requires.check(&defaults).unwrap_err();
+        assert!(why.contains("retention_entries"), "{why}");
+        let small = TargetSettings {
+            retention_entries: 16,
+            rate_limit_per_second: 0,
+            ..defaults.clone()
+        };
+        assert!(compaction.requires.check(&small).is_ok());
+        let paging = case("paging_with_limit_and_next");
+        assert!(
+            paging.requires.check(&defaults).is_err(),
+            "110 writes exceed the default burst of 100"
+        );
+        assert!(case("health_needs_no_auth")
+            .requires
+            .check(&defaults)
+            .is_ok());
+    }
+
+    #[test]
+    fn settings_become_env_and_variables() {
+        let s = TargetSettings {
+            cors_origins: vec!["https://a".into(), "https://b".into()],
+            ..TargetSettings::default()
+        };
+        let env = s.env();
+        assert!(env.contains(&("EDGESYNC_MAX_WAIT_SECONDS".into(), "25".into())));
+        assert!(env.contains(&("EDGESYNC_CORS_ORIGINS".into(), "https://a,https://b".into())));
+        assert!(s
+            .variables()
+            .contains(&("max_body_bytes".into(), "262144".into())));
+    }
 }

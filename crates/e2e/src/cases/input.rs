@@ -222,7 +222,7 @@ pub async fn oversized_bodies_are_413(t: &Target) -> anyhow::Result<()> {
         );
         let r = api
             .raw(
-                &format!("{method} {p} announcing {huge} bytes"),
+                &format!("{method} {p} announcing {huge} bytes and sending none (413 is due from the headers alone)"),
                 head,
                 false,
             )

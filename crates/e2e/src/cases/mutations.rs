@@ -259,6 +259,11 @@ pub async fn oversized_or_empty_batches_are_400(t: &Target) -> anyhow::Result<()
     let items: Vec<Value> = (0..101)
         .map(|i| json!({"id": key(), "op": "put", "collection": c, "doc": format!("d{i}"), "value": i}))
         .collect();
+    let size = serde_json::to_vec(&json!({"mutations": items}))?.len();
+    assert!(
+        size <= t.settings.max_body_bytes,
+        "this case sends a {size}-byte batch of 101 items: it needs max_body_bytes ≥ {size}"
+    );
     let r = post_batch(&api, &u, &json!({"mutations": items})).await?;
     r.expect_problem(400, "invalid-body");
     assert_nothing_changed(&api, &u, 0, Some((&c, "d0", 404)), "a batch of 101 items").await?;
