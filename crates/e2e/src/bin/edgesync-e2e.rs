@@ -72,6 +72,8 @@ fn main() {
             std::process::exit(2);
         }
     }
+    // Assertion failures are reported once, in the summary, not as panics.
+    std::panic::set_hook(Box::new(|_| {}));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -110,7 +112,7 @@ async fn run_all(target: Arc<Target>, only: Vec<String>, jobs: usize) -> bool {
                 passed += 1;
             }
             Ok(Err(e)) => {
-                println!("FAIL {name}: {e:?}");
+                println!("FAIL {name}: {e:#}");
                 failed += 1;
             }
             Err(join) => {
