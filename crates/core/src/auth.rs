@@ -110,7 +110,7 @@ struct RawClaims {
 /// fractional; negative or absurd values are malformed.
 fn numeric_date(value: &serde_json::Value) -> Result<u64, AuthError> {
     match value.as_f64() {
-        Some(v) if v.is_finite() && v >= 0.0 && v < 1e15 => Ok(v as u64),
+        Some(v) if v.is_finite() && (0.0..1e15).contains(&v) => Ok(v as u64),
         _ => Err(AuthError::Malformed),
     }
 }

@@ -22,7 +22,7 @@ const WINDOW: u64 = 16;
 /// The hint is advanced on every seq divisible by this.
 const HINT_EVERY: u64 = 8;
 /// Give up (503) after this many optimistic attempts.
-const MAX_ATTEMPTS: usize = 48;
+const MAX_ATTEMPTS: usize = 64;
 /// Compaction runs on seqs divisible by this and moves the floor by at
 /// least this much.
 pub(crate) const COMPACT_STEP: u64 = 16;
@@ -388,7 +388,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         ptr: u64,
         tail: &Tail,
         cache: &mut HashMap<u64, Option<Entry>>,
-        matches: &dyn Fn(&Entry) -> bool,
+        matches: &(dyn Fn(&Entry) -> bool + Sync),
     ) -> Result<Step<Resolution>, Failure> {
         if ptr == 0 {
             return Ok(Step::Done(Resolution::Nothing));
@@ -441,9 +441,20 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
 
     /// Apply a mutation, retrying lost races.
     pub async fn mutate(&self, m: &Mutation, charge: Charge) -> Result<Outcome, Failure> {
-        for _ in 0..MAX_ATTEMPTS {
+        let _turn = self.host.writer_turn(self.keys.topic()).await;
+        for attempt in 0..MAX_ATTEMPTS {
             if let Step::Done(outcome) = self.try_mutate(m, charge).await? {
                 return Ok(outcome);
+            }
+            if attempt >= 2 {
+                // Lost several races in a row: back off for a random while
+                // (full jitter, growing to 64 ms) or until the log moves, so
+                // that a crowd of writers spreads out instead of colliding
+                // again in lockstep.
+                let ceiling = 1u64 << attempt.min(6);
+                let pause = self.host.random_u64() % (ceiling + 1);
+                let deadline = self.host.now_millis() + pause;
+                self.host.wait_for_change(self.keys.topic(), deadline).await;
             }
         }
         Err(Problem::unavailable("too much contention on this user's log; retry").into())
@@ -465,24 +476,41 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         let doc_ptr = counter(doc_key, doc_raw)?;
         let tail = self.scan_tail(hint).await?;
         let t = tail.tail;
-        let epoch = t / self.cfg.retention_entries;
+        let retention = self.cfg.retention_entries;
+        let epoch = t / retention;
 
         // Read the floor only now: compaction raises the hint, then the
         // floor, then deletes; a floor at or below our hint, read after
         // the slots, proves none of the slots we scanned had been deleted.
+        // Idempotency pointers live in one key per epoch of `retention`
+        // seqs; a key is remembered as long as its entry is above the
+        // floor, so every epoch from the floor's up to ours is consulted
+        // (usually two or three: speculatively read with the floor).
         let mut second = vec![self.keys.floor()];
+        let speculative_from = epoch.saturating_sub(2);
         if let Some((key, _)) = &m.idempotency {
-            second.push(self.keys.idempotency(epoch, key));
-            if epoch > 0 {
-                second.push(self.keys.idempotency(epoch - 1, key));
-            }
+            second.extend(
+                (speculative_from..=epoch)
+                    .rev()
+                    .map(|e| self.keys.idempotency(e, key)),
+            );
         }
         let mut counters = self.read_counters(second).await?.into_iter();
         let floor = counters.next().expect("floor");
         if floor.value > tail.hint.value {
             return Ok(Step::Retry);
         }
-        let idem_ptrs: Vec<Counter> = counters.collect();
+        let mut idem_ptrs: Vec<Counter> = counters.collect();
+        if let Some((key, _)) = &m.idempotency {
+            let oldest = floor.value / retention;
+            if oldest < speculative_from {
+                let keys = (oldest..speculative_from)
+                    .rev()
+                    .map(|e| self.keys.idempotency(e, key))
+                    .collect();
+                idem_ptrs.extend(self.read_counters(keys).await?);
+            }
+        }
 
         let mut cache: HashMap<u64, Option<Entry>> = HashMap::new();
         let prefetch: Vec<u64> = std::iter::once(doc_ptr.value)
@@ -491,7 +519,11 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         self.load_entries(&mut cache, &prefetch).await?;
 
         // Idempotency: a committed entry with this key answers the request.
+        // A pointer that already holds a pending intent for slot `t` needs
+        // no swap: whichever entry with this key commits at `t` is "the"
+        // use of the key.
         let mut idem_current: Option<Counter> = None;
+        let mut idem_pending_here = false;
         if let Some((key, fingerprint)) = &m.idempotency {
             let same_key = |e: &Entry| e.ik.as_deref() == Some(key.as_str());
             for (i, ptr) in idem_ptrs.iter().enumerate() {
@@ -512,28 +544,33 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                         ));
                     }
                     Step::Done(Resolution::Open { pending: true, .. }) if i > 0 => {
-                        // A pending intent always sits in the current epoch.
+                        // A pending intent always sits in the current epoch
+                        // (the first pointer read).
                         return Ok(Step::Retry);
                     }
+                    Step::Done(Resolution::Open { pending: true, .. }) => idem_pending_here = true,
                     Step::Done(_) => {}
                 }
             }
             idem_current = idem_ptrs.first().cloned();
         }
 
-        // The document's committed state, and whether its pointer holds an
-        // intent for this very slot that we take over.
+        // The document's committed state. A pointer holding a pending intent
+        // for slot `t` (with the same previous state, by construction) is
+        // taken over without a swap: any entry for this document committed
+        // at `t` is its version `t`. That keeps concurrent writers of one
+        // document from fighting over the pointer.
         let same_doc = |e: &Entry| e.is_for(&m.collection, &m.id);
-        let (state, dead_intent) = match self
+        let resolution = self
             .resolve(doc_ptr.value, &tail, &mut cache, &same_doc)
-            .await?
-        {
+            .await?;
+        let (state, dead_intent, doc_pending_here) = match resolution {
             Step::Retry => return Ok(Step::Retry),
-            Step::Done(Resolution::Nothing) => (DocState::default(), None),
-            Step::Done(Resolution::Committed(id, e)) => (DocState::from_entry(id, e), None),
+            Step::Done(Resolution::Nothing) => (DocState::default(), None, false),
+            Step::Done(Resolution::Committed(id, e)) => (DocState::from_entry(id, e), None, false),
             Step::Done(Resolution::Open { intent, x, pending }) => {
                 let dead = (!pending && x.ik.is_none()).then_some(intent);
-                (DocState::before(&x), dead)
+                (DocState::before(&x), dead, pending)
             }
         };
 
@@ -614,7 +651,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             }
         }
 
-        if let Some(ptr) = idem_current {
+        if let Some(ptr) = idem_current.filter(|_| !idem_pending_here) {
             // Resolved above to nothing or to an uncommitted intent; the swap
             // from exactly what we read catches any change since.
             let resolved = ptr.value;
@@ -625,14 +662,16 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             }
         }
 
-        let resolved = doc_ptr.value;
-        let doc_ptr = self.ensure(doc_ptr).await?;
-        if doc_ptr.value != resolved || !self.swap(&doc_ptr, z).await? {
-            if m.idempotency.is_none() {
-                // Nothing points at our entry: drop it.
-                self.kv.delete_many(&[self.keys.entry(z)]).await?;
+        if !doc_pending_here {
+            let resolved = doc_ptr.value;
+            let doc_ptr = self.ensure(doc_ptr).await?;
+            if doc_ptr.value != resolved || !self.swap(&doc_ptr, z).await? {
+                if m.idempotency.is_none() {
+                    // Nothing points at our entry: drop it.
+                    self.kv.delete_many(&[self.keys.entry(z)]).await?;
+                }
+                return Ok(Step::Retry);
             }
-            return Ok(Step::Retry);
         }
 
         let slot = self.ensure(tail.tail_slot.clone()).await?;
@@ -931,10 +970,10 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         after: Option<(String, String)>,
         limit: usize,
     ) -> Result<ListPage, Failure> {
-        // Any seq at or below the head at this moment is a valid cursor: the
-        // documents read below reflect at least everything up to it. The
-        // hint is such a seq and never below the floor.
-        let cursor = self.read_counter(self.keys.hint()).await?.value;
+        // The head now: the documents read below reflect at least
+        // everything up to it (and perhaps more, which replaying the
+        // changes after it corrects).
+        let cursor = self.head().await?;
         let collections = match collection {
             Some(c) => vec![c.to_owned()],
             None => self.read_blob_root(self.keys.collections()).await?.1,

@@ -29,6 +29,10 @@ pub trait Host: MaybeSync {
     /// Hosts with in-process notification (the native server) wake on
     /// [`Host::log_changed`]; hosts without (a Spin component) sleep for an
     /// adaptive interval and return, so that the core re-checks the store.
+    ///
+    /// Interest must be registered by the call itself, not when the future
+    /// is first polled: the core calls this, checks the store once more,
+    /// then awaits, so that a change committed in between still wakes it.
     fn wait_for_change(
         &self,
         user: &str,
@@ -39,6 +43,21 @@ pub trait Host: MaybeSync {
     /// number is `seq`), so that waiters on this and other instances can be
     /// woken. Must not block.
     fn log_changed(&self, user: &str, seq: u64);
+
+    /// True once the host is shutting down: held long-polls are answered
+    /// at once instead of waiting for their deadline.
+    fn draining(&self) -> bool {
+        false
+    }
+
+    /// This instance's turn to write for `user`. A host that runs many
+    /// requests in one process may hand out turns one at a time per user
+    /// (an async mutex), turning lost compare-and-swap races between its
+    /// own requests into a short queue. Correctness never depends on it:
+    /// other instances race through the store as usual.
+    fn writer_turn(&self, _user: &str) -> impl Future<Output = impl MaybeSend> + MaybeSend {
+        async {}
+    }
 }
 
 impl<T: Host + ?Sized> Host for &T {
@@ -57,5 +76,11 @@ impl<T: Host + ?Sized> Host for &T {
     }
     fn log_changed(&self, user: &str, seq: u64) {
         (**self).log_changed(user, seq)
+    }
+    fn draining(&self) -> bool {
+        (**self).draining()
+    }
+    fn writer_turn(&self, user: &str) -> impl Future<Output = impl MaybeSend> + MaybeSend {
+        (**self).writer_turn(user)
     }
 }

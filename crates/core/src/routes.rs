@@ -383,11 +383,18 @@ async fn changes<K: Kv, H: Host>(
         Ok(page) => page,
         Err(problem) => return Err(problem.into()),
     };
-    while matches!(page, ChangesPage::Idle) && service.host.now_millis() < deadline {
-        service.host.wait_for_change(log.topic(), deadline).await;
+    while matches!(page, ChangesPage::Idle)
+        && service.host.now_millis() < deadline
+        && !service.host.draining()
+    {
+        // Register before checking once more, so that a change committed
+        // between the check and the wait still wakes us.
+        let wake = service.host.wait_for_change(log.topic(), deadline);
         if log.nothing_after(since).await? == Some(true) {
+            wake.await;
             continue;
         }
+        drop(wake);
         page = match log.changes(since, limit).await? {
             Ok(page) => page,
             Err(problem) => return Err(problem.into()),
@@ -731,7 +738,15 @@ async fn mutations<K: Kv, H: Host>(
     }
     let mut results = Vec::with_capacity(batch.len());
     for (mutation, key) in &batch {
-        let result = match log.mutate(mutation, Charge::Admitted).await? {
+        // A store failure aborts the batch (503; retrying it is safe, the
+        // applied items replay); an item that lost too many races reports
+        // its own 503 and the rest go on.
+        let outcome = match log.mutate(mutation, Charge::Admitted).await {
+            Ok(outcome) => outcome,
+            Err(Failure::Problem(problem)) => Outcome::Refused(problem),
+            Err(failure) => return Err(failure),
+        };
+        let result = match outcome {
             Outcome::Applied { entry, replayed } => {
                 let mut r = json!({
                     "id": key, "status": entry.status(), "version": entry.k, "replayed": replayed,

@@ -57,3 +57,52 @@ impl<K: Kv, H: Host> Service<K, H> {
         crate::routes::handle(self, request).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::KvError;
+
+    struct NoKv;
+    impl Kv for NoKv {
+        async fn get(&self, _: &str) -> Result<Option<Vec<u8>>, KvError> {
+            Ok(None)
+        }
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+            Ok(vec![None; keys.len()])
+        }
+        async fn set(&self, _: &str, _: &[u8]) -> Result<(), KvError> {
+            Ok(())
+        }
+        async fn delete_many(&self, _: &[String]) -> Result<(), KvError> {
+            Ok(())
+        }
+        async fn compare_and_swap(&self, _: &str, _: &[u8], _: &[u8]) -> Result<bool, KvError> {
+            Ok(false)
+        }
+        async fn increment(&self, _: &str, _: i64) -> Result<i64, KvError> {
+            Ok(0)
+        }
+    }
+    struct NoHost;
+    impl Host for NoHost {
+        fn now_millis(&self) -> u64 {
+            0
+        }
+        fn random_u64(&self) -> u64 {
+            4
+        }
+        async fn wait_for_change(&self, _: &str, _: u64) {}
+        fn log_changed(&self, _: &str, _: u64) {}
+    }
+
+    /// Native hosts spawn one task per connection, which needs the
+    /// request future to be `Send` whenever the store and host are.
+    #[test]
+    fn handling_a_request_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let service = Service::new(Config::with_secret(vec![0; 32]), NoKv, NoHost);
+        let future = service.handle(Request::new(Vec::new()));
+        assert_send(&future);
+    }
+}

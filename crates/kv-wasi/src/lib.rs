@@ -19,6 +19,9 @@
 //!   SQLite backend: the adapter refuses to swap when `current()` returned
 //!   nothing or something other than the expected bytes, so the core's
 //!   compare-and-swap only ever touches existing keys.
+//! * `increment` on the Redis backend is `INCRBY`, which refuses the 8-byte
+//!   binary counters the core writes with compare-and-swap; an increment by
+//!   zero (the core's "create if absent") on such a key returns its value.
 //! * A `swap` on the Redis backend runs `MULTI/SET/EXEC` after `WATCH`; an
 //!   aborted transaction can surface as success through the client library.
 //!   Every successful swap is therefore verified by reading the key back
@@ -28,6 +31,9 @@
 use std::future::Future;
 
 use edgesync_core::{Kv, KvError, MaybeSend, MaybeSync};
+
+/// What `batch.get-many` returns: the keys found, with their values.
+pub type KeyValues = Vec<(String, Option<Vec<u8>>)>;
 
 /// Outcome of a raw `atomics.swap`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +62,7 @@ pub trait RawBucket: MaybeSync {
     fn get_many(
         &self,
         keys: Vec<String>,
-    ) -> impl Future<Output = Result<Vec<(String, Option<Vec<u8>>)>, KvError>> + MaybeSend;
+    ) -> impl Future<Output = Result<KeyValues, KvError>> + MaybeSend;
     /// `batch.delete-many`.
     fn delete_many(
         &self,
@@ -108,15 +114,11 @@ impl<B: RawBucket> Kv for WasiKv<B> {
             return Ok(Vec::new());
         }
         match self.bucket.get_many(keys.to_vec()).await {
-            Ok(mut pairs) => {
+            Ok(pairs) => {
                 // Match by key: the SQLite backend drops missing keys and
                 // returns rows in its own order.
-                let mut out = Vec::with_capacity(keys.len());
-                for key in keys {
-                    let found = pairs.iter().position(|(k, _)| k == key);
-                    out.push(found.and_then(|i| pairs.swap_remove(i).1));
-                }
-                Ok(out)
+                let found: std::collections::HashMap<String, Option<Vec<u8>>> = pairs.into_iter().collect();
+                Ok(keys.iter().map(|k| found.get(k).cloned().flatten()).collect())
             }
             Err(_) => {
                 let mut out = Vec::with_capacity(keys.len());
@@ -165,6 +167,16 @@ impl<B: RawBucket> Kv for WasiKv<B> {
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        self.bucket.increment(key, delta).await
+        match self.bucket.increment(key, delta).await {
+            Ok(n) => Ok(n),
+            // Redis's INCRBY refuses the 8-byte binary counters the core
+            // writes; an increment by zero only needs the key to exist, so
+            // an existing counter in either form is the answer.
+            Err(e) if delta == 0 => match self.bucket.get(key).await? {
+                Some(raw) => edgesync_core::decode_counter(&raw).map(|n| n as i64).ok_or(e),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 }
