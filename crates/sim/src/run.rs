@@ -616,6 +616,14 @@ fn run_with<K: Kv + 'static>(cfg: &RunConfig, store: MemStore, kv: K) -> Result<
         }
     }
     result?;
+    // Losing races now and then is fine; a run where mutations routinely
+    // give up is a livelock, which the invariants alone would not catch.
+    if summary.overloaded * 10 > summary.acknowledged.max(10) {
+        return Err(format!(
+            "livelock: {} mutations gave up after too many lost races, {} were acknowledged",
+            summary.overloaded, summary.acknowledged
+        ));
+    }
     Ok(summary)
 }
 
