@@ -201,7 +201,9 @@ impl Req<'_> {
         let response = rb
             .send()
             .await
-            .with_context(|| format!("{what}: request to {url} failed"))?;
+            .with_context(|| {
+                format!("{what}: request to {url} got no HTTP answer (did the server crash or drop the connection?)")
+            })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
