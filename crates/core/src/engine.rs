@@ -33,6 +33,9 @@ const MAX_CLEAN_PER_REQUEST: u64 = 64;
 /// `collection-full`). Half of the 1 MB value limit of managed hosts.
 pub(crate) const INDEX_MAX_BYTES: usize = 512 * 1024;
 /// A page of changes stops growing once its values reach this size.
+/// Largest seq a cursor may name (2^53, exact in every JSON parser). No
+/// user's log gets anywhere near it; larger cursors are simply ahead.
+pub(crate) const MAX_SEQ: u64 = 1 << 53;
 const PAGE_VALUE_BUDGET: usize = 1024 * 1024;
 
 /// A counter as read from the store: its raw bytes (for compare-and-swap)
@@ -362,16 +365,41 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         Ok(self.scan_tail(hint).await?.tail - 1)
     }
 
-    /// Whether nothing was committed after `since` — answered with one
-    /// read of one small key: slot `since + 1` exists and is zero exactly
-    /// when `since` is the head. `None` when that read alone can't tell.
+    /// The newest committed seq, given one known to be committed.
+    async fn head_after(&self, committed: u64) -> Result<u64, Failure> {
+        let start = Counter {
+            key: self.keys.hint(),
+            raw: None,
+            value: committed,
+        };
+        Ok(self.scan_tail(start).await?.tail - 1)
+    }
+
+    /// Whether nothing was committed after `since`: usually one read of
+    /// one small key (slot `since + 1` exists and is zero exactly when
+    /// `since` is the head). When that slot is absent — a user without a
+    /// log yet, or a head whose writer has not pre-created the next slot —
+    /// the floor and slot `since` decide. `None` when `since` is not a
+    /// valid cursor at all (ahead of the head or below the floor): the full
+    /// read answers those.
     pub async fn nothing_after(&self, since: u64) -> Result<Option<bool>, Failure> {
+        if since >= MAX_SEQ {
+            return Ok(None);
+        }
         let slot = self.read_counter(self.keys.slot(since + 1)).await?;
-        Ok(match (slot.raw.is_some(), slot.value) {
-            (true, 0) => Some(true),
-            (_, v) if v != 0 => Some(false),
-            _ => None,
-        })
+        if slot.value != 0 {
+            return Ok(Some(false));
+        }
+        if slot.raw.is_some() {
+            return Ok(Some(true));
+        }
+        let mut keys = vec![self.keys.floor()];
+        if since > 0 {
+            keys.push(self.keys.slot(since));
+        }
+        let c = self.read_counters(keys).await?;
+        let at_head = since >= c[0].value && (since == 0 || c[1].value != 0);
+        Ok(at_head.then_some(true))
     }
 
     // ---------------------------------------------------------------
@@ -874,6 +902,10 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         since: u64,
         limit: u64,
     ) -> Result<Step<Result<ChangesPage, Problem>>, Failure> {
+        if since >= MAX_SEQ {
+            let head = self.head().await?;
+            return Ok(Step::Done(Err(Problem::cursor_ahead(since, head))));
+        }
         let first = self.read_counter(self.keys.slot(since + 1)).await?;
         if first.value == 0 {
             if first.raw.is_some() {
@@ -939,7 +971,11 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         }
         // One slot past the page was read to learn whether more follow.
         run.truncate(limit as usize);
-        let head = head.unwrap_or_else(|| hint.max(since + limit + 1));
+        let head = match head {
+            Some(head) => head,
+            // A full page: the slot after it is claimed, find the real head.
+            None => self.head_after(hint.max(since + limit + 1)).await?,
+        };
         let mut cache = HashMap::new();
         let ids: Vec<u64> = run.iter().map(|(_, id)| *id).collect();
         self.load_entries(&mut cache, &ids).await?;

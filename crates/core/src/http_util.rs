@@ -158,24 +158,23 @@ pub(crate) fn media_type(value: Option<&HeaderValue>) -> Option<String> {
     (!essence.is_empty()).then_some(essence)
 }
 
-/// The `wait` preference of a `Prefer` header (RFC 7240 §4.3), if any and
-/// well-formed; unknown or malformed preferences are ignored as the RFC
-/// requires.
-pub(crate) fn prefer_wait<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<u64> {
+/// The `wait` preference of a `Prefer` header (RFC 7240 §4.3), if any.
+/// Other preferences are ignored as the RFC requires; a `wait` whose value
+/// is not a non-negative integer is an error (docs/protocol-decisions.md).
+pub(crate) fn prefer_wait<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<Option<u64>, ()> {
     for value in values {
-        let Ok(s) = value.to_str() else { continue };
+        let s = value.to_str().map_err(|_| ())?;
         for pref in s.split(',') {
             let token = pref.split(';').next().unwrap_or("").trim();
-            if let Some((name, v)) = token.split_once('=') {
-                if name.trim().eq_ignore_ascii_case("wait") {
-                    if let Some(n) = parse_u64(v.trim().trim_matches('"')) {
-                        return Some(n);
-                    }
-                }
+            let (name, v) = token.split_once('=').unwrap_or((token, ""));
+            if name.trim().eq_ignore_ascii_case("wait") {
+                return parse_u64(v.trim().trim_matches('"')).map(Some).ok_or(());
             }
         }
     }
-    None
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -232,10 +231,15 @@ mod tests {
     fn prefer_and_media_types() {
         assert_eq!(
             prefer_wait(std::iter::once(&hv("respond-async, wait=10"))),
-            Some(10)
+            Ok(Some(10))
         );
-        assert_eq!(prefer_wait(std::iter::once(&hv("wait=abc"))), None);
-        assert_eq!(prefer_wait(std::iter::once(&hv("Wait = 3 ; x=y"))), Some(3));
+        assert_eq!(prefer_wait(std::iter::once(&hv("wait=abc"))), Err(()));
+        assert_eq!(prefer_wait(std::iter::once(&hv("wait"))), Err(()));
+        assert_eq!(
+            prefer_wait(std::iter::once(&hv("Wait = 3 ; x=y"))),
+            Ok(Some(3))
+        );
+        assert_eq!(prefer_wait(std::iter::once(&hv("respond-async"))), Ok(None));
         assert_eq!(
             media_type(Some(&hv("Application/JSON; charset=utf-8"))).as_deref(),
             Some("application/json")

@@ -136,6 +136,15 @@ pub(crate) async fn handle<K: Kv, H: Host>(
             .insert(CONTENT_LENGTH, HeaderValue::from(len));
         response.body_mut().clear();
     }
+    if route == "/v1/changes" || route == "/v1/head" {
+        // Every answer on the polling routes (errors too) tells a client
+        // how often to come back and that it must revalidate.
+        let h = response.headers_mut();
+        h.entry(X_POLL_INTERVAL)
+            .or_insert_with(|| HeaderValue::from(service.config.poll_interval_seconds));
+        h.entry(CACHE_CONTROL)
+            .or_insert_with(|| HeaderValue::from_static("private, no-cache"));
+    }
     response.extensions_mut().insert(RequestInfo {
         route,
         user_hash,
@@ -370,8 +379,15 @@ async fn changes<K: Kv, H: Host>(
             false,
         ),
         None => match prefer_wait(request.headers().get_all(PREFER).iter()) {
-            Some(w) => (w, true),
-            None => (0, false),
+            Ok(Some(w)) => (w, true),
+            Ok(None) => (0, false),
+            Err(()) => {
+                return Err(Problem::invalid_parameter(
+                    "Prefer",
+                    "the wait preference must be a non-negative integer number of seconds",
+                )
+                .into())
+            }
         },
     };
     let wait = wait.min(service.config.max_wait_seconds);
@@ -390,15 +406,21 @@ async fn changes<K: Kv, H: Host>(
         // Register before checking once more, so that a change committed
         // between the check and the wait still wakes us.
         let wake = service.host.wait_for_change(log.topic(), deadline);
-        if log.nothing_after(since).await? == Some(true) {
-            wake.await;
-            continue;
+        match log.nothing_after(since).await? {
+            Some(true) => wake.await,
+            Some(false) => {
+                drop(wake);
+                page = log.changes(since, limit).await?.map_err(Failure::from)?;
+            }
+            // One read could not tell (e.g. a user with no log yet): ask
+            // properly, and wait if that says nothing is new either.
+            None => {
+                page = log.changes(since, limit).await?.map_err(Failure::from)?;
+                if matches!(page, ChangesPage::Idle) {
+                    wake.await;
+                }
+            }
         }
-        drop(wake);
-        page = match log.changes(since, limit).await? {
-            Ok(page) => page,
-            Err(problem) => return Err(problem.into()),
-        };
     }
     let mut response = match page {
         ChangesPage::Idle => {

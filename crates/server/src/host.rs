@@ -2,10 +2,11 @@
 //! through the in-process [`NotifyHub`] (plus Redis pub/sub when instances
 //! share a Redis store).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgesync_core::Host;
@@ -23,7 +24,49 @@ const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 pub struct NativeHost {
     hub: NotifyHub,
     bus: Option<Arc<ChangeBus>>,
+    writers: WriterTurns,
 }
+
+/// One async mutex per user with writes in flight on this instance: the
+/// core takes a turn around each mutation, so this process's requests for
+/// one user queue up instead of losing compare-and-swap races to each
+/// other. Entries go away with their last holder.
+#[derive(Clone, Default)]
+struct WriterTurns(Arc<Mutex<TurnMap>>);
+
+#[derive(Default)]
+struct TurnMap {
+    locks: HashMap<String, Weak<tokio::sync::Mutex<()>>>,
+    /// Sweep finished users once the map grows past this (amortized O(1)).
+    sweep_at: usize,
+}
+
+impl WriterTurns {
+    fn turn(&self, user: &str) -> impl Future<Output = WriterTurn> + Send {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match map.locks.get(user).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    if map.locks.len() >= map.sweep_at {
+                        map.locks.retain(|_, w| w.strong_count() > 0);
+                        map.sweep_at = 2 * map.locks.len() + 64;
+                    }
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    map.locks.insert(user.to_owned(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        async move { WriterTurn(lock.lock_owned().await) }
+    }
+}
+
+/// A user's writer turn on this instance; released on drop.
+pub struct WriterTurn(
+    // Held, never read: dropping it hands the turn to the next writer.
+    #[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>,
+);
 
 impl std::fmt::Debug for NativeHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,6 +96,7 @@ impl NativeHost {
         Ok(Self {
             hub,
             bus: Some(Arc::new(bus)),
+            writers: WriterTurns::default(),
         })
     }
 
@@ -101,6 +145,14 @@ impl Host for NativeHost {
         if let Some(bus) = &self.bus {
             bus.publish(user, seq);
         }
+    }
+
+    fn draining(&self) -> bool {
+        self.hub.is_shut_down()
+    }
+
+    fn writer_turn(&self, user: &str) -> impl Future<Output = impl Send> + Send {
+        self.writers.turn(user)
     }
 }
 

@@ -258,7 +258,6 @@ async fn serve<H: Handler>(
     on_shutdown: impl FnOnce(),
 ) {
     let graceful = GracefulShutdown::new();
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -277,11 +276,9 @@ async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let handler = Arc::clone(&handler);
-        let stopping = stopping.clone();
         let service = service_fn(move |request| {
             let handler = Arc::clone(&handler);
-            let stopping = stopping.clone();
-            async move { handle_request(&*handler, request, stopping).await }
+            async move { handle_request(&*handler, request).await }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -297,7 +294,6 @@ async fn serve<H: Handler>(
     }
     drop(listener);
     tracing::info!("shutting down: no longer accepting, draining connections");
-    stopping_tx.send_replace(true);
     on_shutdown();
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
@@ -323,7 +319,6 @@ enum BodyError {
 async fn handle_request<H: Handler>(
     handler: &H,
     request: Request<Incoming>,
-    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Response<Full<Bytes>>, BodyError> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
@@ -343,10 +338,9 @@ async fn handle_request<H: Handler>(
         };
     let method = parts.method.clone();
     let request = Request::from_parts(parts, body);
-    let response = match without_wait(&request) {
-        Some(prompt) => answer_long_poll(handler, request, prompt, stopping).await,
-        None => handler.handle(request).await,
-    };
+    // A held long-poll is answered promptly at shutdown by the core itself
+    // (the host reports `draining`).
+    let response = handler.handle(request).await;
     let info = response.extensions().get::<RequestInfo>();
     tracing::info!(
         method = %method,
@@ -357,59 +351,6 @@ async fn handle_request<H: Handler>(
         "request"
     );
     Ok(response.map(|body| Full::new(Bytes::from(body))))
-}
-
-/// A held long-poll races shutdown: when the server stops, the held request
-/// (read-only, so safe to abandon) is dropped and asked again with
-/// `wait=0`, so the client gets the core's ordinary "nothing new" answer
-/// (200 with no changes, or 304) at once instead of at its deadline.
-async fn answer_long_poll<H: Handler>(
-    handler: &H,
-    request: Request<Vec<u8>>,
-    prompt: Request<Vec<u8>>,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) -> Response<Vec<u8>> {
-    if !*stopping.borrow_and_update() {
-        // The held request's future is gone before the prompt one exists, so
-        // the two can share one slot in this future (it lives as long as
-        // the long-poll, so its size is memory per held connection).
-        let held = tokio::select! {
-            biased;
-            response = handler.handle(request) => Some(response),
-            () = async { let _ = stopping.wait_for(|stop| *stop).await; } => None,
-        };
-        if let Some(response) = held {
-            return response;
-        }
-    }
-    handler.handle(prompt).await
-}
-
-/// For a `GET`/`HEAD /v1/changes` request, the same request with
-/// `wait=0` (a query `wait` wins over `Prefer: wait`); `None` for anything
-/// else.
-fn without_wait(request: &Request<Vec<u8>>) -> Option<Request<Vec<u8>>> {
-    let get = request.method() == http::Method::GET || request.method() == http::Method::HEAD;
-    if !get || request.uri().path() != "/v1/changes" {
-        return None;
-    }
-    let mut query: Vec<&str> = request
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| !pair.is_empty() && *pair != "wait" && !pair.starts_with("wait="))
-        .collect();
-    query.push("wait=0");
-    let uri = format!("/v1/changes?{}", query.join("&"));
-    let mut builder = Request::builder()
-        .method(request.method().clone())
-        .uri(uri)
-        .version(request.version());
-    if let Some(headers) = builder.headers_mut() {
-        *headers = request.headers().clone();
-    }
-    builder.body(Vec::new()).ok()
 }
 
 fn log_aborted(method: &http::Method, started: Instant, error: &BodyError) {

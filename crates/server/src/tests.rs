@@ -140,26 +140,6 @@ async fn host_handles_absurd_deadlines_without_panicking() {
     assert!(host.now_millis() > 1_600_000_000_000);
 }
 
-#[test]
-fn held_changes_requests_are_reissued_without_wait() {
-    let req = |method: &str, uri: &str| {
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", "Bearer t")
-            .header("prefer", "wait=20")
-            .body(Vec::new())
-            .unwrap()
-    };
-    let prompt = without_wait(&req("GET", "/v1/changes?since=5&wait=20&limit=3")).unwrap();
-    assert_eq!(prompt.uri(), "/v1/changes?since=5&limit=3&wait=0");
-    assert_eq!(prompt.headers()["authorization"], "Bearer t");
-    let prompt = without_wait(&req("HEAD", "/v1/changes")).unwrap();
-    assert_eq!(prompt.uri(), "/v1/changes?wait=0");
-    assert!(without_wait(&req("GET", "/v1/head")).is_none());
-    assert!(without_wait(&req("POST", "/v1/changes")).is_none());
-}
-
 // ------------------------------------------------------- connection loop
 
 /// A stand-in for the core: `/wait` holds like a long-poll, `/gate` waits
@@ -355,4 +335,29 @@ async fn shutdown_answers_held_waits_and_finishes_in_flight_requests() {
     assert_eq!(body_of(&resp), "finished", "{resp}");
     server.done.await.unwrap();
     assert_eq!(server.handler.handled.load(Ordering::SeqCst), 51);
+}
+
+#[tokio::test]
+async fn writer_turns_queue_one_user_and_not_others() {
+    let host = NativeHost::local();
+    let first = host.writer_turn("u").await;
+    // Another user's writer is not held up.
+    let other = host.writer_turn("v").await;
+    drop(other);
+    // The same user's next writer waits until the first turn ends.
+    let entered = Arc::new(AtomicUsize::new(0));
+    let task = {
+        let (host, entered) = (host.clone(), entered.clone());
+        tokio::spawn(async move {
+            let _turn = host.writer_turn("u").await;
+            entered.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(entered.load(Ordering::SeqCst), 0, "second writer ran during the first's turn");
+    drop(first);
+    task.await.unwrap();
+    assert_eq!(entered.load(Ordering::SeqCst), 1);
 }

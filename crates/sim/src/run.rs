@@ -166,6 +166,8 @@ struct Record {
     started: u64,
     finished: Option<u64>,
     answer: Option<Answer>,
+    /// Scheduler task id (for per-request KV accounting).
+    task: u64,
 }
 
 type Records = Rc<RefCell<Vec<Record>>>;
@@ -460,13 +462,15 @@ fn spawn_request<K: Kv + 'static>(
             started,
             finished: None,
             answer: None,
+            task: u64::MAX,
         });
         r.len() - 1
     };
     let request = build(&kind, USERS[user]);
     let service = service.clone();
+    let records_for_task = records.clone();
     let records = records.clone();
-    sim.spawn(crashable && kind.mutates(), async move {
+    let task = sim.spawn(crashable && kind.mutates(), async move {
         let response = service.handle(request).await;
         let (parts, body) = response.into_parts();
         let body = if body.is_empty() {
@@ -484,6 +488,7 @@ fn spawn_request<K: Kv + 'static>(
         // the step counter is not visible here, so use a global sequence.
         r[index].finished = Some(u64::MAX);
     });
+    records_for_task.borrow_mut()[index].task = task;
 }
 
 fn run_with<K: Kv + 'static>(cfg: &RunConfig, store: MemStore, kv: K) -> Result<Summary, String> {
@@ -596,7 +601,15 @@ fn run_with<K: Kv + 'static>(cfg: &RunConfig, store: MemStore, kv: K) -> Result<
         kv_ops: store.ops(),
         ..Summary::default()
     };
-    let result = check(cfg, &records, final_start, &mut summary, &mut sim, &service);
+    let result = check(
+        &store,
+        cfg,
+        &records,
+        final_start,
+        &mut summary,
+        &mut sim,
+        &service,
+    );
     if result.is_err() && std::env::var_os("EDGESYNC_SIM_DUMP").is_some() {
         for (k, v) in store.dump() {
             let shown = match edgesync_core::decode_counter(&v) {
@@ -687,6 +700,7 @@ fn tag_of(v: &Value) -> Option<String> {
 }
 
 fn check<K: Kv + 'static>(
+    store: &MemStore,
     cfg: &RunConfig,
     records: &[Record],
     final_start: usize,
@@ -907,6 +921,34 @@ fn check<K: Kv + 'static>(
                     }
                 }
                 _ => {}
+            }
+        }
+
+        // Held requests cost a bounded number of reads per change they
+        // wait through, never a busy loop.
+        for r in &mine {
+            let Kind::Changes { limit, wait, .. } = &r.kind else {
+                continue;
+            };
+            if *wait == 0 || r.task == u64::MAX {
+                continue;
+            }
+            let finished = r.finished.unwrap_or(u64::MAX);
+            let commits_meanwhile = acked_versions
+                .iter()
+                .filter(|(i, ..)| {
+                    records[*i]
+                        .finished
+                        .is_some_and(|f| f >= r.started && f <= finished)
+                })
+                .count() as u64;
+            let ops = store.ops_of(r.task);
+            let budget = 60 + 3 * limit + 8 * commits_meanwhile + 8 * *wait;
+            if ops > budget {
+                return Err(format!(
+                    "user {user}: a long-poll ({:?}) made {ops} KV operations (budget {budget}): busy waiting?",
+                    r.kind
+                ));
             }
         }
 

@@ -271,6 +271,7 @@ impl Sim {
             return true;
         }
         let task = &mut self.tasks[i];
+        crate::store::CURRENT_TASK.store(task.id, Ordering::SeqCst);
         task.ready.0.store(false, Ordering::SeqCst);
         let waker = Waker::from(task.ready.clone());
         let mut cx = Context::from_waker(&waker);

@@ -54,6 +54,11 @@ pub(crate) fn yield_now() -> impl Future<Output = ()> {
     Yield(false)
 }
 
+/// The task the scheduler is polling (set by [`crate::sched::Sim`]), so
+/// that operations can be charged to the request that made them.
+pub(crate) static CURRENT_TASK: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(u64::MAX);
+
 #[derive(Default)]
 struct Inner {
     map: BTreeMap<String, Vec<u8>>,
@@ -61,6 +66,7 @@ struct Inner {
     /// `increment` on a value that is not 8 bytes long panics).
     fatal: Option<String>,
     ops: u64,
+    ops_by_task: std::collections::HashMap<u64, u64>,
 }
 
 /// The data, shared by every request of a run.
@@ -78,6 +84,8 @@ impl MemStore {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         let mut inner = self.inner.lock().expect("store lock");
         inner.ops += 1;
+        let task = CURRENT_TASK.load(std::sync::atomic::Ordering::SeqCst);
+        *inner.ops_by_task.entry(task).or_default() += 1;
         f(&mut inner)
     }
 
@@ -89,6 +97,12 @@ impl MemStore {
     /// KV operations performed so far.
     pub fn ops(&self) -> u64 {
         self.inner.lock().expect("store lock").ops
+    }
+
+    /// KV operations performed on behalf of one scheduler task.
+    pub fn ops_of(&self, task: u64) -> u64 {
+        let inner = self.inner.lock().expect("store lock");
+        inner.ops_by_task.get(&task).copied().unwrap_or(0)
     }
 
     /// A copy of every key and value (for white-box checks).

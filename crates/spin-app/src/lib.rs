@@ -121,8 +121,13 @@ mod app {
         let method = request.method().to_string();
         let target = request.path_with_query();
         let headers = request.headers().entries();
-        let body = match body::read_limited(request.into_body_stream(), config.max_body_bytes).await
-        {
+        let body = if body::announced_too_large(&headers, config.max_body_bytes) {
+            // Not read: the core answers 413 by length alone.
+            Ok(vec![0; config.max_body_bytes + 1])
+        } else {
+            body::read_limited(request.into_body_stream(), config.max_body_bytes).await
+        };
+        let body = match body {
             Ok(body) => body,
             Err(e) => {
                 // The client went away or broke framing mid-body: its fault.
