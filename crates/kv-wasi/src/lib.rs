@@ -117,8 +117,12 @@ impl<B: RawBucket> Kv for WasiKv<B> {
             Ok(pairs) => {
                 // Match by key: the SQLite backend drops missing keys and
                 // returns rows in its own order.
-                let found: std::collections::HashMap<String, Option<Vec<u8>>> = pairs.into_iter().collect();
-                Ok(keys.iter().map(|k| found.get(k).cloned().flatten()).collect())
+                let found: std::collections::HashMap<String, Option<Vec<u8>>> =
+                    pairs.into_iter().collect();
+                Ok(keys
+                    .iter()
+                    .map(|k| found.get(k).cloned().flatten())
+                    .collect())
             }
             Err(_) => {
                 let mut out = Vec::with_capacity(keys.len());
@@ -173,7 +177,9 @@ impl<B: RawBucket> Kv for WasiKv<B> {
             // writes; an increment by zero only needs the key to exist, so
             // an existing counter in either form is the answer.
             Err(e) if delta == 0 => match self.bucket.get(key).await? {
-                Some(raw) => edgesync_core::decode_counter(&raw).map(|n| n as i64).ok_or(e),
+                Some(raw) => edgesync_core::decode_counter(&raw)
+                    .map(|n| n as i64)
+                    .ok_or(e),
                 None => Err(e),
             },
             Err(e) => Err(e),
