@@ -356,7 +356,11 @@ async fn writer_turns_queue_one_user_and_not_others() {
     for _ in 0..50 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(entered.load(Ordering::SeqCst), 0, "second writer ran during the first's turn");
+    assert_eq!(
+        entered.load(Ordering::SeqCst),
+        0,
+        "second writer ran during the first's turn"
+    );
     drop(first);
     task.await.unwrap();
     assert_eq!(entered.load(Ordering::SeqCst), 1);
