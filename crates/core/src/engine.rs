@@ -220,11 +220,6 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         }
     }
 
-    /// Topic name for change notifications.
-    pub fn topic(&self) -> &str {
-        self.keys.topic()
-    }
-
     fn fresh_id(&self) -> u64 {
         loop {
             let id = self.host.random_u64();

@@ -23,7 +23,7 @@ mod time;
 pub use config::{Config, ConfigError, CorsOrigins};
 pub use host::Host;
 pub use kv::{decode_counter, encode_counter, Kv, KvError, KvErrorKind, MaybeSend, MaybeSync};
-pub use service::{RequestInfo, Service};
+pub use service::{Handled, Parked, RequestInfo, Service};
 
 /// Every route of the v1 API with the methods it accepts (besides `HEAD`,
 /// accepted wherever `GET` is, and `OPTIONS`, accepted everywhere). The

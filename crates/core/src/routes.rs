@@ -103,13 +103,116 @@ fn match_route(path: &str) -> Option<Route> {
     })
 }
 
+/// What the last steps of answering need to know about the request.
+#[derive(Debug, Clone)]
+struct Finish {
+    route: &'static str,
+    user_hash: Option<String>,
+    cors_origin: Option<HeaderValue>,
+    is_head: bool,
+}
+
+/// A long-poll parked until its user's log changes or its deadline passes
+/// (see [`crate::Service::start`]). Holds only what answering it needs, so a
+/// host can keep thousands cheaply.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    finish: Finish,
+    user: String,
+    topic: String,
+    waiting: ChangesWait,
+}
+
+impl Parked {
+    /// The topic to wait on (see [`Host::wait_for_change`]).
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// When the long-poll must be answered, wall-clock ms.
+    pub fn deadline_millis(&self) -> u64 {
+        self.waiting.deadline
+    }
+}
+
+/// The first step of answering a request.
+#[derive(Debug)]
+pub enum Handled {
+    /// The answer.
+    Done(Response<Vec<u8>>),
+    /// A long-poll with nothing to report yet: register for changes on
+    /// [`Parked::topic`], then call [`crate::Service::resume`] until it answers.
+    Parked(Parked),
+}
+
+enum Dispatched {
+    Respond(Result<Response<Vec<u8>>, Failure>),
+    Wait { user: String, waiting: ChangesWait },
+}
+
 pub(crate) async fn handle<K: Kv, H: Host>(
     service: &Service<K, H>,
     request: Request<Vec<u8>>,
 ) -> Response<Vec<u8>> {
+    let parked = match start(service, request).await {
+        Handled::Done(response) => return response,
+        Handled::Parked(parked) => parked,
+    };
+    loop {
+        // Register before checking, so that a change committed between the
+        // check and the wait still wakes us.
+        let wake = service
+            .host
+            .wait_for_change(parked.topic(), parked.deadline_millis());
+        if let Some(response) = resume(service, &parked).await {
+            return response;
+        }
+        wake.await;
+    }
+}
+
+pub(crate) async fn start<K: Kv, H: Host>(
+    service: &Service<K, H>,
+    request: Request<Vec<u8>>,
+) -> Handled {
     let cors_origin = cors_origin(&service.config.cors_origins, request.headers().get(ORIGIN));
     let is_head = request.method() == Method::HEAD;
-    let (route, user_hash, result) = dispatch(service, request, cors_origin.is_some()).await;
+    let (route, user_hash, dispatched) = dispatch(service, request, cors_origin.is_some()).await;
+    let finish = Finish {
+        route,
+        user_hash,
+        cors_origin,
+        is_head,
+    };
+    match dispatched {
+        Dispatched::Respond(result) => Handled::Done(finish_response(service, &finish, result)),
+        Dispatched::Wait { user, waiting } => Handled::Parked(Parked {
+            finish,
+            topic: crate::keys::UserKeys::new(&user).topic().to_owned(),
+            user,
+            waiting,
+        }),
+    }
+}
+
+pub(crate) async fn resume<K: Kv, H: Host>(
+    service: &Service<K, H>,
+    parked: &Parked,
+) -> Option<Response<Vec<u8>>> {
+    let log = Log::new(&service.kv, &service.host, &service.config, &parked.user);
+    let result = match changes_resume(service, &log, &parked.waiting).await {
+        Ok(None) => return None,
+        Ok(Some(response)) => Ok(response),
+        Err(failure) => Err(failure),
+    };
+    Some(finish_response(service, &parked.finish, result))
+}
+
+fn finish_response<K: Kv, H: Host>(
+    service: &Service<K, H>,
+    finish: &Finish,
+    result: Result<Response<Vec<u8>>, Failure>,
+) -> Response<Vec<u8>> {
     let mut store_error = None;
     let mut response = result.unwrap_or_else(|failure| {
         if let Failure::Kv(e) = &failure {
@@ -117,10 +220,10 @@ pub(crate) async fn handle<K: Kv, H: Host>(
         }
         failure.into_problem().into_response()
     });
-    if let Some(origin) = cors_origin {
+    if let Some(origin) = &finish.cors_origin {
         let h = response.headers_mut();
         if !h.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
-            h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             h.insert(
                 ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static(EXPOSED_HEADERS),
@@ -128,7 +231,7 @@ pub(crate) async fn handle<K: Kv, H: Host>(
         }
         h.append(VARY, HeaderValue::from_static("Origin"));
     }
-    if is_head {
+    if finish.is_head {
         // Same headers as GET, no body.
         let len = response.body().len();
         response
@@ -136,7 +239,7 @@ pub(crate) async fn handle<K: Kv, H: Host>(
             .insert(CONTENT_LENGTH, HeaderValue::from(len));
         response.body_mut().clear();
     }
-    if route == "/v1/changes" || route == "/v1/head" {
+    if finish.route == "/v1/changes" || finish.route == "/v1/head" {
         // Every answer on the polling routes (errors too) tells a client
         // how often to come back and that it must revalidate.
         let h = response.headers_mut();
@@ -146,8 +249,8 @@ pub(crate) async fn handle<K: Kv, H: Host>(
             .or_insert_with(|| HeaderValue::from_static("private, no-cache"));
     }
     response.extensions_mut().insert(RequestInfo {
-        route,
-        user_hash,
+        route: finish.route,
+        user_hash: finish.user_hash.clone(),
         store_error,
     });
     response
@@ -169,13 +272,13 @@ async fn dispatch<K: Kv, H: Host>(
     service: &Service<K, H>,
     request: Request<Vec<u8>>,
     cors_allowed: bool,
-) -> (
-    &'static str,
-    Option<String>,
-    Result<Response<Vec<u8>>, Failure>,
-) {
+) -> (&'static str, Option<String>, Dispatched) {
     let Some(route) = match_route(request.uri().path()) else {
-        return ("unmatched", None, Ok(Problem::not_found().into_response()));
+        return (
+            "unmatched",
+            None,
+            Dispatched::Respond(Ok(Problem::not_found().into_response())),
+        );
     };
     let template = route.template();
     let method = request.method().clone();
@@ -183,7 +286,9 @@ async fn dispatch<K: Kv, H: Host>(
         return (
             template,
             None,
-            Ok(Problem::method_not_allowed(&route.allow()).into_response()),
+            Dispatched::Respond(Ok(
+                Problem::method_not_allowed(&route.allow()).into_response()
+            )),
         );
     }
     if method == Method::OPTIONS {
@@ -203,20 +308,23 @@ async fn dispatch<K: Kv, H: Host>(
             );
             h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
         }
-        return (template, None, Ok(r));
+        return (template, None, Dispatched::Respond(Ok(r)));
     }
     if request.body().len() > service.config.max_body_bytes {
         return (
             template,
             None,
-            Ok(Problem::payload_too_large(service.config.max_body_bytes).into_response()),
+            Dispatched::Respond(Ok(Problem::payload_too_large(
+                service.config.max_body_bytes,
+            )
+            .into_response())),
         );
     }
     if route == Route::Health {
         return (
             template,
             None,
-            Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            Dispatched::Respond(Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
         );
     }
     let expect = Expectations {
@@ -233,7 +341,7 @@ async fn dispatch<K: Kv, H: Host>(
             return (
                 template,
                 None,
-                Ok(Problem::invalid_token(&e.to_string()).into_response()),
+                Dispatched::Respond(Ok(Problem::invalid_token(&e.to_string()).into_response())),
             )
         }
     };
@@ -241,13 +349,20 @@ async fn dispatch<K: Kv, H: Host>(
     let log = Log::new(&service.kv, &service.host, &service.config, &claims.sub);
     let result = match route {
         Route::Head => head(service, &log, &request).await,
-        Route::Changes => changes(service, &log, &request).await,
+        Route::Changes => match changes_start(service, &log, &request).await {
+            Ok(ChangesStart::Respond(r)) => Ok(r),
+            Ok(ChangesStart::Wait(waiting)) => {
+                let user = claims.sub;
+                return (template, user_hash, Dispatched::Wait { user, waiting });
+            }
+            Err(failure) => Err(failure),
+        },
         Route::List => list(&log, &request).await,
         Route::Doc { collection, id } => doc(&log, &request, collection, id).await,
         Route::Mutations => mutations(&log, &request).await,
         Route::Health => unreachable!("answered above"),
     };
-    (template, user_hash, result)
+    (template, user_hash, Dispatched::Respond(result))
 }
 
 /// A short, non-reversible id for logs.
@@ -337,11 +452,28 @@ async fn head<K: Kv, H: Host>(
 // /v1/changes
 // -------------------------------------------------------------------
 
-async fn changes<K: Kv, H: Host>(
+/// A `/v1/changes` request with nothing to report yet, waiting for a change
+/// or its deadline.
+#[derive(Debug, Clone)]
+pub(crate) struct ChangesWait {
+    since: u64,
+    limit: u64,
+    wait: u64,
+    deadline: u64,
+    preferred: bool,
+    inm: Option<ETagList>,
+}
+
+enum ChangesStart {
+    Respond(Response<Vec<u8>>),
+    Wait(ChangesWait),
+}
+
+async fn changes_start<K: Kv, H: Host>(
     service: &Service<K, H>,
     log: &Log<'_, K, H>,
     request: &Request<Vec<u8>>,
-) -> Result<Response<Vec<u8>>, Failure> {
+) -> Result<ChangesStart, Failure> {
     let params = query_params(request.uri().query()).map_err(|name| {
         Problem::invalid_parameter(
             &name,
@@ -391,70 +523,91 @@ async fn changes<K: Kv, H: Host>(
         },
     };
     let wait = wait.min(service.config.max_wait_seconds);
-    let inm = if_none_match(request)?;
-
-    let started = service.host.now_millis();
-    let deadline = started.saturating_add(wait.saturating_mul(1000));
-    let mut page = match log.changes(since, limit).await? {
-        Ok(page) => page,
-        Err(problem) => return Err(problem.into()),
+    let waiting = ChangesWait {
+        since,
+        limit,
+        wait,
+        deadline: service
+            .host
+            .now_millis()
+            .saturating_add(wait.saturating_mul(1000)),
+        preferred,
+        inm: if_none_match(request)?,
     };
-    while matches!(page, ChangesPage::Idle)
-        && service.host.now_millis() < deadline
-        && !service.host.draining()
-    {
-        // Register before checking once more, so that a change committed
-        // between the check and the wait still wakes us.
-        let wake = service.host.wait_for_change(log.topic(), deadline);
-        match log.nothing_after(since).await? {
-            Some(true) => wake.await,
-            Some(false) => {
-                drop(wake);
-                page = log.changes(since, limit).await?.map_err(Failure::from)?;
-            }
-            // One read could not tell (e.g. a user with no log yet): ask
-            // properly, and wait if that says nothing is new either.
-            None => {
-                page = log.changes(since, limit).await?.map_err(Failure::from)?;
-                if matches!(page, ChangesPage::Idle) {
-                    wake.await;
-                }
-            }
-        }
+    let page = log.changes(since, limit).await?.map_err(Failure::from)?;
+    if matches!(page, ChangesPage::Idle) && wait > 0 && !service.host.draining() {
+        return Ok(ChangesStart::Wait(waiting));
     }
-    let mut response = match page {
+    Ok(ChangesStart::Respond(changes_response(
+        service, &waiting, page,
+    )))
+}
+
+/// Check a waiting `/v1/changes` request once more: the response, or
+/// `None` while there is still nothing to report and time left. Hosts
+/// register for change notification *before* calling this (see
+/// `Host::wait_for_change`).
+async fn changes_resume<K: Kv, H: Host>(
+    service: &Service<K, H>,
+    log: &Log<'_, K, H>,
+    waiting: &ChangesWait,
+) -> Result<Option<Response<Vec<u8>>>, Failure> {
+    let page = match log.nothing_after(waiting.since).await? {
+        Some(true) => ChangesPage::Idle,
+        // Something new, or one read could not tell (e.g. the cursor is
+        // not valid any more): the full read decides.
+        _ => log
+            .changes(waiting.since, waiting.limit)
+            .await?
+            .map_err(Failure::from)?,
+    };
+    let over = service.host.now_millis() >= waiting.deadline || service.host.draining();
+    if matches!(page, ChangesPage::Idle) && !over {
+        return Ok(None);
+    }
+    Ok(Some(changes_response(service, waiting, page)))
+}
+
+fn changes_response<K: Kv, H: Host>(
+    service: &Service<K, H>,
+    waiting: &ChangesWait,
+    page: ChangesPage,
+) -> Response<Vec<u8>> {
+    let since = waiting.since;
+    let (mut response, tag) = match page {
         ChangesPage::Idle => {
-            if inm.as_ref().is_some_and(|l| l.matches_weakly(since)) {
+            let r = if waiting
+                .inm
+                .as_ref()
+                .is_some_and(|l| l.matches_weakly(since))
+            {
                 empty(StatusCode::NOT_MODIFIED)
             } else {
                 json_response(
                     StatusCode::OK,
                     &json!({"changes": [], "next": since, "head": since}),
                 )
-            }
+            };
+            (r, since)
         }
         ChangesPage::Entries { changes, head } => {
             let next = changes.last().map_or(since, |(seq, _)| *seq);
             let list: Vec<Value> = changes.iter().map(|(seq, e)| e.change(*seq)).collect();
-            let mut r = json_response(
+            let r = json_response(
                 StatusCode::OK,
                 &json!({"changes": list, "next": next, "head": head.max(next)}),
             );
-            poll_headers(service, &mut r, next);
-            if preferred {
-                r.headers_mut()
-                    .insert(PREFERENCE_APPLIED, header_value(&format!("wait={wait}")));
-            }
-            return Ok(r);
+            (r, next)
         }
     };
-    poll_headers(service, &mut response, since);
-    if preferred {
-        response
-            .headers_mut()
-            .insert(PREFERENCE_APPLIED, header_value(&format!("wait={wait}")));
+    poll_headers(service, &mut response, tag);
+    if waiting.preferred {
+        response.headers_mut().insert(
+            PREFERENCE_APPLIED,
+            header_value(&format!("wait={}", waiting.wait)),
+        );
     }
-    Ok(response)
+    response
 }
 
 // -------------------------------------------------------------------

@@ -5,6 +5,7 @@ use http::{Request, Response};
 use crate::config::Config;
 use crate::host::Host;
 use crate::kv::Kv;
+pub use crate::routes::{Handled, Parked};
 
 /// Attached to every response's extensions so hosts can log without
 /// re-parsing the request: the matched route template and a short,
@@ -55,6 +56,22 @@ impl<K: Kv, H: Host> Service<K, H> {
     /// `max_body_bytes + 1` bytes).
     pub async fn handle(&self, request: Request<Vec<u8>>) -> Response<Vec<u8>> {
         crate::routes::handle(self, request).await
+    }
+
+    /// The first step of [`Service::handle`], for hosts that hold many
+    /// long-polls and would rather not keep a future alive for each: the
+    /// answer, or a [`Parked`] long-poll. To finish a parked one, loop:
+    /// register for changes on [`Parked::topic`] (as
+    /// [`Host::wait_for_change`] does), call [`Service::resume`], and if it
+    /// answers `None`, wait for the change or [`Parked::deadline_millis`].
+    pub async fn start(&self, request: Request<Vec<u8>>) -> Handled {
+        crate::routes::start(self, request).await
+    }
+
+    /// Check a parked long-poll again: its answer, or `None` while there is
+    /// nothing to report and time left (see [`Service::start`]).
+    pub async fn resume(&self, parked: &Parked) -> Option<Response<Vec<u8>>> {
+        crate::routes::resume(self, parked).await
     }
 }
 
