@@ -243,27 +243,25 @@ impl Handler for EdgeService {
     fn max_body_bytes(&self) -> usize {
         self.config().max_body_bytes
     }
-    fn handle(&self, request: Request<Vec<u8>>) -> impl Future<Output = Response<Vec<u8>>> + Send {
+    async fn handle(&self, request: Request<Vec<u8>>) -> Response<Vec<u8>> {
         // A held long-poll should cost little memory. The core's request
         // future is a few KiB, so it lives on the heap only while it runs;
         // between checks, a parked long-poll is just its `Parked` state and
         // a hub registration.
-        async move {
-            let parked = match Box::pin(self.start(request)).await {
-                Handled::Done(response) => return response,
-                Handled::Parked(parked) => parked,
-            };
-            loop {
-                // Registered before the check, so a change committed in
-                // between still wakes us.
-                let wake = self
-                    .host()
-                    .wait_for_change(parked.topic(), parked.deadline_millis());
-                if let Some(response) = Box::pin(self.resume(&parked)).await {
-                    return response;
-                }
-                wake.await;
+        let parked = match Box::pin(self.start(request)).await {
+            Handled::Done(response) => return response,
+            Handled::Parked(parked) => parked,
+        };
+        loop {
+            // Registered before the check, so a change committed in
+            // between still wakes us.
+            let wake = self
+                .host()
+                .wait_for_change(parked.topic(), parked.deadline_millis());
+            if let Some(response) = Box::pin(self.resume(&parked)).await {
+                return response;
             }
+            wake.await;
         }
     }
 }
