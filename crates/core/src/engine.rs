@@ -17,8 +17,12 @@ use crate::kv::{decode_counter, encode_counter, Kv, KvError, KvErrorKind};
 use crate::merge_patch;
 use crate::problem::{Failure, Problem};
 
-/// Slots read per round trip when looking for the tail of the log.
-const WINDOW: u64 = 16;
+/// Slots read in the first round trip when looking for the tail of the
+/// log: the hint trails the tail by fewer than `HINT_EVERY` slots unless a
+/// writer crashed, so this usually finds it at once. Later windows double.
+const WINDOW: u64 = HINT_EVERY + 1;
+/// Largest window of slots read in one round trip.
+const MAX_WINDOW: u64 = 128;
 /// The hint is advanced on every seq divisible by this.
 const HINT_EVERY: u64 = 8;
 /// Give up (503) after this many optimistic attempts.
@@ -334,8 +338,9 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
     async fn scan_tail(&self, hint: Counter) -> Result<Tail, Failure> {
         let mut start = hint.value + 1;
         let mut claimed = BTreeMap::new();
+        let mut window = WINDOW;
         for _ in 0..1024 {
-            let keys: Vec<String> = (start..start + WINDOW).map(|s| self.keys.slot(s)).collect();
+            let keys: Vec<String> = (start..start + window).map(|s| self.keys.slot(s)).collect();
             let slots = self.read_counters(keys).await?;
             for (i, slot) in slots.into_iter().enumerate() {
                 let seq = start + i as u64;
@@ -349,7 +354,8 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 }
                 claimed.insert(seq, slot.value);
             }
-            start += WINDOW;
+            start += window;
+            window = (window * 2).min(MAX_WINDOW);
         }
         Err(Problem::unavailable("the log tail is too far from its hint").into())
     }
