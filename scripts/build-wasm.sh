@@ -10,6 +10,7 @@
 # into native builds.
 #
 # Extra arguments are passed to cargo (e.g. --locked, -v).
+# `--check-toolchain` only reports (exit status) whether a toolchain is there.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +42,11 @@ fallback_missing() {
     [[ -f /usr/lib/wasm32-wasi/libc.a ]] || missing+=("wasi-libc (/usr/lib/wasm32-wasi/libc.a)")
     ((${#missing[@]} == 0)) || printf '  - %s\n' "${missing[@]}"
 }
+
+if [[ "${1:-}" == "--check-toolchain" ]]; then
+    have_rustup_target || [[ -z "$(fallback_missing)" ]]
+    exit
+fi
 
 if have_rustup_target; then
     echo "build-wasm: using the rustup target $target" >&2
