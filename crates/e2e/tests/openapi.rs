@@ -280,28 +280,18 @@ fn errors_are_problems_with_the_documented_types() {
             .iter()
             .map(|v| v.as_str().unwrap().to_string())
             .collect();
-    let expected: BTreeSet<String> = [
-        "invalid-token",
-        "invalid-json",
-        "invalid-body",
-        "invalid-name",
-        "invalid-parameter",
-        "not-found",
-        "document-not-found",
-        "method-not-allowed",
-        "cursor-ahead",
-        "collection-full",
-        "cursor-expired",
-        "precondition-failed",
-        "payload-too-large",
-        "unsupported-media-type",
-        "idempotency-key-mismatch",
-        "rate-limited",
-        "unavailable",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    // Read from the decisions document itself, so the two cannot drift.
+    let decisions = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/protocol-decisions.md"),
+    )
+    .expect("docs/protocol-decisions.md");
+    let expected: BTreeSet<String> = decisions
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    assert!(expected.len() >= 17, "no problem table found: {expected:?}");
     assert_eq!(
         types, expected,
         "Problem.type must list the contract's problem types"
