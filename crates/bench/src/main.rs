@@ -88,6 +88,9 @@ struct Plan {
     /// Users written to in the spread wake-up shape.
     sample: usize,
     catchup_rounds: usize,
+    /// Seeding 10,000 changes through the components takes minutes (every
+    /// KV write is its own SQLite transaction in Spin's default store).
+    spin_catchup: bool,
     kv_samples: u64,
 }
 
@@ -102,6 +105,7 @@ impl Plan {
                 peer_held: vec![1_000],
                 sample: 200,
                 catchup_rounds: 1,
+                spin_catchup: false,
                 kv_samples: 4,
             }
         } else {
@@ -113,6 +117,7 @@ impl Plan {
                 peer_held: vec![1_000, 10_000],
                 sample: 1_000,
                 catchup_rounds: 5,
+                spin_catchup: true,
                 kv_samples: 16,
             }
         }
@@ -316,7 +321,9 @@ async fn all(args: AllArgs) -> Result<()> {
         let text = match section {
             Section::Idle => idle_section(&servers, &plan, &mut summary).await?,
             Section::Writes => writes_section(&servers, &plan, &mut summary).await?,
-            Section::Wakeup => wakeup_section(&servers, &plan, &mut summary).await?,
+            Section::Wakeup => {
+                wakeup_section(&servers, &plan, &mut summary, &release.join("edgesync")).await?
+            }
             Section::Catchup => catchup_section(&servers, &plan).await?,
             Section::Kv => kv_section(plan.kv_samples).await?,
         };
@@ -650,7 +657,12 @@ async fn writes_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -
     Ok(out)
 }
 
-async fn wakeup_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -> Result<String> {
+async fn wakeup_section(
+    servers: &Servers,
+    plan: &Plan,
+    summary: &mut Summary,
+    native_bin: &Path,
+) -> Result<String> {
     let mut out = format!(
         "## Wake-up latency of held long-polls\n\n\
          N long-polls are held (`GET /v1/changes?since=N&wait=25` with `If-None-Match`; \
@@ -678,37 +690,68 @@ async fn wakeup_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -
         "RSS held",
         "per held poll",
     ]);
-    let mut runs: Vec<(&Target, usize, Shape, Duration)> = Vec::new();
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Who {
+        Native,
+        Spin,
+        Peer,
+    }
+    let mut runs: Vec<(Who, usize, Shape, Duration)> = Vec::new();
     for &n in &plan.native_held {
         for shape in [Shape::Spread, Shape::FanOut] {
             runs.push((
-                &servers.native,
+                Who::Native,
                 n,
                 shape,
                 Duration::from_millis(500 + n as u64 / 10),
             ));
         }
     }
-    if let Some(s) = &servers.spin {
+    if servers.spin.is_some() {
         for &n in &plan.spin_held {
             for shape in [Shape::Spread, Shape::FanOut] {
-                runs.push((s, n, shape, Duration::from_millis(1500 + n as u64)));
+                runs.push((Who::Spin, n, shape, Duration::from_millis(1500 + n as u64)));
             }
         }
     }
-    if let Some(p) = &servers.peer {
+    if servers.peer.is_some() {
         for &n in &plan.peer_held {
             for shape in [Shape::Spread, Shape::FanOut] {
-                runs.push((p, n, shape, Duration::from_millis(1000 + n as u64 / 5)));
+                runs.push((
+                    Who::Peer,
+                    n,
+                    shape,
+                    Duration::from_millis(1000 + n as u64 / 5),
+                ));
             }
         }
     }
-    for (i, (target, n, shape, settle)) in runs.into_iter().enumerate() {
+    // A fresh native server per held count, so that its RSS is not what an
+    // earlier run left in the allocator.
+    let mut fresh: Option<procs::Proc> = None;
+    for (i, (who, n, shape, settle)) in runs.into_iter().enumerate() {
         let run = format!("r{i}");
         let shape_name = match shape {
             Shape::Spread => "spread",
             Shape::FanOut => "fan-out",
         };
+        let target = match who {
+            Who::Native => {
+                if shape == Shape::Spread {
+                    drop(fresh.take()); // one native server at a time
+                    fresh = Some(procs::native(native_bin).await?);
+                }
+                let p = fresh.as_ref().expect("started with the spread run");
+                Target {
+                    pid: p.pid(),
+                    addr: p.addr,
+                    ..servers.native
+                }
+            }
+            Who::Spin => servers.spin.expect("checked"),
+            Who::Peer => servers.peer.expect("checked"),
+        };
+        let target = &target;
         let result = scenarios::wakeup(target, n, shape, plan.sample, &run, settle).await;
         let w: WakeStats = match result {
             Ok(w) => w,
@@ -730,18 +773,14 @@ async fn wakeup_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -
         };
         let q = |q: f64| Duration::from_micros(w.hist.value_at_quantile(q));
         if w.woken > 0 && shape == Shape::Spread {
-            if std::ptr::eq(target, &servers.native) && n == 1_000 {
+            if who == Who::Native && n == 1_000 {
                 summary.wake_native_1k = Some(q(0.99));
             }
-            if servers
-                .spin
-                .as_ref()
-                .is_some_and(|s| std::ptr::eq(target, s))
-            {
+            if who == Who::Spin {
                 summary.wake_spin = Some((n, q(0.99)));
             }
         }
-        if std::ptr::eq(target, &servers.native) && n == 10_000 && shape == Shape::Spread {
+        if who == Who::Native && n == 10_000 && shape == Shape::Spread {
             if let (Some(a), Some(b)) = (w.rss_idle_kib, w.rss_held_kib) {
                 summary.rss_native_10k = Some((a, b));
             }
@@ -783,7 +822,30 @@ async fn wakeup_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -
             target.label, w.hold_setup
         );
     }
+    drop(fresh);
     out.push_str(&t.render());
+    // Where a held poll's memory goes: the same number of connections
+    // that never send a request, on a fresh server.
+    if let Some(&n) = plan.native_held.iter().max() {
+        let p = procs::native(native_bin).await?;
+        let target = Target {
+            pid: p.pid(),
+            addr: p.addr,
+            ..servers.native
+        };
+        let (idle, open) =
+            scenarios::idle_connections(&target, n, Duration::from_millis(500 + n as u64 / 10))
+                .await?;
+        if let (Some(idle), Some(open)) = (idle, open) {
+            out.push_str(&format!(
+                "\nFor comparison, {n} keep-alive connections that send nothing, on a fresh native \
+                 server: RSS {} → {} ({:.1} KiB per connection).\n",
+                mib(idle),
+                mib(open),
+                open.saturating_sub(idle) as f64 / n as f64
+            ));
+        }
+    }
     Ok(out)
 }
 
@@ -801,6 +863,12 @@ async fn catchup_section(servers: &Servers, plan: &Plan) -> Result<String> {
         plan.catchup_rounds,
         procs::RETENTION
     );
+    if servers.spin.is_some() && !plan.spin_catchup {
+        out.push_str(
+            "The Spin components are left out in quick mode: seeding their log takes minutes.\n\n",
+        );
+    }
+    let spin = servers.spin.as_ref().filter(|_| plan.spin_catchup);
     let mut t = Table::new(&[
         "server",
         "changes read",
@@ -811,13 +879,9 @@ async fn catchup_section(servers: &Servers, plan: &Plan) -> Result<String> {
     ]);
     let mut peer_time = None;
     let mut rows = Vec::new();
-    for target in [
-        Some(&servers.native),
-        servers.spin.as_ref(),
-        servers.peer.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
+    for target in [Some(&servers.native), spin, servers.peer.as_ref()]
+        .into_iter()
+        .flatten()
     {
         let t0 = Instant::now();
         let r = async {

@@ -593,6 +593,23 @@ pub async fn wakeup(
     })
 }
 
+/// RSS before and while `n` connections are open that never send a request.
+pub async fn idle_connections(
+    target: &Target,
+    n: usize,
+    settle: Duration,
+) -> Result<(Option<u64>, Option<u64>)> {
+    let before = crate::procs::rss_kib(target.pid);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(tokio::net::TcpStream::connect(target.addr).await?);
+    }
+    tokio::time::sleep(settle).await;
+    let open = crate::procs::rss_kib(target.pid);
+    drop(conns);
+    Ok((before, open))
+}
+
 // ---------------------------------------------------------------------------
 // Catch-up
 
