@@ -318,15 +318,20 @@ async fn all(args: AllArgs) -> Result<()> {
 
     let mut summary = Summary::default();
     for section in &sections {
-        let text = match section {
-            Section::Idle => idle_section(&servers, &plan, &mut summary).await?,
-            Section::Writes => writes_section(&servers, &plan, &mut summary).await?,
+        let result = match section {
+            Section::Idle => idle_section(&servers, &plan, &mut summary).await,
+            Section::Writes => writes_section(&servers, &plan, &mut summary).await,
             Section::Wakeup => {
-                wakeup_section(&servers, &plan, &mut summary, &release.join("edgesync")).await?
+                wakeup_section(&servers, &plan, &mut summary, &release.join("edgesync")).await
             }
-            Section::Catchup => catchup_section(&servers, &plan).await?,
-            Section::Kv => kv_section(plan.kv_samples).await?,
+            Section::Catchup => catchup_section(&servers, &plan).await,
+            Section::Kv => kv_section(plan.kv_samples).await,
         };
+        // One failed section must not cost the others.
+        let text = result.unwrap_or_else(|e| {
+            notes.push(format!("section {section:?} failed: {e:#}"));
+            format!("## {section:?}\n\nFailed: {e:#}\n")
+        });
         out.push_str(&text);
         out.push('\n');
         eprintln!(
@@ -833,10 +838,10 @@ async fn wakeup_section(
             addr: p.addr,
             ..servers.native
         };
-        let (idle, open) =
+        let measured =
             scenarios::idle_connections(&target, n, Duration::from_millis(500 + n as u64 / 10))
-                .await?;
-        if let (Some(idle), Some(open)) = (idle, open) {
+                .await;
+        if let Ok((Some(idle), Some(open))) = measured {
             out.push_str(&format!(
                 "\nFor comparison, {n} keep-alive connections that send nothing, on a fresh native \
                  server: RSS {} → {} ({:.1} KiB per connection).\n",

@@ -400,6 +400,18 @@ pub struct WakeStats {
     pub hold_setup: Duration,
 }
 
+/// Aborts every task still running when dropped, so that a failed or
+/// timed-out run releases its connections (and file descriptors).
+struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 struct Waiter {
     user: String,
     done: Instant,
@@ -468,7 +480,7 @@ pub async fn wakeup(
     let connecting = Arc::new(tokio::sync::Semaphore::new(256));
     let sent = Arc::new(AtomicUsize::new(0));
     let t_setup = Instant::now();
-    let mut tasks = Vec::with_capacity(held);
+    let mut tasks = AbortOnDrop(Vec::with_capacity(held));
     for user in &users {
         let since = cursor.get(user).cloned().unwrap_or_else(|| "0".into());
         let (path, auth, inm) = match kind {
@@ -486,7 +498,7 @@ pub async fn wakeup(
         let user = user.clone();
         let connecting = connecting.clone();
         let sent = sent.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.0.push(tokio::spawn(async move {
             let permit = connecting.acquire_owned().await.expect("open semaphore");
             let mut conn = Conn::connect(addr).await?;
             drop(permit);
@@ -528,7 +540,7 @@ pub async fn wakeup(
     // Let the last requests reach the server and park.
     tokio::time::sleep(settle).await;
     let rss_held_kib = crate::procs::rss_kib(target.pid);
-    let early_before_writes = tasks.iter().filter(|t| t.is_finished()).count();
+    let early_before_writes = tasks.0.iter().filter(|t| t.is_finished()).count();
 
     let mut acks: HashMap<String, Instant> = HashMap::new();
     for (n, user) in written.iter().enumerate() {
@@ -559,7 +571,7 @@ pub async fn wakeup(
     let mut hist = client::histogram();
     let (mut woken, mut before_ack) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(40);
-    for task in tasks {
+    for task in tasks.0.iter_mut() {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(joined) = tokio::time::timeout(left, task).await else {
             continue;
