@@ -132,11 +132,12 @@ impl Host for NativeHost {
 
     fn wait_for_change(&self, user: &str, deadline_millis: u64) -> impl Future<Output = ()> + Send {
         let remaining = Duration::from_millis(deadline_millis.saturating_sub(self.now_millis()));
-        let wait = self
-            .hub
-            .wait(user, tokio::time::Instant::now() + remaining.min(MAX_WAIT));
-        async move {
-            wait.await;
+        // A named future, not an `async` block around one: that would hold
+        // the wait twice over (its size is what every held long-poll costs).
+        Discard {
+            wait: self
+                .hub
+                .wait(user, tokio::time::Instant::now() + remaining.min(MAX_WAIT)),
         }
     }
 
@@ -153,6 +154,25 @@ impl Host for NativeHost {
 
     fn writer_turn(&self, user: &str) -> impl Future<Output = impl Send> + Send {
         self.writers.turn(user)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A hub wait whose reason does not matter to the core.
+    struct Discard {
+        #[pin]
+        wait: crate::hub::Wait,
+    }
+}
+
+impl Future for Discard {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        self.project().wait.poll(cx).map(|_| ())
     }
 }
 

@@ -1,7 +1,8 @@
 //! # edgesync-server
 //!
 //! The native edgesync host: serves [`edgesync_core::Service`] over HTTP/1.1
-//! (tokio + hyper) on an embedded SQLite file or a shared Redis/Valkey, and
+//! (tokio and a small HTTP/1.1 layer of its own, see [`HttpOptions`]) on
+//! an embedded SQLite file or a shared Redis/Valkey, and
 //! wakes held long-polls the moment a change commits (in-process, and across
 //! instances through Redis pub/sub).
 //!
@@ -20,13 +21,17 @@
 //! ```
 //!
 //! Per request the server reads at most `max_body_bytes + 1` bytes of body
-//! (the core answers 413 beyond that), calls [`edgesync_core::Service::handle`]
+//! (the core answers 413 beyond that), calls [`edgesync_core::Service::start`]
 //! and logs one line (method, route template, user hash, status, duration;
-//! never a token). Shutdown stops accepting, releases held long-polls so the
-//! core answers them, lets in-flight requests finish (up to
-//! [`ServerOptions::drain_timeout`]) and then closes the store.
+//! never a token). A long-poll with nothing to report yet is parked: the
+//! connection keeps only the core's [`edgesync_core::Parked`] state, a hub
+//! registration and its socket until a change (or the deadline) comes.
+//! Shutdown stops accepting, closes idle connections, releases held
+//! long-polls so the core answers them, lets in-flight requests finish (up
+//! to [`ServerOptions::drain_timeout`]) and then closes the store.
 
 mod host;
+mod http1;
 pub mod hub;
 pub mod settings;
 mod store;
@@ -35,28 +40,23 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use edgesync_core::{Config, Handled, Host, RequestInfo, Service};
-use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use edgesync_core::{Config, Handled, Host, Parked, Service};
+use http::{Request, Response};
+use tokio::net::{TcpListener, TcpSocket};
+
+use http1::{Handler, Lifecycle, Shared, Step};
 
 pub use edgesync_sqlite::{SqliteOptions, Synchronous};
 pub use host::NativeHost;
+pub use http1::HttpOptions;
 pub use hub::{NotifyHub, Wake};
 pub use store::{ParseStoreError, Store, StoreKind, SQLITE_FILE};
 
-/// Longest a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest a client may take to send a request's body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pending connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -76,6 +76,8 @@ pub struct ServerOptions {
     /// How long shutdown waits for in-flight requests before closing the
     /// store anyway.
     pub drain_timeout: Duration,
+    /// Timeouts and limits of the HTTP layer.
+    pub http: HttpOptions,
 }
 
 impl ServerOptions {
@@ -89,6 +91,7 @@ impl ServerOptions {
             config,
             sqlite: SqliteOptions::default(),
             drain_timeout: Duration::from_secs(10),
+            http: HttpOptions::default(),
         }
     }
 }
@@ -118,6 +121,7 @@ pub struct Server {
     local_addr: SocketAddr,
     service: Arc<EdgeService>,
     drain_timeout: Duration,
+    http: HttpOptions,
 }
 
 impl std::fmt::Debug for Server {
@@ -139,6 +143,7 @@ impl Server {
             config,
             sqlite,
             drain_timeout,
+            http,
         } = options;
         if store == StoreKind::Sqlite {
             settings::ensure_data_dir(&data_dir).map_err(|source| ServerError::Io {
@@ -158,7 +163,7 @@ impl Server {
             },
         };
         let bound = async {
-            let listener = TcpListener::bind(&listen).await?;
+            let listener = bind_listener(&listen).await?;
             let local_addr = listener.local_addr()?;
             Ok::<_, std::io::Error>((listener, local_addr))
         }
@@ -185,6 +190,7 @@ impl Server {
             local_addr,
             service: Arc::new(Service::new(config, kv, host)),
             drain_timeout,
+            http,
         })
     }
 
@@ -206,12 +212,14 @@ impl Server {
             listener,
             service,
             drain_timeout,
+            http,
             ..
         } = self;
         let host = service.host().clone();
         serve(
             listener,
             Arc::clone(&service),
+            http,
             shutdown,
             drain_timeout,
             || host.shutdown(),
@@ -232,57 +240,56 @@ pub async fn run(
     Server::bind(options).await?.run(shutdown).await
 }
 
-/// What the connection loop serves; [`Service`] in production, a stand-in
-/// in this crate's tests.
-trait Handler: Send + Sync + 'static {
-    fn max_body_bytes(&self) -> usize;
-    fn handle(&self, request: Request<Vec<u8>>) -> impl Future<Output = Response<Vec<u8>>> + Send;
-}
-
 impl Handler for EdgeService {
+    type Parked = Parked;
+
     fn max_body_bytes(&self) -> usize {
         self.config().max_body_bytes
     }
-    async fn handle(&self, request: Request<Vec<u8>>) -> Response<Vec<u8>> {
-        // A held long-poll should cost little memory. The core's request
-        // future is a few KiB, so it lives on the heap only while it runs;
-        // between checks, a parked long-poll is just its `Parked` state and
-        // a hub registration.
-        let parked = match Box::pin(self.start(request)).await {
-            Handled::Done(response) => return response,
-            Handled::Parked(parked) => parked,
-        };
-        loop {
-            // Registered before the check, so a change committed in
-            // between still wakes us.
-            let wake = self
-                .host()
-                .wait_for_change(parked.topic(), parked.deadline_millis());
-            if let Some(response) = Box::pin(self.resume(&parked)).await {
-                return response;
-            }
-            wake.await;
+
+    async fn start(&self, request: Request<Vec<u8>>) -> Step<Parked> {
+        match Service::start(self, request).await {
+            Handled::Done(response) => Step::Done(response),
+            Handled::Parked(parked) => Step::Parked(parked),
         }
+    }
+
+    fn wait<'a>(&'a self, parked: &'a Parked) -> impl Future<Output = ()> + Send + 'a {
+        self.host()
+            .wait_for_change(parked.topic(), parked.deadline_millis())
+    }
+
+    fn resume<'a>(
+        &'a self,
+        parked: &'a Parked,
+    ) -> impl Future<Output = Option<Response<Vec<u8>>>> + Send + 'a {
+        Service::resume(self, parked)
     }
 }
 
 /// Accept connections until `shutdown`, then call `on_shutdown` (releases
-/// held waits) and wait for open connections to finish, at most `drain`.
+/// held waits), close idle connections and wait for the others to finish,
+/// at most `drain`.
 async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
+    options: HttpOptions,
     shutdown: impl Future<Output = ()> + Send,
     drain: Duration,
     on_shutdown: impl FnOnce(),
 ) {
-    let graceful = GracefulShutdown::new();
+    let shared = Arc::new(Shared {
+        handler,
+        options,
+        lifecycle: Lifecycle::default(),
+    });
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let stream = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, _)) => stream,
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of
                     // spinning; existing connections keep being served.
@@ -292,124 +299,48 @@ async fn serve<H: Handler>(
                 }
             },
         };
+        // Responses go out whole, in one write: no reason to wait for ACKs.
         let _ = stream.set_nodelay(true);
-        let handler = Arc::clone(&handler);
-        let service = service_fn(move |request| {
-            let handler = Arc::clone(&handler);
-            async move { handle_request(&*handler, request).await }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(http1::serve_connection(stream, Arc::clone(&shared)));
     }
     drop(listener);
     tracing::info!("shutting down: no longer accepting, draining connections");
+    shared.lifecycle.drain();
     on_shutdown();
-    if tokio::time::timeout(drain, graceful.shutdown())
+    if tokio::time::timeout(drain, shared.lifecycle.closed())
         .await
         .is_err()
     {
         tracing::warn!(
             timeout_secs = drain.as_secs(),
+            open = shared.lifecycle.open_connections(),
             "connections still open after the drain timeout; closing anyway"
         );
     }
 }
 
-/// The request body could not be read (client went away or was too slow);
-/// hyper closes the connection.
-#[derive(Debug, thiserror::Error)]
-enum BodyError {
-    #[error("reading request body: {0}")]
-    Read(#[from] hyper::Error),
-    #[error("request body not received within {0:?}")]
-    Timeout(Duration),
-}
-
-async fn handle_request<H: Handler>(
-    handler: &H,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, BodyError> {
-    let started = Instant::now();
-    let (parts, body) = request.into_parts();
-    let limit = handler.max_body_bytes().saturating_add(1);
-    let body =
-        match tokio::time::timeout(BODY_TIMEOUT, read_body(body, &parts.headers, limit)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(e)) => {
-                log_aborted(&parts.method, started, &e);
-                return Err(e);
-            }
-            Err(_) => {
-                let e = BodyError::Timeout(BODY_TIMEOUT);
-                log_aborted(&parts.method, started, &e);
-                return Err(e);
-            }
+/// Bind `listen` with a backlog deep enough for bursts of thousands of
+/// connecting long-polls.
+async fn bind_listener(listen: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
-    let method = parts.method.clone();
-    let request = Request::from_parts(parts, body);
-    // A held long-poll is answered promptly at shutdown by the core itself
-    // (the host reports `draining`).
-    let response = handler.handle(request).await;
-    let info = response.extensions().get::<RequestInfo>();
-    tracing::info!(
-        method = %method,
-        route = info.map_or("unmatched", |i| i.route),
-        user = info.and_then(|i| i.user_hash.as_deref()).unwrap_or("-"),
-        status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    Ok(response.map(|body| Full::new(Bytes::from(body))))
-}
-
-fn log_aborted(method: &http::Method, started: Instant, error: &BodyError) {
-    tracing::info!(
-        method = %method,
-        route = "unmatched",
-        user = "-",
-        status = "aborted",
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        error = %error,
-        "request"
-    );
-}
-
-/// The body, cut at `limit` bytes (callers pass `max_body_bytes + 1`, so
-/// the core sees that it is too long and answers 413). A declared length
-/// over the limit is not read at all; the core gets `limit` placeholder
-/// bytes, which it rejects by length alone.
-async fn read_body(
-    mut body: Incoming,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<Vec<u8>, BodyError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|len| len >= limit as u64) {
-        return Ok(vec![0; limit]);
-    }
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            let room = limit - buf.len();
-            buf.extend_from_slice(&data[..data.len().min(room)]);
-            if buf.len() >= limit {
-                break;
-            }
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
         }
     }
-    Ok(buf)
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
 }
 
 #[cfg(test)]
