@@ -14,17 +14,25 @@
 //!   with respect to each other and to every other write, without locks. The
 //!   batch grows by itself under load: while one commit is in progress the
 //!   next callers queue up and are committed together.
-//! * **Concurrent readers.** `get`/`get_many` run on a small pool of
-//!   read-only connections on their own threads. In WAL mode a reader sees
-//!   every transaction committed before its read began, so a read issued
-//!   after an acknowledged write sees that write; readers never see a batch
-//!   that has not committed.
+//! * **Reads where they are asked for.** A point read of a cached page
+//!   takes a few microseconds, handing it to another thread and back tens
+//!   (two context switches and a wake-up). So by default (see
+//!   [`SqliteOptions::inline_reads`]) `get` and small `get_many` calls run
+//!   right on the calling thread, on a read-only connection that thread
+//!   keeps for this store (one per async runtime worker, in the server).
+//!   Large `get_many` calls, and any read that would have to wait for a
+//!   lock, go to a small pool of read-only connections on their own
+//!   threads instead. In WAL mode a reader sees every transaction committed
+//!   before its read began, so a read issued after an acknowledged write
+//!   sees that write; readers never see a batch that has not committed.
 //! * **Checkpoints off the write path.** Automatic checkpoints are off on
 //!   the writer; a checkpointer thread copies the WAL back into the main
 //!   file (`PASSIVE`, never blocking readers or the writer) a few times a
 //!   second while there are writes, so the `fsync`s a checkpoint needs never
 //!   stall a commit.
-//! * **Nothing blocks the async runtime**: callers await a oneshot answer.
+//! * **Nothing waits on the async runtime**: writes and pooled reads are
+//!   awaited through a oneshot answer; inline reads never wait for a lock
+//!   (they are handed to the pool when one is held).
 //!
 //! # Durability
 //!
@@ -46,10 +54,11 @@
 //! I/O failures are reported as [`KvErrorKind::Unavailable`]; nothing on a
 //! request path panics.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -67,6 +76,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the checkpointer looks for committed writes to checkpoint.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Most keys a `get_many` reads inline; larger batches (listing and
+/// changes pages) go to the reader pool rather than hold up a runtime
+/// thread.
+const INLINE_MANY_MAX: usize = 16;
 
 /// WAL size beyond which the checkpointer forces the log to start over.
 /// Passive checkpoints alone cannot reset the log while readers overlap
@@ -109,8 +123,11 @@ impl Synchronous {
 pub struct SqliteOptions {
     /// Durability of acknowledged writes.
     pub synchronous: Synchronous,
-    /// Number of read connections (and reader threads); at least 1.
+    /// Number of pooled read connections (and reader threads); at least 1.
     pub readers: usize,
+    /// Serve point reads on the calling thread (a read-only connection per
+    /// thread) instead of the reader pool. Default `true`.
+    pub inline_reads: bool,
 }
 
 impl Default for SqliteOptions {
@@ -118,6 +135,7 @@ impl Default for SqliteOptions {
         Self {
             synchronous: Synchronous::Normal,
             readers: 4,
+            inline_reads: true,
         }
     }
 }
@@ -166,6 +184,9 @@ enum ReadOp {
 /// edgesync's [`Kv`] on a SQLite file. Cheap to share by reference; all
 /// work happens on the store's own threads.
 pub struct SqliteKv {
+    /// Identity and liveness of this store for the per-thread inline
+    /// readers (`None` when inline reads are off).
+    inline: Option<Arc<InlineStore>>,
     writer: mpsc::Sender<WriterMsg>,
     checkpointer: Mutex<Option<mpsc::Sender<()>>>,
     readers: mpsc::Sender<ReadOp>,
@@ -238,15 +259,7 @@ impl SqliteKv {
         let reader_count = options.readers.max(1);
         let mut read_conns = Vec::with_capacity(reader_count);
         for _ in 0..reader_count {
-            let conn = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .map_err(err)?;
-            conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-            read_conns.push(conn);
+            read_conns.push(open_reader(&path, BUSY_TIMEOUT).map_err(err)?);
         }
 
         let (writer_tx, writer_rx) = mpsc::channel();
@@ -281,6 +294,12 @@ impl SqliteKv {
             )?);
         }
         Ok(Self {
+            inline: options.inline_reads.then(|| {
+                Arc::new(InlineStore {
+                    path: path.clone(),
+                    closed: AtomicBool::new(false),
+                })
+            }),
             writer: writer_tx,
             checkpointer: Mutex::new(Some(checkpoint_tx)),
             readers: reader_tx,
@@ -299,6 +318,11 @@ impl SqliteKv {
     /// main file and stop the store's threads. Operations issued afterwards
     /// fail with [`KvErrorKind::Unavailable`]. Calling it twice is harmless.
     pub async fn close(&self) {
+        if let Some(inline) = &self.inline {
+            // Threads drop their connections to this store on their next
+            // inline read of any store.
+            inline.closed.store(true, Ordering::Release);
+        }
         // The checkpointer goes first, so that the writer's final checkpoint
         // does not compete with it.
         self.checkpointer
@@ -336,6 +360,9 @@ impl SqliteKv {
 
 impl Drop for SqliteKv {
     fn drop(&mut self) {
+        if let Some(inline) = &self.inline {
+            inline.closed.store(true, Ordering::Release);
+        }
         // Without an explicit close, the threads still finish what is queued
         // (the channels' senders disappear with `self`) and exit on their own.
         let _ = self.writer.send(WriterMsg::Close(oneshot::channel().0));
@@ -347,6 +374,9 @@ impl Drop for SqliteKv {
 
 impl Kv for SqliteKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        if let Some(result) = self.read_inline(|conn| read_one(conn, key)) {
+            return result;
+        }
         let (tx, rx) = oneshot::channel();
         self.readers
             .send(ReadOp::Get(key.to_owned(), tx))
@@ -357,6 +387,11 @@ impl Kv for SqliteKv {
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         if keys.is_empty() {
             return Ok(Vec::new());
+        }
+        if keys.len() <= INLINE_MANY_MAX {
+            if let Some(result) = self.read_inline(|conn| read_many(conn, keys)) {
+                return result;
+            }
         }
         let (tx, rx) = oneshot::channel();
         self.readers
@@ -417,6 +452,85 @@ impl Kv for SqliteKv {
 }
 
 // ---------------------------------------------------------------- readers
+
+/// A store as the per-thread inline readers know it.
+struct InlineStore {
+    path: PathBuf,
+    closed: AtomicBool,
+}
+
+/// One thread's read-only connection to one store.
+struct InlineReader {
+    store: Weak<InlineStore>,
+    conn: Connection,
+}
+
+thread_local! {
+    /// This thread's inline read connections, one per open store (usually
+    /// exactly one).
+    static INLINE_READERS: RefCell<Vec<InlineReader>> = const { RefCell::new(Vec::new()) };
+}
+
+impl SqliteKv {
+    /// Run `read` on this thread's connection to the store. `None` when it
+    /// should go to the reader pool instead: inline reads are off, the
+    /// store is closing, no connection could be opened, or the read would
+    /// have to wait for a lock (`SQLITE_BUSY`: the pool's connections wait
+    /// for it, a runtime thread must not).
+    fn read_inline<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Option<Result<T, KvError>> {
+        let store = self.inline.as_ref()?;
+        if store.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        INLINE_READERS.with(|readers| {
+            let mut readers = readers.try_borrow_mut().ok()?;
+            readers.retain(|r| {
+                r.store
+                    .upgrade()
+                    .is_some_and(|s| !s.closed.load(Ordering::Acquire))
+            });
+            let index = match readers
+                .iter()
+                .position(|r| std::ptr::eq(r.store.as_ptr(), Arc::as_ptr(store)))
+            {
+                Some(index) => index,
+                None => {
+                    readers.push(InlineReader {
+                        store: Arc::downgrade(store),
+                        conn: open_reader(&store.path, Duration::ZERO).ok()?,
+                    });
+                    readers.len() - 1
+                }
+            };
+            match read(&readers[index].conn) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) =>
+                {
+                    None
+                }
+                result => Some(result.map_err(|e| unavailable("read", e))),
+            }
+        })
+    }
+}
+
+/// A read-only connection that waits at most `busy_timeout` for locks.
+fn open_reader(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    Ok(conn)
+}
 
 fn reader_loop(conn: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReadOp>>>) {
     loop {
@@ -631,4 +745,43 @@ fn decode_i64(bytes: &[u8]) -> Option<i64> {
         return Some(i64::from_le_bytes(raw));
     }
     std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read that meets a lock is not answered inline (the pool, whose
+    /// connections wait for locks, takes it); other errors are answers.
+    #[test]
+    fn inline_reads_hand_locked_reads_to_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), SqliteOptions::default()).unwrap();
+        let failure = |code| {
+            Err::<(), _>(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        assert!(kv
+            .read_inline(|_| failure(rusqlite::ffi::SQLITE_BUSY))
+            .is_none());
+        assert!(kv
+            .read_inline(|_| failure(rusqlite::ffi::SQLITE_LOCKED))
+            .is_none());
+        let answered = kv.read_inline(|_| failure(rusqlite::ffi::SQLITE_IOERR));
+        assert_eq!(
+            answered.unwrap().unwrap_err().kind,
+            KvErrorKind::Unavailable
+        );
+        assert_eq!(kv.read_inline(|_| Ok(7)).unwrap().unwrap(), 7);
+        drop(kv);
+
+        let off = SqliteOptions {
+            inline_reads: false,
+            ..SqliteOptions::default()
+        };
+        let kv = SqliteKv::open(dir.path().join("pool.sqlite3"), off).unwrap();
+        assert!(kv.read_inline(|_| Ok(7)).is_none());
+    }
 }

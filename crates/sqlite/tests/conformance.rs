@@ -16,9 +16,11 @@ async fn conformance_normal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_full_single_reader() {
     let dir = tempfile::tempdir().unwrap();
+    // Every read through the (single) pooled reader.
     let options = SqliteOptions {
         synchronous: Synchronous::Full,
         readers: 1,
+        inline_reads: false,
     };
     let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), options).unwrap();
     conformance::run(&kv, "").await;
