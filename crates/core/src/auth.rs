@@ -72,6 +72,8 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// Not before, seconds since the epoch, if the token says.
+    pub nbf: Option<u64>,
 }
 
 /// What the server expects of tokens.
@@ -154,14 +156,8 @@ pub fn verify(
     let claims: RawClaims = serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
 
     let exp = numeric_date(claims.exp.as_ref().ok_or(AuthError::NoExpiry)?)?;
-    if now_seconds >= exp.saturating_add(LEEWAY_SECONDS) {
-        return Err(AuthError::Expired);
-    }
-    if let Some(nbf) = &claims.nbf {
-        if numeric_date(nbf)? > now_seconds.saturating_add(LEEWAY_SECONDS) {
-            return Err(AuthError::NotYetValid);
-        }
-    }
+    let nbf = claims.nbf.as_ref().map(numeric_date).transpose()?;
+    check_times(exp, nbf, now_seconds)?;
     match (expect.audience, &claims.aud) {
         (None, None) => {}
         (Some(want), Some(Audience::One(aud))) if aud == want => {}
@@ -177,7 +173,58 @@ pub fn verify(
         Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_SUB_BYTES => s,
         _ => return Err(AuthError::Subject),
     };
-    Ok(Claims { sub, exp })
+    Ok(Claims { sub, exp, nbf })
+}
+
+fn check_times(exp: u64, nbf: Option<u64>, now_seconds: u64) -> Result<(), AuthError> {
+    if now_seconds >= exp.saturating_add(LEEWAY_SECONDS) {
+        return Err(AuthError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now_seconds.saturating_add(LEEWAY_SECONDS)) {
+        return Err(AuthError::NotYetValid);
+    }
+    Ok(())
+}
+
+/// Tokens already verified, so that a client polling every second with the
+/// same token pays for the HMAC and JSON work once. The outcome of
+/// [`verify`] depends only on the token and the (fixed) expectations —
+/// except for time, which is re-checked on every hit. Bounded: emptied when
+/// full (clients simply re-verify once).
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    map: std::sync::Mutex<std::collections::HashMap<String, Claims>>,
+}
+
+/// Most tokens [`VerifiedTokens`] remembers.
+pub const VERIFIED_TOKENS_CAPACITY: usize = 10_000;
+
+impl VerifiedTokens {
+    /// [`verify`], remembering successes.
+    pub fn verify(
+        &self,
+        token: &str,
+        expect: &Expectations<'_>,
+        now_seconds: u64,
+    ) -> Result<Claims, AuthError> {
+        let cached = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned();
+        if let Some(claims) = cached {
+            check_times(claims.exp, claims.nbf, now_seconds)?;
+            return Ok(claims);
+        }
+        let claims = verify(token, expect, now_seconds)?;
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= VERIFIED_TOKENS_CAPACITY {
+            map.clear();
+        }
+        map.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
 }
 
 #[derive(Serialize)]
@@ -263,9 +310,27 @@ mod tests {
             verify(&t, &plain(), NOW).unwrap(),
             Claims {
                 sub: "alice".into(),
-                exp: NOW + 3600
+                exp: NOW + 3600,
+                nbf: None,
             }
         );
+    }
+
+    #[test]
+    fn remembered_tokens_still_expire() {
+        let cache = VerifiedTokens::default();
+        let t = mint(&plain(), "alice", NOW, 10);
+        assert_eq!(cache.verify(&t, &plain(), NOW).unwrap().sub, "alice");
+        assert_eq!(cache.verify(&t, &plain(), NOW + 1).unwrap().sub, "alice");
+        assert_eq!(
+            cache.verify(&t, &plain(), NOW + 10 + LEEWAY_SECONDS),
+            Err(AuthError::Expired)
+        );
+        // A bad token is never remembered as good.
+        let mut bad = t.clone();
+        bad.push('x');
+        assert!(cache.verify(&bad, &plain(), NOW).is_err());
+        assert!(cache.verify(&bad, &plain(), NOW).is_err());
     }
 
     #[test]

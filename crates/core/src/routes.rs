@@ -334,7 +334,7 @@ async fn dispatch<K: Kv, H: Host>(
     };
     let now_seconds = service.host.now_millis() / 1000;
     let claims = match auth::bearer(request.headers().get(AUTHORIZATION))
-        .and_then(|token| auth::verify(token, &expect, now_seconds))
+        .and_then(|token| service.tokens.verify(token, &expect, now_seconds))
     {
         Ok(claims) => claims,
         Err(e) => {

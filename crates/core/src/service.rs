@@ -26,12 +26,18 @@ pub struct Service<K, H> {
     pub(crate) config: Config,
     pub(crate) kv: K,
     pub(crate) host: H,
+    pub(crate) tokens: crate::auth::VerifiedTokens,
 }
 
 impl<K: Kv, H: Host> Service<K, H> {
     /// A service with the given settings, store and host.
     pub fn new(config: Config, kv: K, host: H) -> Self {
-        Self { config, kv, host }
+        Self {
+            config,
+            kv,
+            host,
+            tokens: Default::default(),
+        }
     }
 
     /// The settings this service runs with (hosts read `max_body_bytes` to
