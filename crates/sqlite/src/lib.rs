@@ -25,6 +25,15 @@
 //!   threads instead. In WAL mode a reader sees every transaction committed
 //!   before its read began, so a read issued after an acknowledged write
 //!   sees that write; readers never see a batch that has not committed.
+//! * **A coherent read cache.** Small values recently read or written are
+//!   kept in memory (see [`SqliteOptions::read_cache_bytes`]), so that hot
+//!   keys (a user's change-log head, read by every poll) cost a hash
+//!   lookup instead of SQLite's per-read locking. The writer invalidates a
+//!   batch's keys before committing it and stores their new values after,
+//!   so the cache never answers anything but the committed value. This
+//!   relies on the store being the only writer of its file, which a lock
+//!   file (`<file>.lock`) enforces: a second store on the same file, in
+//!   this process or another, fails to open.
 //! * **Checkpoints off the write path.** Automatic checkpoints are off on
 //!   the writer; a checkpointer thread copies the WAL back into the main
 //!   file (`PASSIVE`, never blocking readers or the writer) a few times a
@@ -54,7 +63,12 @@
 //! I/O failures are reported as [`KvErrorKind::Unavailable`]; nothing on a
 //! request path panics.
 
+mod cache;
+
+use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -65,6 +79,8 @@ use std::time::Duration;
 use edgesync_core::{Kv, KvError, KvErrorKind};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
+
+use cache::{Final, ReadCache};
 
 /// Most write operations committed in one transaction. Bounds how long the
 /// first caller of a batch waits for the others.
@@ -128,6 +144,9 @@ pub struct SqliteOptions {
     /// Serve point reads on the calling thread (a read-only connection per
     /// thread) instead of the reader pool. Default `true`.
     pub inline_reads: bool,
+    /// Memory for the read cache (keys and values of up to 4 KiB), in
+    /// bytes; 0 turns it off. Default 16 MiB.
+    pub read_cache_bytes: usize,
 }
 
 impl Default for SqliteOptions {
@@ -136,19 +155,42 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::Normal,
             readers: 4,
             inline_reads: true,
+            read_cache_bytes: 16 * 1024 * 1024,
         }
     }
 }
 
 /// The store could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open SQLite store {path}: {source}")]
-pub struct OpenError {
-    /// The database file.
-    pub path: PathBuf,
-    /// What SQLite said.
-    #[source]
-    pub source: rusqlite::Error,
+pub enum OpenError {
+    /// SQLite could not open or set up the file.
+    #[error("cannot open SQLite store {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Another store (in this process or another) has the file open.
+    #[error("SQLite store {path} is in use by another process (lock file {lock})")]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The lock file could not be created or locked.
+    #[error("cannot lock SQLite store {path} (lock file {lock}): {source}")]
+    Lock {
+        /// The database file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 enum WriteOp {
@@ -184,9 +226,9 @@ enum ReadOp {
 /// edgesync's [`Kv`] on a SQLite file. Cheap to share by reference; all
 /// work happens on the store's own threads.
 pub struct SqliteKv {
-    /// Identity and liveness of this store for the per-thread inline
-    /// readers (`None` when inline reads are off).
-    inline: Option<Arc<InlineStore>>,
+    /// Shared with the writer thread and (as identity) with the per-thread
+    /// inline readers.
+    state: Arc<StoreState>,
     writer: mpsc::Sender<WriterMsg>,
     checkpointer: Mutex<Option<mpsc::Sender<()>>>,
     readers: mpsc::Sender<ReadOp>,
@@ -221,10 +263,11 @@ impl SqliteKv {
     /// start the writer and reader threads.
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        let err = |source| OpenError {
+        let err = |source| OpenError::Sqlite {
             path: path.clone(),
             source,
         };
+        let lock = lock_store(&path)?;
         let write_conn = Connection::open(&path).map_err(err)?;
         write_conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         // journal_mode answers with the mode in force; anything but "wal"
@@ -274,10 +317,19 @@ impl SqliteKv {
                 .spawn(f)
                 .map_err(|e| err(rusqlite::Error::InvalidParameterName(e.to_string())))
         };
+        let state = Arc::new(StoreState {
+            path: path.clone(),
+            closed: AtomicBool::new(false),
+            inline_reads: options.inline_reads,
+            cache: (options.read_cache_bytes > 0).then(|| ReadCache::new(options.read_cache_bytes)),
+        });
         let writer_dirty = Arc::clone(&dirty);
+        let writer_state = Arc::clone(&state);
         threads.push(spawn(
             "sqlite-writer".into(),
-            Box::new(move || writer_loop(write_conn, writer_rx, &writer_dirty)),
+            Box::new(move || {
+                writer_loop(write_conn, writer_rx, &writer_dirty, &writer_state, lock)
+            }),
         )?);
         let mut wal_path = path.clone().into_os_string();
         wal_path.push("-wal");
@@ -294,12 +346,7 @@ impl SqliteKv {
             )?);
         }
         Ok(Self {
-            inline: options.inline_reads.then(|| {
-                Arc::new(InlineStore {
-                    path: path.clone(),
-                    closed: AtomicBool::new(false),
-                })
-            }),
+            state,
             writer: writer_tx,
             checkpointer: Mutex::new(Some(checkpoint_tx)),
             readers: reader_tx,
@@ -318,11 +365,9 @@ impl SqliteKv {
     /// main file and stop the store's threads. Operations issued afterwards
     /// fail with [`KvErrorKind::Unavailable`]. Calling it twice is harmless.
     pub async fn close(&self) {
-        if let Some(inline) = &self.inline {
-            // Threads drop their connections to this store on their next
-            // inline read of any store.
-            inline.closed.store(true, Ordering::Release);
-        }
+        // Threads drop their inline connections to this store on their
+        // next inline read of any store.
+        self.state.closed.store(true, Ordering::Release);
         // The checkpointer goes first, so that the writer's final checkpoint
         // does not compete with it.
         self.checkpointer
@@ -360,9 +405,7 @@ impl SqliteKv {
 
 impl Drop for SqliteKv {
     fn drop(&mut self) {
-        if let Some(inline) = &self.inline {
-            inline.closed.store(true, Ordering::Release);
-        }
+        self.state.closed.store(true, Ordering::Release);
         // Without an explicit close, the threads still finish what is queued
         // (the channels' senders disappear with `self`) and exit on their own.
         let _ = self.writer.send(WriterMsg::Close(oneshot::channel().0));
@@ -374,30 +417,63 @@ impl Drop for SqliteKv {
 
 impl Kv for SqliteKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        if let Some(result) = self.read_inline(|conn| read_one(conn, key)) {
-            return result;
+        if self.state.closed.load(Ordering::Acquire) {
+            return Err(closed());
         }
-        let (tx, rx) = oneshot::channel();
-        self.readers
-            .send(ReadOp::Get(key.to_owned(), tx))
-            .map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        let ticket = match self.state.cache.as_ref().map(|cache| cache.get(key)) {
+            Some(Ok(hit)) => return Ok(hit),
+            Some(Err(ticket)) => Some(ticket),
+            None => None,
+        };
+        let value = match self.read_inline(|conn| read_one(conn, key)) {
+            Some(result) => result?,
+            None => {
+                let (tx, rx) = oneshot::channel();
+                self.readers
+                    .send(ReadOp::Get(key.to_owned(), tx))
+                    .map_err(|_| closed())?;
+                rx.await.map_err(|_| closed())??
+            }
+        };
+        if let (Some(cache), Some(ticket)) = (&self.state.cache, ticket) {
+            cache.fill(ticket, [(key, value.as_deref())]);
+        }
+        Ok(value)
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if self.state.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        if keys.len() <= INLINE_MANY_MAX {
-            if let Some(result) = self.read_inline(|conn| read_many(conn, keys)) {
-                return result;
-            }
+        let Some(cache) = &self.state.cache else {
+            return self.read_many_uncached(keys.to_vec()).await;
+        };
+        let (mut found, ticket) = cache.get_many(keys);
+        let missing: Vec<String> = keys
+            .iter()
+            .zip(&found)
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if missing.is_empty() {
+            return Ok(found.into_iter().map(Option::unwrap_or_default).collect());
         }
-        let (tx, rx) = oneshot::channel();
-        self.readers
-            .send(ReadOp::GetMany(keys.to_vec(), tx))
-            .map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
+        let read = self.read_many_uncached(missing.clone()).await?;
+        cache.fill(
+            ticket,
+            missing
+                .iter()
+                .map(String::as_str)
+                .zip(read.iter().map(Option::as_deref)),
+        );
+        let mut read = read.into_iter();
+        for slot in found.iter_mut().filter(|hit| hit.is_none()) {
+            *slot = Some(read.next().flatten());
+        }
+        Ok(found.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
@@ -453,15 +529,18 @@ impl Kv for SqliteKv {
 
 // ---------------------------------------------------------------- readers
 
-/// A store as the per-thread inline readers know it.
-struct InlineStore {
+/// What the store's handle, its writer thread and the per-thread inline
+/// readers share.
+struct StoreState {
     path: PathBuf,
     closed: AtomicBool,
+    inline_reads: bool,
+    cache: Option<ReadCache>,
 }
 
 /// One thread's read-only connection to one store.
 struct InlineReader {
-    store: Weak<InlineStore>,
+    store: Weak<StoreState>,
     conn: Connection,
 }
 
@@ -472,6 +551,20 @@ thread_local! {
 }
 
 impl SqliteKv {
+    /// Read `keys` from SQLite (inline when few, else on the pool).
+    async fn read_many_uncached(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if keys.len() <= INLINE_MANY_MAX {
+            if let Some(result) = self.read_inline(|conn| read_many(conn, &keys)) {
+                return result;
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.readers
+            .send(ReadOp::GetMany(keys, tx))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
     /// Run `read` on this thread's connection to the store. `None` when it
     /// should go to the reader pool instead: inline reads are off, the
     /// store is closing, no connection could be opened, or the read would
@@ -481,8 +574,8 @@ impl SqliteKv {
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Option<Result<T, KvError>> {
-        let store = self.inline.as_ref()?;
-        if store.closed.load(Ordering::Acquire) {
+        let store = &self.state;
+        if !store.inline_reads || store.closed.load(Ordering::Acquire) {
             return None;
         }
         INLINE_READERS.with(|readers| {
@@ -594,7 +687,13 @@ fn checkpoint_loop(
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriterMsg>, dirty: &AtomicBool) {
+fn writer_loop(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<WriterMsg>,
+    dirty: &AtomicBool,
+    state: &StoreState,
+    lock: File,
+) {
     let mut batch: Vec<(WriteOp, Reply<WriteResult>)> = Vec::with_capacity(MAX_BATCH);
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
@@ -613,7 +712,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriterMsg>, dirty: &At
             }
         }
         if !batch.is_empty() {
-            commit_batch(&mut conn, &mut batch);
+            commit_batch(&mut conn, &mut batch, state.cache.as_ref());
             dirty.store(true, Ordering::Relaxed);
         }
     }
@@ -621,6 +720,10 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriterMsg>, dirty: &At
     // a failure only means the WAL is replayed on the next open.
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     drop(conn);
+    // Released only once the last write is done (and before `close`
+    // returns): a store opened next on this file starts from everything
+    // committed.
+    drop(lock);
     if let Some(done) = closing {
         let _ = done.send(());
     }
@@ -629,28 +732,129 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<WriterMsg>, dirty: &At
 /// Run `batch` in one transaction and answer every caller after the commit.
 /// If the transaction fails as a whole, each operation is retried in a
 /// transaction of its own so that one bad operation cannot fail the others.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<(WriteOp, Reply<WriteResult>)>) {
+/// The read cache forgets the batch's keys before and learns their new
+/// values after (see the `cache` module), before any caller is answered.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<(WriteOp, Reply<WriteResult>)>,
+    cache: Option<&ReadCache>,
+) {
     let ops: Vec<&WriteOp> = batch.iter().map(|(op, _)| op).collect();
-    match run_transaction(conn, &ops) {
+    if let Some(cache) = cache {
+        cache.begin_commit(ops.iter().flat_map(|op| op.keys()));
+    }
+    let results = match run_transaction(conn, &ops) {
         Ok(results) => {
-            for ((_, reply), result) in batch.drain(..).zip(results) {
-                let _ = reply.send(result);
+            if let Some(cache) = cache {
+                cache.end_commit(final_values(&ops, &results));
             }
+            results
         }
-        Err(_) if batch.len() > 1 => {
-            for (op, reply) in batch.drain(..) {
-                let result = match run_transaction(conn, &[&op]) {
+        Err(_) if ops.len() > 1 => {
+            let results = ops
+                .iter()
+                .map(|op| match run_transaction(conn, &[op]) {
                     Ok(mut results) => results.pop().unwrap_or_else(|| Err(closed())),
                     Err(e) => Err(e),
-                };
-                let _ = reply.send(result);
+                })
+                .collect();
+            if let Some(cache) = cache {
+                cache.end_commit([]);
             }
+            results
         }
         Err(e) => {
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(e.clone()));
+            if let Some(cache) = cache {
+                cache.end_commit([]);
+            }
+            vec![Err(e)]
+        }
+    };
+    for ((_, reply), result) in batch.drain(..).zip(results) {
+        let _ = reply.send(result);
+    }
+}
+
+impl WriteOp {
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        let (one, many) = match self {
+            WriteOp::Set(key, _)
+            | WriteOp::CompareAndSwap { key, .. }
+            | WriteOp::Increment(key, _) => (Some(key.as_str()), &[][..]),
+            WriteOp::DeleteMany(keys) => (None, &keys[..]),
+        };
+        one.into_iter().chain(many.iter().map(String::as_str))
+    }
+}
+
+/// What each key written by a committed batch now holds, as far as the
+/// operations and their results tell (in order: later operations win).
+fn final_values<'a>(
+    ops: &[&'a WriteOp],
+    results: &'a [Result<WriteResult, KvError>],
+) -> Vec<(&'a str, Final<'a>)> {
+    let mut finals: Vec<(&'a str, Final<'a>)> = Vec::new();
+    let mut index: HashMap<&'a str, usize> = HashMap::new();
+    let mut learn = |key: &'a str, value: Final<'a>| match index.get(key) {
+        Some(&i) => finals[i].1 = value,
+        None => {
+            index.insert(key, finals.len());
+            finals.push((key, value));
+        }
+    };
+    for (op, result) in ops.iter().zip(results) {
+        match (op, result) {
+            (WriteOp::Set(key, value), Ok(_)) => learn(key, Final::Value(Cow::Borrowed(value))),
+            (WriteOp::DeleteMany(keys), Ok(_)) => {
+                for key in keys {
+                    learn(key, Final::Absent);
+                }
+            }
+            (WriteOp::CompareAndSwap { key, new, .. }, Ok(WriteResult::Swapped(true))) => {
+                learn(key, Final::Value(Cow::Borrowed(new)))
+            }
+            (WriteOp::Increment(key, delta), Ok(WriteResult::Counter(n))) if *delta != 0 => {
+                learn(key, Final::Value(Cow::Owned(n.to_le_bytes().to_vec())))
+            }
+            // A failed swap or increment changed nothing: what was known
+            // before still holds (and an unknown key stays uncached).
+            (WriteOp::CompareAndSwap { .. }, Ok(WriteResult::Swapped(false)))
+            | (WriteOp::Increment(..), Err(_)) => {}
+            // `increment(k, 0)` may or may not have written the counter.
+            (op, _) => {
+                for key in op.keys() {
+                    learn(key, Final::Unknown);
+                }
             }
         }
+    }
+    finals
+}
+
+/// Take `<path>.lock`, so that no other store (in this process or another)
+/// writes the same file behind this one's cache.
+fn lock_store(path: &Path) -> Result<File, OpenError> {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let fail = |source| OpenError::Lock {
+        path: path.to_path_buf(),
+        lock: lock.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(fail)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::InUse {
+            path: path.to_path_buf(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
     }
 }
 

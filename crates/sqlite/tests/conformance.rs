@@ -16,11 +16,25 @@ async fn conformance_normal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_full_single_reader() {
     let dir = tempfile::tempdir().unwrap();
-    // Every read through the (single) pooled reader.
+    // Every read through the (single) pooled reader, no cache.
     let options = SqliteOptions {
         synchronous: Synchronous::Full,
         readers: 1,
         inline_reads: false,
+        read_cache_bytes: 0,
+    };
+    let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), options).unwrap();
+    conformance::run(&kv, "").await;
+    kv.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_with_a_tiny_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    // Evicting all the time.
+    let options = SqliteOptions {
+        read_cache_bytes: 300,
+        ..SqliteOptions::default()
     };
     let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), options).unwrap();
     conformance::run(&kv, "").await;
