@@ -40,8 +40,14 @@ use tokio::time::Instant;
 pub const MAX_HEADERS: usize = 100;
 
 /// First allocation of a connection's read buffer: a typical request head
-/// with a bearer token fits; larger heads and bodies grow it.
-const INITIAL_READ: usize = 2048;
+/// with a bearer token fits (and the allocator serves this size from its
+/// per-thread cache); larger heads and bodies grow it.
+const INITIAL_READ: usize = 1024;
+
+/// Idle connections wait for shutdown on one of this many [`Notify`]s, so
+/// that the runtime's threads do not all queue on one lock to start and
+/// stop waiting.
+const DRAIN_SHARDS: usize = 32;
 
 /// Read-ahead while decoding a chunked body.
 const BODY_READ: usize = 16 * 1024;
@@ -123,8 +129,10 @@ const DRAINING: u8 = 1;
 #[derive(Default)]
 pub(crate) struct Lifecycle {
     state: AtomicU8,
-    /// Woken when draining starts (idle connections wait on it).
-    draining: Notify,
+    /// Woken when draining starts (idle connections wait on them).
+    draining: [Notify; DRAIN_SHARDS],
+    /// Spreads connections over `draining`.
+    accepted: AtomicUsize,
     open: AtomicUsize,
     /// Woken when the last connection closes.
     all_closed: Notify,
@@ -138,7 +146,9 @@ impl Lifecycle {
     /// Stop keeping connections alive and close the idle ones.
     pub(crate) fn drain(&self) {
         self.state.store(DRAINING, Ordering::Release);
-        self.draining.notify_waiters();
+        for shard in &self.draining {
+            shard.notify_waiters();
+        }
     }
 
     /// Wait until every connection has closed.
@@ -187,10 +197,12 @@ pub(crate) struct Shared<H> {
 /// Serve one connection until it closes.
 pub(crate) async fn serve_connection<H: Handler>(stream: TcpStream, shared: Arc<Shared<H>>) {
     let _open = OpenGuard::new(&shared.lifecycle);
+    let shard = shared.lifecycle.accepted.fetch_add(1, Ordering::Relaxed) % DRAIN_SHARDS;
     let conn = Conn {
         stream,
         buf: Vec::new(),
         shared: &shared,
+        drain_shard: shard as u8,
     };
     conn.run().await;
 }
@@ -201,6 +213,8 @@ struct Conn<'a, H> {
     /// waiting.
     buf: Vec<u8>,
     shared: &'a Shared<H>,
+    /// Which of the lifecycle's `draining` notifiers this connection waits on.
+    drain_shard: u8,
 }
 
 /// A request head, parsed and checked.
@@ -356,7 +370,7 @@ impl<H: Handler> Conn<'_, H> {
             // Between requests: idle. Registered before the check, so a
             // shutdown starting in between still wakes us.
             let lifecycle = &self.shared.lifecycle;
-            let draining = lifecycle.draining.notified();
+            let draining = lifecycle.draining[usize::from(self.drain_shard)].notified();
             if lifecycle.is_draining() {
                 return Ok(None);
             }
