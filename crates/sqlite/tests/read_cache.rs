@@ -50,7 +50,9 @@ async fn reads_follow_acknowledged_writes_and_never_go_backwards() {
                     kv.get(&scratch).await.unwrap(),
                     Some(format!("{i}").into_bytes())
                 );
-                kv.delete_many(std::slice::from_ref(&scratch)).await.unwrap();
+                kv.delete_many(std::slice::from_ref(&scratch))
+                    .await
+                    .unwrap();
                 assert_eq!(kv.get(&scratch).await.unwrap(), None);
             }
         }));
