@@ -6,8 +6,9 @@
 //! contend for), about as much as the rest of a 304 poll. A hit here is a
 //! hash lookup.
 //!
-//! Coherence rests on this store's writer thread being the only writer of
-//! the file (the lock file enforces one store per file):
+//! Coherence rests on this store's commits being the only writes to the
+//! file (the lock file enforces one store per file) and never overlapping
+//! (each holds the write connection's lock):
 //!
 //! * Before a batch is committed, its keys' entries are removed and the
 //!   cache is marked *committing*; after the commit (or its failure) the
@@ -18,7 +19,7 @@
 //!   flight) before reading SQLite, and may insert what it read only if the
 //!   generation is unchanged and no commit is in flight: then no commit
 //!   began or ended around its read, so the value is the committed one.
-//! * After a successful commit the writer inserts the final value of every
+//! * After a successful commit the committer inserts the final value of every
 //!   key whose outcome it knows, before answering any caller.
 //!
 //! Hence a hit returns the latest committed value, a read that follows an

@@ -22,6 +22,19 @@ async fn conformance_full_single_reader() {
         readers: 1,
         inline_reads: false,
         read_cache_bytes: 0,
+        inline_writes: false,
+    };
+    let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), options).unwrap();
+    conformance::run(&kv, "").await;
+    kv.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_every_write_on_the_writer_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        inline_writes: false,
+        ..SqliteOptions::default()
     };
     let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), options).unwrap();
     conformance::run(&kv, "").await;
