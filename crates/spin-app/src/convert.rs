@@ -6,8 +6,9 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::{Method, Request, Response, Uri};
 
 /// A request that Spin accepted but the `http` crate cannot represent.
-/// hyper has already validated what reaches a component, so these are
-/// answered with a plain 400 rather than handed to the core.
+/// Spin's HTTP stack (hyper) has already validated what reaches a
+/// component, so these are answered with a plain 400 rather than handed to
+/// the core.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The method is not a valid HTTP token.
@@ -19,9 +20,9 @@ pub enum RequestError {
 }
 
 /// Build the core's request from Spin's parts. The URI is origin-form
-/// (`/v1/changes?since=3`), as the native server's hyper hands it over, so
-/// both hosts give the core the same thing. Header entries that are not
-/// valid `http` names/values are dropped; repeated headers are kept.
+/// (`/v1/changes?since=3`), as the native server's HTTP layer hands it
+/// over, so both hosts give the core the same thing. Header entries that
+/// are not valid `http` names/values are dropped; repeated headers are kept.
 pub fn to_core_request(
     method: &str,
     path_with_query: Option<&str>,
