@@ -2,6 +2,9 @@
 //! `edgesync-client`: they share one local replica and offline queue per
 //! (server, user), so a write made while the server is down is queued
 //! durably and delivered, in order, by the next command that reaches it.
+//! `watch` prints every change it applies from the feed, including those a
+//! `put` beside it already stored; two `watch`es on one replica share its
+//! cursor, so give each its own `--state-dir` if each must print everything.
 //!
 //! Exit codes: 0 ok, 1 runtime or server error, 2 usage error.
 

@@ -324,6 +324,69 @@ async fn two_replicas_converge_after_concurrent_edits() {
     assert_eq!(from_b, 10);
 }
 
+/// Two handles on one replica file, as `edgesync put` and `edgesync watch`
+/// in two terminals: the writer stores its acknowledged result in the
+/// shared replica, and the follower must still announce the change when
+/// the feed brings it, although the storage already holds that version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_replica_announces_what_another_handle_wrote() {
+    let dir = TempDir::new("shared-replica");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let path = dir.path().join("replica.db");
+    let follower = replica(&server, "hana", &path, Mode::Live);
+    follower.sync_once().await.unwrap();
+    let mut followed = follower.subscribe("todos");
+    let writer = replica(&server, "hana", &path, Mode::Live);
+    let mut written = writer.subscribe("todos");
+    writer.put("todos", "t1", json!({"n": 1})).unwrap();
+    writer.flush().await.unwrap();
+    let own = written
+        .try_recv()
+        .expect("the writer announces its own change");
+    assert_eq!((own.id.as_str(), own.origin), ("t1", Origin::Local));
+    assert_eq!(
+        follower.get("todos", "t1").unwrap().unwrap().version,
+        own.version
+    );
+
+    follower.sync_once().await.unwrap();
+    let ev = followed
+        .try_recv()
+        .expect("the follower announces the change it had not heard of");
+    assert_eq!(
+        (ev.id.as_str(), ev.version, ev.origin, ev.value),
+        ("t1", own.version, Origin::Remote, Some(json!({"n": 1})))
+    );
+    assert!(followed.try_recv().is_err(), "announced once");
+}
+
+/// A handle's own change is announced once, when its mutation is
+/// acknowledged, not again when the changes feed brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_changes_are_announced_once() {
+    let dir = TempDir::new("own-once");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let c = replica(&server, "ines", &dir.path().join("r.db"), Mode::Live);
+    c.sync_once().await.unwrap();
+    let mut todos = c.subscribe("todos");
+    c.put("todos", "t1", json!(1)).unwrap();
+    c.delete("todos", "t1").unwrap();
+    c.flush().await.unwrap();
+    c.sync_once().await.unwrap();
+    assert_eq!(c.status().cursor, Some(2), "the feed brought both back");
+    let mut seen = Vec::new();
+    while let Ok(ev) = todos.try_recv() {
+        seen.push((ev.op, ev.version, ev.origin));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (edgesync_client::Op::Put, 1, Origin::Local),
+            (edgesync_client::Op::Delete, 2, Origin::Local)
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_queue_is_delivered_exactly_once_after_an_outage() {
     let dir = TempDir::new("offline");
@@ -646,4 +709,57 @@ async fn cli_watch_prints_json_lines() {
     );
     assert_eq!(v["op"], "put");
     assert!(v["version"].as_u64().is_some());
+}
+
+/// The README's walkthrough: `edgesync watch` in one terminal, `edgesync
+/// put` in another, both on the same (default) replica of the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_watch_prints_a_put_made_on_the_same_replica() {
+    let dir = TempDir::new("watch-shared");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let url = server.url();
+    let state = dir.path().join("state");
+    let mut watch = Command::new(bin())
+        .args(["watch", "--json"])
+        .env("EDGESYNC_URL", &url)
+        .env("EDGESYNC_TOKEN", token("jo"))
+        .env("EDGESYNC_STATE_DIR", &state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    // As above: a put that lands before watch has bootstrapped is part of
+    // its snapshot, not a change; keep putting until one is printed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut printed = None;
+    let mut i = 0;
+    while printed.is_none() && Instant::now() < deadline {
+        let out = cli(
+            &url,
+            &state,
+            "jo",
+            &["put", "todos", &format!("t{i}"), "{\"i\":1}"],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        i += 1;
+        printed = rx.recv_timeout(Duration::from_millis(1000)).ok();
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let line = printed.expect("watch printed the put");
+    let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(
+        (&v["op"], &v["collection"]),
+        (&json!("put"), &json!("todos"))
+    );
 }

@@ -119,6 +119,14 @@ pub(crate) struct NetState {
     auth_reported: bool,
     /// Resyncs in a row whose cursor the server refused again at once.
     pub(crate) resyncs_in_row: u32,
+    /// The latest version of each document that this handle announced as
+    /// its own (`Origin::Local`) and the changes feed has not brought back
+    /// yet. When the feed brings a version the storage already holds
+    /// (`WriteOutcome::Same`), this tells whether subscribers here heard of
+    /// it: if not, another handle on the same storage (another process,
+    /// say `edgesync put` beside `edgesync watch`) stored it, and it is
+    /// announced now as a remote change.
+    announced_local: HashMap<(String, String), u64>,
 }
 
 pub(crate) struct Shared {
@@ -165,6 +173,7 @@ impl Shared {
             resync_reason: None,
             auth_reported: false,
             resyncs_in_row: 0,
+            announced_local: HashMap::new(),
         };
         let status = Status {
             mode: config.mode,
@@ -441,6 +450,8 @@ impl Shared {
             }
         }
         self.store.replace_all(docs, cursor, cursor)?;
+        // The events above describe the new replica as a whole.
+        st.announced_local.clear();
         st.resync_reason = None;
         st.stalls = 0;
         st.schedule.activity();
@@ -544,10 +555,20 @@ impl Shared {
                     ..Default::default()
                 })?;
                 for (c, outcome) in page.changes.iter().zip(result.docs) {
-                    if let WriteOutcome::Applied { was_live } = outcome {
-                        if c.op == Op::Delete && !was_live {
-                            continue;
+                    let key = (c.collection.clone(), c.id.clone());
+                    let announced = match st.announced_local.get(&key) {
+                        Some(&v) if v <= c.version => {
+                            st.announced_local.remove(&key);
+                            v == c.version
                         }
+                        _ => false,
+                    };
+                    let publish = match outcome {
+                        WriteOutcome::Applied { was_live } => c.op != Op::Delete || was_live,
+                        WriteOutcome::Same => !announced,
+                        WriteOutcome::Stale => false,
+                    };
+                    if publish {
                         self.bus.publish(ChangeEvent {
                             op: if c.op == Op::Delete {
                                 Op::Delete
@@ -652,7 +673,7 @@ impl Shared {
         match resp {
             Ok(resp) => {
                 self.on_success(st);
-                let (report, transient) = self.settle_batch(&batch, resp.results, resp.head)?;
+                let (report, transient) = self.settle_batch(st, &batch, resp.results, resp.head)?;
                 if report.delivered.is_empty() && report.parked.is_empty() && !transient {
                     return Err(Error::Protocol(
                         "mutation batch answered without results for its items".into(),
@@ -711,6 +732,7 @@ impl Shared {
     /// some items failed transiently (they stay queued).
     fn settle_batch(
         &self,
+        st: &mut NetState,
         batch: &[PendingMutation],
         results: Vec<ItemResult>,
         head: Option<u64>,
@@ -748,7 +770,7 @@ impl Shared {
             }
         }
         let result = self.store.commit(commit.clone())?;
-        self.publish_local(&commit.docs, &result.docs);
+        self.publish_local(st, &commit.docs, &result.docs);
         for d in &report.delivered {
             let _ = self.events.send(SyncEvent::Delivered {
                 key: d.key.clone(),
@@ -768,9 +790,12 @@ impl Shared {
         Ok((report, transient))
     }
 
-    fn publish_local(&self, writes: &[DocWrite], outcomes: &[WriteOutcome]) {
+    fn publish_local(&self, st: &mut NetState, writes: &[DocWrite], outcomes: &[WriteOutcome]) {
         for (w, outcome) in writes.iter().zip(outcomes) {
             if let WriteOutcome::Applied { was_live } = outcome {
+                let key = (w.collection.clone(), w.id.clone());
+                let latest = st.announced_local.entry(key).or_insert(w.version);
+                *latest = (*latest).max(w.version);
                 if w.value.is_none() && !was_live {
                     continue;
                 }
@@ -812,7 +837,7 @@ impl Shared {
                         head: resp.head,
                         ..Default::default()
                     })?;
-                    self.publish_local(&[w], &result.docs);
+                    self.publish_local(st, &[w], &result.docs);
                 }
                 Ok(SendOutcome::Delivered(d))
             }

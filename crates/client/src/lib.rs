@@ -155,6 +155,14 @@
 //!   collection ([`Client::subscribe`]) and for all ([`Client::subscribe_all`]).
 //!   A slow receiver may lose events (`RecvError::Lagged`); re-read with
 //!   [`Client::list`] then.
+//! * Events are per [`Client`]. When several handles share one replica (two
+//!   processes on one file), a change that another handle already stored —
+//!   the acknowledged result of its own mutation — is still announced here
+//!   when the changes feed brings it (origin `remote`); a handle's own
+//!   change is announced once, when acknowledged. The handles share the
+//!   cursor too: a change is announced by the handle that applies it from
+//!   the feed, so give each of several followers its own replica if each
+//!   must see every change.
 //! * Time for waits comes from a [`Clock`]; [`VirtualClock`] runs simulated
 //!   hours of back-off in milliseconds.
 

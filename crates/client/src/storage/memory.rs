@@ -69,12 +69,13 @@ impl Storage for MemoryStorage {
         for w in commit.docs {
             let key = (w.collection.clone(), w.id.clone());
             let outcome = match s.docs.get(&key) {
-                Some(old) if old.version >= w.version => WriteOutcome::Stale,
+                Some(old) if old.version > w.version => WriteOutcome::Stale,
+                Some(old) if old.version == w.version => WriteOutcome::Same,
                 old => WriteOutcome::Applied {
                     was_live: old.is_some_and(|o| o.value.is_some()),
                 },
             };
-            if outcome != WriteOutcome::Stale {
+            if matches!(outcome, WriteOutcome::Applied { .. }) {
                 s.docs.insert(
                     key,
                     StoredDoc {

@@ -76,8 +76,13 @@ pub struct DocWrite {
 /// What happened to one [`DocWrite`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// Not newer than the stored version: nothing changed.
+    /// Older than the stored version: nothing changed.
     Stale,
+    /// The stored row already has this version (tombstones included):
+    /// nothing changed. Either the change was applied before, or another
+    /// handle on the same storage (another process) stored it first, e.g.
+    /// as the result of its own mutation.
+    Same,
     /// Stored. `was_live` tells whether a live document was there before (so
     /// a delete of a document the replica never had is not reported).
     Applied {
@@ -221,7 +226,7 @@ pub(crate) mod conformance {
             r.docs,
             vec![
                 WriteOutcome::Applied { was_live: false },
-                WriteOutcome::Stale,
+                WriteOutcome::Same,
                 WriteOutcome::Stale,
                 WriteOutcome::Applied { was_live: false },
                 WriteOutcome::Applied { was_live: false },
@@ -275,7 +280,7 @@ pub(crate) mod conformance {
                 ..Default::default()
             })
             .unwrap();
-        assert_eq!(r.docs, vec![WriteOutcome::Stale]);
+        assert_eq!(r.docs, vec![WriteOutcome::Same]);
         // A newer put recreates it.
         let r = s
             .commit(Commit {

@@ -3,7 +3,7 @@ use crate::model::{Mutation, Op, ParkReason, ParkedMutation, PendingMutation, St
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -38,10 +38,22 @@ CREATE TABLE IF NOT EXISTS queue (
 /// The durable replica: one SQLite database file (WAL mode,
 /// `synchronous=FULL`, so a commit that returned survives power loss).
 /// Several processes may open the same file; SQLite serialises their
-/// transactions (`busy_timeout` 5 s).
+/// transactions (each waits up to 5 s for the others).
 #[derive(Debug)]
 pub struct SqliteStorage {
     conn: Mutex<Connection>,
+}
+
+/// How long a statement waits for another process's transaction on the
+/// same replica.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn to_i64(v: u64) -> Result<i64, StorageError> {
@@ -77,19 +89,37 @@ impl SqliteStorage {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<Self, StorageError> {
-        conn.busy_timeout(Duration::from_secs(5))?;
-        // journal_mode returns a row, so it cannot go through execute().
-        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    fn init(mut conn: Connection) -> Result<Self, StorageError> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Another process may be opening (or creating) the same replica
+        // right now. Switching the journal mode can fail with SQLITE_BUSY
+        // without waiting for the busy handler, so it is retried; the
+        // schema is written (only when missing) in an IMMEDIATE
+        // transaction, which does wait; an up-to-date replica is only read.
+        let started = Instant::now();
+        loop {
+            // journal_mode returns a row, so it cannot go through execute().
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+                Ok(_) => break,
+                Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StorageError::Corrupt(format!(
                 "replica schema version {version} is newer than this client ({SCHEMA_VERSION})"
             )));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
+        if version < SCHEMA_VERSION {
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}"))?;
+        }
+        tx.commit()?;
         Ok(SqliteStorage {
             conn: Mutex::new(conn),
         })
@@ -263,12 +293,13 @@ impl Storage for SqliteStorage {
                 .optional()?;
             let version = to_i64(w.version)?;
             let outcome = match old {
-                Some((v, _)) if v >= version => WriteOutcome::Stale,
+                Some((v, _)) if v > version => WriteOutcome::Stale,
+                Some((v, _)) if v == version => WriteOutcome::Same,
                 old => WriteOutcome::Applied {
                     was_live: old.is_some_and(|(_, live)| live),
                 },
             };
-            if outcome != WriteOutcome::Stale {
+            if matches!(outcome, WriteOutcome::Applied { .. }) {
                 tx.execute(
                     "INSERT INTO docs (collection, id, version, value, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)
