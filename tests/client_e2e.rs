@@ -554,6 +554,36 @@ fn cli(server_url: &str, state: &Path, user: &str, args: &[&str]) -> std::proces
         .expect("run edgesync")
 }
 
+/// `edgesync watch --json` for `user`, and the lines it prints.
+fn spawn_watch(
+    server_url: &str,
+    user: &str,
+    state: &Path,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut watch = Command::new(bin())
+        .args(["watch", "--json"])
+        .args(args)
+        .env("EDGESYNC_URL", server_url)
+        .env("EDGESYNC_TOKEN", token(user))
+        .env("EDGESYNC_STATE_DIR", state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run edgesync watch");
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    (watch, rx)
+}
+
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).to_string()
 }
@@ -667,25 +697,12 @@ async fn cli_watch_prints_json_lines() {
     let dir = TempDir::new("watch");
     let server = Server::start(&dir.path().join("data"), &[]);
     let url = server.url();
-    let mut watch = Command::new(bin())
-        .args(["watch", "--json", "--collection", "todos"])
-        .env("EDGESYNC_URL", &url)
-        .env("EDGESYNC_TOKEN", token("gina"))
-        .env("EDGESYNC_STATE_DIR", dir.path().join("watch-state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = watch.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut watch, rx) = spawn_watch(
+        &url,
+        "gina",
+        &dir.path().join("watch-state"),
+        &["--collection", "todos"],
+    );
     let w = replica(&server, "gina", &dir.path().join("w.db"), Mode::Live);
     // Until watch has bootstrapped, a write may arrive in its snapshot
     // instead of as a change: keep writing fresh ids until one is printed.
@@ -719,25 +736,7 @@ async fn cli_watch_prints_a_put_made_on_the_same_replica() {
     let server = Server::start(&dir.path().join("data"), &[]);
     let url = server.url();
     let state = dir.path().join("state");
-    let mut watch = Command::new(bin())
-        .args(["watch", "--json"])
-        .env("EDGESYNC_URL", &url)
-        .env("EDGESYNC_TOKEN", token("jo"))
-        .env("EDGESYNC_STATE_DIR", &state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = watch.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut watch, rx) = spawn_watch(&url, "jo", &state, &[]);
     // As above: a put that lands before watch has bootstrapped is part of
     // its snapshot, not a change; keep putting until one is printed.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -371,6 +371,18 @@ impl Shared {
         });
     }
 
+    /// No request before the `n`-th step of the idle back-off (full jitter,
+    /// never below the server's poll interval) from `now`: for answers that
+    /// would otherwise make us ask again at once.
+    fn hold_off(&self, st: &mut NetState, now: Duration, n: u32) {
+        let wait = self
+            .config
+            .idle
+            .full_jitter(n, &mut st.rng)
+            .max(self.floor(st));
+        st.not_before = st.not_before.max(now + wait);
+    }
+
     fn on_success(&self, st: &mut NetState) {
         st.failures = 0;
         st.auth_reported = false;
@@ -606,13 +618,7 @@ impl Shared {
                 // refusal in a row.
                 st.resyncs_in_row = st.resyncs_in_row.saturating_add(1);
                 if st.resyncs_in_row > 1 {
-                    let n = st.resyncs_in_row - 2;
-                    let wait = self
-                        .config
-                        .idle
-                        .full_jitter(n, &mut st.rng)
-                        .max(self.floor(st));
-                    st.not_before = st.not_before.max(now + wait);
+                    self.hold_off(st, now, st.resyncs_in_row - 2);
                 }
                 self.refresh_status();
                 return Ok(false);
@@ -631,13 +637,7 @@ impl Shared {
         } else if premature || anomaly {
             st.stalls = st.stalls.saturating_add(1);
             if st.stalls > self.config.stall_tolerance {
-                let n = st.stalls - self.config.stall_tolerance - 1;
-                let wait = self
-                    .config
-                    .idle
-                    .full_jitter(n, &mut st.rng)
-                    .max(self.floor(st));
-                st.not_before = st.not_before.max(now + wait);
+                self.hold_off(st, now, st.stalls - self.config.stall_tolerance - 1);
             }
         } else {
             st.stalls = 0;

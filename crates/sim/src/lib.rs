@@ -20,6 +20,8 @@
 //! cargo run -p edgesync-sim --release -- --seed 1234 --verbose  # replay one
 //! ```
 
+pub mod counting;
+pub mod direct;
 pub mod run;
 pub mod sched;
 pub mod store;

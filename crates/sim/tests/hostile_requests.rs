@@ -4,49 +4,15 @@
 //! valid (right routes, wrong everything else) so that they reach deep into
 //! the handlers instead of all stopping at the router.
 
-use std::future::Future;
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
-
 use edgesync_core::auth::{mint, Expectations};
-use edgesync_core::{Config, Host, Service};
+use edgesync_core::{Config, Service};
+use edgesync_sim::direct::{block_on, DirectHost};
 use edgesync_sim::store::{MemStore, StrictKv};
 use http::Request;
 use proptest::prelude::*;
 
 const SECRET: &[u8] = b"hostile-requests-secret-hostile-requests";
 const NOW: u64 = 1_800_000_000_000;
-
-/// A host whose clock jumps to a wait's deadline (so long-polls end at
-/// once instead of in real seconds).
-struct FixedHost {
-    seed: AtomicU64,
-    now: AtomicU64,
-}
-
-impl Host for FixedHost {
-    fn now_millis(&self) -> u64 {
-        self.now.load(Ordering::SeqCst)
-    }
-    fn random_u64(&self) -> u64 {
-        self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::SeqCst)
-    }
-    async fn wait_for_change(&self, _: &str, deadline: u64) {
-        self.now.fetch_max(deadline, Ordering::SeqCst);
-    }
-    fn log_changed(&self, _: &str, _: u64) {}
-}
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
 
 fn token() -> String {
     let expect = Expectations {
@@ -160,7 +126,7 @@ fn arb_headers() -> impl Strategy<Value = Vec<(&'static str, String)>> {
     prop::collection::vec(header, 0..4)
 }
 
-fn head_of(service: &Service<StrictKv, FixedHost>, token: &str) -> u64 {
+fn head_of(service: &Service<StrictKv, DirectHost>, token: &str) -> u64 {
     let request = Request::get("/v1/head")
         .header("authorization", format!("Bearer {token}"))
         .body(Vec::new())
@@ -186,7 +152,7 @@ proptest! {
         let mut config = Config::with_secret(SECRET.to_vec());
         config.max_body_bytes = 48;
         config.cors_origins = edgesync_core::CorsOrigins::Any;
-        let host = FixedHost { seed: AtomicU64::new(7), now: AtomicU64::new(NOW) };
+        let host = DirectHost::new(NOW);
         let service = Service::new(config, StrictKv::new(MemStore::new()), host);
         let token = token();
         let before = head_of(&service, &token);

@@ -2,25 +2,10 @@
 //! same checks the native adapters run), including through the Spin adapter
 //! over each quirky backend model.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-
 use edgesync_core::kv::conformance;
 use edgesync_kv_wasi::WasiKv;
+use edgesync_sim::direct::block_on;
 use edgesync_sim::store::{Backend, MemStore, SimBucket, StrictKv};
-
-/// The stores only ever yield once and wake themselves, so polling in a
-/// loop is a complete executor for them.
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
 
 #[test]
 fn strict_store_conforms() {

@@ -6,14 +6,10 @@
 //! `cargo test -p edgesync-sim --test kv_costs -- --nocapture` prints the
 //! table.
 
-use std::future::Future;
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
-
 use edgesync_core::auth::{mint, Expectations};
-use edgesync_core::{Config, Host, Kv, KvError, Service};
+use edgesync_core::{Config, Service};
+use edgesync_sim::counting::{Counting, Snapshot};
+use edgesync_sim::direct::{block_on, DirectHost};
 use edgesync_sim::store::{MemStore, StrictKv};
 use http::Request;
 
@@ -31,107 +27,29 @@ struct Cost {
     write_calls: u64,
 }
 
-struct Counting {
-    inner: StrictKv,
-    cost: Mutex<Cost>,
-}
-
-impl Counting {
-    fn take(&self) -> Cost {
-        std::mem::take(&mut *self.cost.lock().unwrap())
-    }
-    fn read(&self, keys: u64, bytes: u64) {
-        let mut c = self.cost.lock().unwrap();
-        c.read_calls += 1;
-        c.keys_read += keys;
-        c.bytes_read += bytes;
-    }
-    fn write(&self) {
-        self.cost.lock().unwrap().write_calls += 1;
-    }
-}
-
-impl Kv for Counting {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let v = self.inner.get(key).await?;
-        self.read(1, v.as_ref().map_or(0, |v| v.len() as u64));
-        Ok(v)
-    }
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        let v = self.inner.get_many(keys).await?;
-        let bytes = v.iter().flatten().map(|v| v.len() as u64).sum();
-        self.read(keys.len() as u64, bytes);
-        Ok(v)
-    }
-    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.write();
-        self.inner.set(key, value).await
-    }
-    async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
-        self.write();
-        self.inner.delete_many(keys).await
-    }
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        current: &[u8],
-        new: &[u8],
-    ) -> Result<bool, KvError> {
-        self.write();
-        self.inner.compare_and_swap(key, current, new).await
-    }
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        self.write();
-        self.inner.increment(key, delta).await
-    }
-}
-
-/// A host whose clock only moves when told to and whose waits return at
-/// once (no request here waits).
-struct Clock {
-    now: AtomicU64,
-    seed: AtomicU64,
-}
-
-impl Host for Clock {
-    fn now_millis(&self) -> u64 {
-        self.now.load(Ordering::SeqCst)
-    }
-    fn random_u64(&self) -> u64 {
-        self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::SeqCst)
-    }
-    async fn wait_for_change(&self, _: &str, _: u64) {}
-    fn log_changed(&self, _: &str, _: u64) {}
-}
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
+impl From<Snapshot> for Cost {
+    fn from(s: Snapshot) -> Self {
+        Cost {
+            read_calls: s.reads(),
+            keys_read: s.keys_read,
+            bytes_read: s.bytes_read,
+            write_calls: s.writes(),
         }
     }
 }
 
 struct Bench {
-    service: Service<Counting, Clock>,
+    service: Service<Counting<StrictKv>, DirectHost>,
     token: String,
 }
 
 impl Bench {
     fn new(rate_limit: u64) -> Self {
-        let kv = Counting {
-            inner: StrictKv::new(MemStore::new()),
-            cost: Mutex::new(Cost::default()),
-        };
+        let kv = Counting::new(StrictKv::new(MemStore::new()));
         let mut config = Config::with_secret(SECRET.to_vec());
         config.rate_limit_per_second = rate_limit;
         let now = 1_800_000_000_000;
-        let host = Clock {
-            now: AtomicU64::new(now),
-            seed: AtomicU64::new(1),
-        };
+        let host = DirectHost::new(now);
         let expect = Expectations {
             secret: SECRET,
             audience: None,
@@ -153,9 +71,10 @@ impl Bench {
             b = b.header(*k, *v);
         }
         let request = b.body(body.as_bytes().to_vec()).unwrap();
-        self.service.kv().take();
+        let counts = &self.service.kv().counts;
+        let before = counts.snapshot();
         let status = block_on(self.service.handle(request)).status().as_u16();
-        (status, self.service.kv().take())
+        (status, (counts.snapshot() - before).into())
     }
 }
 
