@@ -19,6 +19,11 @@
 //! cargo run -p edgesync-sim --release -- --seeds 10000          # many seeds
 //! cargo run -p edgesync-sim --release -- --seed 1234 --verbose  # replay one
 //! ```
+//!
+//! Two small modules serve tests and the benchmark tool that drive the
+//! core one request at a time: [`counting`] counts the KV calls a request
+//! makes (at the `Kv` trait or at the raw `wasi:keyvalue` calls), and
+//! [`direct`] runs a request without the scheduler.
 
 pub mod counting;
 pub mod direct;
