@@ -38,22 +38,22 @@
 //!
 //! | part of the wait | re-check interval | KV reads per second |
 //! |---|---|---|
-//! | first second | 100 ms | 10 |
-//! | after that | 225 ms | 4.4 |
+//! | first half second | 100 ms | 10 |
+//! | after that | 215 ms | 4.7 |
 //!
 //! The core's own reads before it starts waiting and after it wakes up to
 //! a change are not in this table. A held request never sleeps past the
 //! deadline the core sets. A write is therefore seen by a waiter at most
-//! 225 ms later, plus one KV read. Over whole holds, per waiting client:
+//! 215 ms later, plus one KV read. Over whole holds, per waiting client:
 //!
 //! | hold with no change | reads | average reads/s |
 //! |---|---|---|
-//! | 1 s | 10 | 10 |
-//! | 5 s | 28 | 5.6 |
+//! | 1 s | 8 | 8 |
+//! | 5 s | 26 | 5.2 |
 //! | 10 s | 50 | 5.0 |
-//! | 25 s (the default `max_wait_seconds`) | 117 | 4.7 |
+//! | 25 s (the default `max_wait_seconds`) | 119 | 4.8 |
 //!
-//! So 200 clients holding default long-polls cost about 940 reads/s, the
+//! So 200 clients holding default long-polls cost about 950 reads/s, the
 //! order of a managed host's per-app cap (~1,000 reads/s): plan capacity
 //! with that in mind, or raise clients' smart-polling intervals instead.
 //!

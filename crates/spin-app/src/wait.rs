@@ -11,7 +11,7 @@
 //!   likely to be followed by more changes soon;
 //! * afterwards: every [`SLOW_INTERVAL_MS`], which still wakes a waiter
 //!   within 250 ms of a write as long as one KV read plus the host's sleep
-//!   overshoot stay under 25 ms;
+//!   overshoot stay under 35 ms;
 //! * never past the deadline the core passed in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Re-check interval at the start of a wait.
 pub const FAST_INTERVAL_MS: u64 = 100;
 /// How long the fast interval lasts, from the first `wait_for_change` call.
-pub const FAST_PHASE_MS: u64 = 1_000;
+pub const FAST_PHASE_MS: u64 = 500;
 /// Re-check interval for the rest of a wait.
-pub const SLOW_INTERVAL_MS: u64 = 225;
+pub const SLOW_INTERVAL_MS: u64 = 215;
 
-// The 250 ms wake-up target leaves 25 ms for the re-read and the sleep's
-// overshoot.
-const _: () = assert!(SLOW_INTERVAL_MS + 25 <= 250);
+// The 250 ms wake-up target leaves 35 ms for the re-read and the sleep's
+// overshoot (with a thousand requests held, the host's CPU queue adds to
+// both).
+const _: () = assert!(SLOW_INTERVAL_MS + 35 <= 250);
 
 const NOT_STARTED: u64 = u64::MAX;
 
@@ -114,14 +115,14 @@ mod tests {
     }
 
     #[test]
-    fn fast_for_the_first_second_then_slower() {
+    fn fast_for_the_first_half_second_then_slower() {
         let start = 1_700_000_000_000;
         let times = wakeups(start, 3_000);
         let gaps: Vec<u64> = std::iter::once(times[0] - start)
             .chain(times.windows(2).map(|w| w[1] - w[0]))
             .collect();
-        assert_eq!(&gaps[..10], &[FAST_INTERVAL_MS; 10]);
-        assert!(gaps[10..gaps.len() - 1]
+        assert_eq!(&gaps[..5], &[FAST_INTERVAL_MS; 5]);
+        assert!(gaps[5..gaps.len() - 1]
             .iter()
             .all(|&g| g == SLOW_INTERVAL_MS));
         assert_eq!(*times.last().unwrap(), start + 3_000);
@@ -155,10 +156,10 @@ mod tests {
 
     #[test]
     fn a_full_long_poll_costs_under_five_reads_per_second() {
-        // 10 reads in the first second, then one per 225 ms.
-        assert_eq!(reads_during_wait(1_000), 10);
+        // 5 reads in the first half second, then one per 215 ms.
+        assert_eq!(reads_during_wait(500), 5);
         let reads = reads_during_wait(25_000);
-        assert_eq!(reads, 10 + 24_000u64.div_ceil(SLOW_INTERVAL_MS));
+        assert_eq!(reads, 5 + 24_500u64.div_ceil(SLOW_INTERVAL_MS));
         assert!(reads * 1_000 < 5 * 25_000, "{reads} reads in 25 s");
         // The break-even hold: any wait of 10 s or more averages ≤ 5/s.
         for secs in 10..=60 {
@@ -168,7 +169,7 @@ mod tests {
 
     #[test]
     fn the_crate_docs_table_is_right() {
-        let table = [(1, 10), (5, 28), (10, 50), (25, 117)];
+        let table = [(1, 8), (5, 26), (10, 50), (25, 119)];
         for (secs, reads) in table {
             assert_eq!(reads_during_wait(secs * 1_000), reads, "{secs} s");
         }
