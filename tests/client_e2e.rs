@@ -584,6 +584,29 @@ fn spawn_watch(
     (watch, rx)
 }
 
+/// Call `write(0)`, `write(1)`, … until `watch` prints a line (waiting
+/// `per_try` after each, for at most a minute), then stop `watch`. One
+/// write is not enough: one that lands before `watch` has bootstrapped is
+/// part of its snapshot, not a change.
+async fn first_printed(
+    watch: &mut Child,
+    lines: &std::sync::mpsc::Receiver<String>,
+    per_try: Duration,
+    mut write: impl AsyncFnMut(usize),
+) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut printed = None;
+    let mut i = 0;
+    while printed.is_none() && Instant::now() < deadline {
+        write(i).await;
+        i += 1;
+        printed = lines.recv_timeout(per_try).ok();
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    printed
+}
+
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).to_string()
 }
@@ -704,20 +727,12 @@ async fn cli_watch_prints_json_lines() {
         &["--collection", "todos"],
     );
     let w = replica(&server, "gina", &dir.path().join("w.db"), Mode::Live);
-    // Until watch has bootstrapped, a write may arrive in its snapshot
-    // instead of as a change: keep writing fresh ids until one is printed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut printed = None;
-    let mut i = 0;
-    while printed.is_none() && Instant::now() < deadline {
+    let printed = first_printed(&mut watch, &rx, Duration::from_millis(500), async |i| {
         w.put("notes", &format!("n{i}"), json!(i)).unwrap();
         w.put("todos", &format!("t{i}"), json!({"i": i})).unwrap();
         w.flush().await.unwrap();
-        i += 1;
-        printed = rx.recv_timeout(Duration::from_millis(500)).ok();
-    }
-    let _ = watch.kill();
-    let _ = watch.wait();
+    })
+    .await;
     let line = printed.expect("watch printed a change");
     let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
     assert_eq!(
@@ -737,12 +752,7 @@ async fn cli_watch_prints_a_put_made_on_the_same_replica() {
     let url = server.url();
     let state = dir.path().join("state");
     let (mut watch, rx) = spawn_watch(&url, "jo", &state, &[]);
-    // As above: a put that lands before watch has bootstrapped is part of
-    // its snapshot, not a change; keep putting until one is printed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut printed = None;
-    let mut i = 0;
-    while printed.is_none() && Instant::now() < deadline {
+    let printed = first_printed(&mut watch, &rx, Duration::from_secs(1), async |i| {
         let out = cli(
             &url,
             &state,
@@ -750,11 +760,8 @@ async fn cli_watch_prints_a_put_made_on_the_same_replica() {
             &["put", "todos", &format!("t{i}"), "{\"i\":1}"],
         );
         assert!(out.status.success(), "{}", text(&out.stderr));
-        i += 1;
-        printed = rx.recv_timeout(Duration::from_millis(1000)).ok();
-    }
-    let _ = watch.kill();
-    let _ = watch.wait();
+    })
+    .await;
     let line = printed.expect("watch printed the put");
     let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
     assert_eq!(

@@ -377,6 +377,32 @@ async fn all(args: AllArgs) -> Result<()> {
     Ok(())
 }
 
+/// The write benchmarks: (writers, all on one user).
+const WRITE_SHAPES: [(usize, bool); 3] = [(1, false), (16, false), (16, true)];
+
+/// Writes/s of one write shape.
+#[derive(Default, Clone, Copy)]
+struct WriteRates {
+    native: Option<f64>,
+    peer: Option<f64>,
+}
+
+/// A wake-up figure of each [`Shape`].
+#[derive(Default)]
+struct ByShape<T> {
+    spread: Option<T>,
+    fan_out: Option<T>,
+}
+
+impl<T> ByShape<T> {
+    fn of(&mut self, shape: Shape) -> &mut Option<T> {
+        match shape {
+            Shape::Spread => &mut self.spread,
+            Shape::FanOut => &mut self.fan_out,
+        }
+    }
+}
+
 /// Figures the targets table needs.
 #[derive(Default)]
 struct Summary {
@@ -385,16 +411,12 @@ struct Summary {
     poll_limit: Option<f64>,
     poll_peer: Option<f64>,
     head_peer: Option<f64>,
-    writes16_native: Option<f64>,
-    writes16_peer: Option<f64>,
-    writes1_native: Option<f64>,
-    writes1_peer: Option<f64>,
-    writes_same_native: Option<f64>,
-    writes_same_peer: Option<f64>,
-    wake_native_1k: Option<Duration>,
-    wake_native_1k_fanout: Option<Duration>,
-    wake_spin: Option<(usize, Duration)>,
-    wake_spin_fanout: Option<(usize, Duration)>,
+    /// Writes/s per [`WRITE_SHAPES`].
+    writes: [WriteRates; WRITE_SHAPES.len()],
+    /// Native wake-up p99 with 1,000 held.
+    wake_native_1k: ByShape<Duration>,
+    /// Spin wake-up p99 and how many were held.
+    wake_spin: ByShape<(usize, Duration)>,
     rss_native_10k: Option<(u64, u64)>,
     sizes: Vec<(String, Option<u64>)>,
 }
@@ -431,35 +453,40 @@ impl Summary {
         );
         row(
             "writes vs PouchDB Server (native, 16 writers, 16 users)",
-            frac(self.writes16_native, self.writes16_peer).map(|r| (format!("{r:.1}×"), r >= 5.0)),
+            frac(self.writes[1].native, self.writes[1].peer)
+                .map(|r| (format!("{r:.1}×"), r >= 5.0)),
             "≥ 5×",
         );
         row(
             "writes vs PouchDB Server (native, 1 writer)",
-            frac(self.writes1_native, self.writes1_peer).map(|r| (format!("{r:.1}×"), r >= 5.0)),
+            frac(self.writes[0].native, self.writes[0].peer)
+                .map(|r| (format!("{r:.1}×"), r >= 5.0)),
             "≥ 5×",
         );
         row(
             "writes vs PouchDB Server (native, 16 writers, 1 user)",
-            frac(self.writes_same_native, self.writes_same_peer)
+            frac(self.writes[2].native, self.writes[2].peer)
                 .map(|r| (format!("{r:.1}×"), r >= 5.0)),
             "≥ 5×",
         );
         row(
             "acknowledged 1 KiB writes/s, 16 writers (native, 16 users)",
-            self.writes16_native
+            self.writes[1]
+                .native
                 .map(|w| (format!("{w:.0}/s"), w >= 5000.0)),
             "≥ 5,000/s",
         );
         row(
             "wake-up p99, 1,000 held (native, one write per user)",
             self.wake_native_1k
+                .spread
                 .map(|d| (ms(d), d <= Duration::from_millis(5))),
             "≤ 5 ms",
         );
         row(
             "wake-up p99, 1,000 held (native, all on one user, one write wakes them all)",
-            self.wake_native_1k_fanout
+            self.wake_native_1k
+                .fan_out
                 .map(|d| (ms(d), d <= Duration::from_millis(5))),
             "≤ 5 ms",
         );
@@ -473,12 +500,12 @@ impl Summary {
         };
         row(
             "wake-up p99 (Spin components, one write per user)",
-            spin(self.wake_spin),
+            spin(self.wake_spin.spread),
             "≤ 250 ms",
         );
         row(
             "wake-up p99 (Spin components, all on one user)",
-            spin(self.wake_spin_fanout),
+            spin(self.wake_spin.fan_out),
             "≤ 250 ms",
         );
         row(
@@ -633,8 +660,7 @@ async fn writes_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -
         "errors",
         "× PouchDB",
     ]);
-    let shapes: [(usize, bool); 3] = [(1, false), (16, false), (16, true)];
-    for (n, (writers, same)) in shapes.into_iter().enumerate() {
+    for (n, (writers, same)) in WRITE_SHAPES.into_iter().enumerate() {
         let run = format!("s{n}");
         let peer = match &servers.peer {
             Some(p) => {
@@ -654,12 +680,7 @@ async fn writes_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -
             let s =
                 scenarios::writes(target, writers, same, &run, plan.warmup, plan.measure).await?;
             if target.label == servers.native.label {
-                let slot = match (writers, same) {
-                    (_, true) => &mut summary.writes_same_native,
-                    (16, false) => &mut summary.writes16_native,
-                    _ => &mut summary.writes1_native,
-                };
-                *slot = Some(s.rate());
+                summary.writes[n].native = Some(s.rate());
             }
             let mut cells = vec![writers.to_string(), users.clone(), target.label.to_owned()];
             cells.extend(stats_cells(&s));
@@ -667,12 +688,7 @@ async fn writes_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -
             t.row(cells);
         }
         if let Some(p) = &peer {
-            let slot = match (writers, same) {
-                (_, true) => &mut summary.writes_same_peer,
-                (16, false) => &mut summary.writes16_peer,
-                _ => &mut summary.writes1_peer,
-            };
-            *slot = Some(p.rate());
+            summary.writes[n].peer = Some(p.rate());
             let mut cells = vec![
                 writers.to_string(),
                 users.clone(),
@@ -803,20 +819,11 @@ async fn wakeup_section(
         };
         let q = |q: f64| Duration::from_micros(w.hist.value_at_quantile(q));
         if w.woken > 0 {
-            let spread = shape == Shape::Spread;
             if who == Who::Native && n == 1_000 {
-                *if spread {
-                    &mut summary.wake_native_1k
-                } else {
-                    &mut summary.wake_native_1k_fanout
-                } = Some(q(0.99));
+                *summary.wake_native_1k.of(shape) = Some(q(0.99));
             }
             if who == Who::Spin {
-                *if spread {
-                    &mut summary.wake_spin
-                } else {
-                    &mut summary.wake_spin_fanout
-                } = Some((n, q(0.99)));
+                *summary.wake_spin.of(shape) = Some((n, q(0.99)));
             }
         }
         if who == Who::Native && n == 10_000 && shape == Shape::Spread {

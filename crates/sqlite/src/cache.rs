@@ -1,10 +1,10 @@
 //! Values of recently read and written keys, served without touching
 //! SQLite, and never different from what is committed.
 //!
-//! Why: even an inline point read pays for SQLite's WAL read lock (two
-//! `fcntl` calls and a process-wide mutex that the runtime's threads
-//! contend for), about as much as the rest of a 304 poll. A hit here is a
-//! hash lookup.
+//! Why: even an inline point read is a SQLite read transaction (its WAL
+//! read lock, and a process-wide mutex that the runtime's threads contend
+//! for), about as much as the rest of a 304 poll. A hit here is a hash
+//! lookup.
 //!
 //! Coherence rests on this store's commits being the only writes to the
 //! file (the lock file enforces one store per file) and never overlapping

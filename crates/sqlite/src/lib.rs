@@ -49,9 +49,9 @@
 //!   lock on the database file for the process, in-memory coordination
 //!   between the store's connections and a WAL index on the heap. A
 //!   transaction then makes no `fcntl` lock calls (there were ~9 per
-//!   transaction, a third of a PUT's syscalls). Another process opening
-//!   the file meanwhile, `sqlite3` included, is told the database is
-//!   locked; stop the server to inspect or copy it.
+//!   transaction: 37 per PUT, half of its system calls, by `strace -c`).
+//!   Another process opening the file meanwhile, `sqlite3` included, is
+//!   told the database is locked; stop the server to inspect or copy it.
 //! * **Checkpoints off the write path.** Automatic checkpoints are off on
 //!   the writer; a checkpointer thread copies the WAL back into the main
 //!   file (`PASSIVE`, never blocking readers or the writer) a few times a
@@ -127,7 +127,7 @@ const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 /// Size the WAL file is truncated back to when the log starts over
 /// (`journal_size_limit`); it is emptied on close. Well above
 /// [`WAL_SIZE_LIMIT`], because under sustained writes the log outgrows that
-/// between two checkpointer rounds (a PUT appends ~50 KiB of pages), and
+/// between two checkpointer rounds (a PUT appends tens of KiB of pages), and
 /// truncating it back each time made the kernel drop and re-allocate those
 /// pages (over a quarter of a PUT's time, profiled in-process).
 const WAL_FILE_LIMIT: u64 = 4 * WAL_SIZE_LIMIT;
@@ -207,7 +207,7 @@ pub enum OpenError {
         source: rusqlite::Error,
     },
     /// Another store (in this process or another) has the file open.
-    #[error("SQLite store {path} is in use by another process (lock file {lock})")]
+    #[error("SQLite store {path} is in use by another store (lock file {lock})")]
     InUse {
         /// The database file.
         path: PathBuf,
@@ -706,19 +706,14 @@ enum Access {
     Read,
 }
 
-/// Open a connection of this store.
-///
-/// On Unix every connection goes through SQLite's `unix-excl` VFS: the
-/// first one takes an exclusive lock on the database file for the whole
-/// process, and from then on the connections coordinate in memory (their
-/// file locks are counters, the WAL index lives on the heap instead of in
-/// a `-shm` file). That saves the ~9 `fcntl` lock calls each transaction
-/// otherwise makes (a third of the syscalls of a PUT); the store is the
-/// file's only user anyway (see [`lock_store`]), and an outside process
-/// opening the file while it runs gets "database is locked" instead of
-/// racing it. Readers are opened read-write with `query_only`, because
-/// `unix-excl` keeps only read-write handles off the real POSIX locks and
-/// every connection of the store should share one locking regime.
+/// Open a connection of this store, on SQLite's `unix-excl` VFS on Unix
+/// (see the crate docs): the first connection takes an exclusive lock on
+/// the file for the whole process; from then on the connections' file
+/// locks are in-memory counters and the WAL index lives on the heap, not
+/// in a `-shm` file. Readers are opened read-write with `query_only`,
+/// because `unix-excl` keeps only read-write handles off the real POSIX
+/// locks and every connection of the store should share one locking
+/// regime.
 fn open_conn(path: &Path, access: Access) -> rusqlite::Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX

@@ -4,18 +4,23 @@ use edgesync_core::kv::conformance;
 use edgesync_core::{encode_counter, Kv};
 use edgesync_sqlite::{SqliteKv, SqliteOptions, Synchronous};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_normal() {
+/// The suite under each prefix, on a fresh file opened with `options`.
+async fn conformance_with(options: SqliteOptions, prefixes: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), SqliteOptions::default()).unwrap();
-    conformance::run(&kv, "t1/").await;
-    conformance::run(&kv, "t2/").await;
+    let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), options).unwrap();
+    for prefix in prefixes {
+        conformance::run(&kv, prefix).await;
+    }
     kv.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_normal() {
+    conformance_with(SqliteOptions::default(), &["t1/", "t2/"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_full_single_reader() {
-    let dir = tempfile::tempdir().unwrap();
     // Every read through the (single) pooled reader, no cache.
     let options = SqliteOptions {
         synchronous: Synchronous::Full,
@@ -24,34 +29,26 @@ async fn conformance_full_single_reader() {
         read_cache_bytes: 0,
         inline_writes: false,
     };
-    let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), options).unwrap();
-    conformance::run(&kv, "").await;
-    kv.close().await;
+    conformance_with(options, &[""]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_every_write_on_the_writer_thread() {
-    let dir = tempfile::tempdir().unwrap();
     let options = SqliteOptions {
         inline_writes: false,
         ..SqliteOptions::default()
     };
-    let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), options).unwrap();
-    conformance::run(&kv, "").await;
-    kv.close().await;
+    conformance_with(options, &[""]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_with_a_tiny_cache() {
-    let dir = tempfile::tempdir().unwrap();
     // Evicting all the time.
     let options = SqliteOptions {
         read_cache_bytes: 300,
         ..SqliteOptions::default()
     };
-    let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), options).unwrap();
-    conformance::run(&kv, "").await;
-    kv.close().await;
+    conformance_with(options, &[""]).await;
 }
 
 /// Many concurrent swaps on one counter: exactly one swap per value may win,
