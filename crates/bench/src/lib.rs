@@ -3,8 +3,9 @@
 //! The benchmark tool behind `BENCHMARKS.md`: edgesync's native server and
 //! its Spin components (in the test harness), side by side in one run with
 //! a real peer doing the same job over HTTP (PouchDB Server, in memory) and
-//! the loopback limit (a hyper server answering a fixed 304), all measured
-//! by one load generator. It reports; it never fails on a threshold.
+//! the loopback limit (a hyper server doing no work: a fixed 304 for idle
+//! polls, fixed answers to held requests for the fan-out wake-up), all
+//! measured by one load generator. It reports; it never fails on a threshold.
 //!
 //! ```text
 //! cargo run --release -p edgesync-bench -- all            # full run, for BENCHMARKS.md
