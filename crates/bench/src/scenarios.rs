@@ -400,6 +400,20 @@ pub struct WakeStats {
     pub hold_setup: Duration,
 }
 
+impl WakeStats {
+    /// Pool another round of the same shape and size into this one: counts
+    /// and latencies add up; memory and set-up time stay the first round's.
+    pub fn pool(&mut self, other: WakeStats) {
+        self.affected += other.affected;
+        self.woken += other.woken;
+        self.early += other.early;
+        self.before_ack += other.before_ack;
+        self.hist
+            .add(&other.hist)
+            .expect("histograms with the same bounds");
+    }
+}
+
 /// Aborts every task still running when dropped, so that a failed or
 /// timed-out run releases its connections (and file descriptors).
 struct AbortOnDrop<T>(Vec<tokio::task::JoinHandle<T>>);
