@@ -47,6 +47,7 @@ enum Section {
     Writes,
     Wakeup,
     Catchup,
+    Watch,
     Kv,
 }
 
@@ -90,6 +91,8 @@ struct Plan {
     /// Writes (each waking every waiter) pooled per fan-out row: one write
     /// is one scheduling outcome, so its p99 alone is noise.
     fan_out_rounds: usize,
+    /// Writes timed from acknowledgement to `edgesync watch` printing them.
+    watch_writes: usize,
     catchup_rounds: usize,
     /// Seeding 10,000 changes through the components takes minutes (every
     /// KV write is its own SQLite transaction in Spin's default store).
@@ -108,6 +111,7 @@ impl Plan {
                 peer_held: vec![1_000],
                 sample: 200,
                 fan_out_rounds: 1,
+                watch_writes: 50,
                 catchup_rounds: 1,
                 spin_catchup: false,
                 kv_samples: 4,
@@ -121,6 +125,7 @@ impl Plan {
                 peer_held: vec![1_000, 10_000],
                 sample: 1_000,
                 fan_out_rounds: 5,
+                watch_writes: 500,
                 catchup_rounds: 5,
                 spin_catchup: true,
                 kv_samples: 16,
@@ -197,6 +202,7 @@ async fn all(args: AllArgs) -> Result<()> {
             Section::Writes,
             Section::Wakeup,
             Section::Catchup,
+            Section::Watch,
             Section::Kv,
         ]
     } else {
@@ -330,6 +336,9 @@ async fn all(args: AllArgs) -> Result<()> {
                 wakeup_section(&servers, &plan, &mut summary, &release.join("edgesync")).await
             }
             Section::Catchup => catchup_section(&servers, &plan).await,
+            Section::Watch => {
+                watch_section(&servers, &plan, &mut summary, &release.join("edgesync")).await
+            }
             Section::Kv => kv_section(plan.kv_samples).await,
         };
         // One failed section must not cost the others.
@@ -425,6 +434,8 @@ struct Summary {
     /// Spin wake-up p99 and how many were held.
     wake_spin: ByShape<(usize, Duration)>,
     rss_native_10k: Option<(u64, u64)>,
+    /// Write → `edgesync watch` p99 (native).
+    watch_native: Option<Duration>,
     sizes: Vec<(String, Option<u64>)>,
 }
 
@@ -532,6 +543,12 @@ impl Summary {
                 )
             }),
             "< 100 MB",
+        );
+        row(
+            "write reaches a live replica (native, `edgesync watch`), p99",
+            self.watch_native
+                .map(|d| (ms(d), d <= Duration::from_secs(1))),
+            "≤ 1 s",
         );
         for (name, size) in &self.sizes {
             row(
@@ -925,6 +942,57 @@ async fn wakeup_section(
             ));
         }
     }
+    Ok(out)
+}
+
+async fn watch_section(
+    servers: &Servers,
+    plan: &Plan,
+    summary: &mut Summary,
+    edgesync: &Path,
+) -> Result<String> {
+    const GAP: Duration = Duration::from_millis(20);
+    let mut out = format!(
+        "## Write → a live replica (`edgesync watch`)\n\n\
+         The client library in live mode (long-poll), as `edgesync watch --json` runs \
+         it: its own process and replica, following one user. After a warm-up write \
+         it has printed, {} documents are written one at a time, {} ms apart, each \
+         timed from the writer's acknowledgement to the line `watch` prints for it \
+         (read from its stdout by the tool).\n\n",
+        plan.watch_writes,
+        GAP.as_millis()
+    );
+    let mut t = Table::new(&["server", "writes", "p50", "p99", "max"]);
+    for (i, target) in [Some(&servers.native), servers.spin.as_ref()]
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let run = format!("{i}-{}", std::process::id());
+        match scenarios::watch_delay(target, edgesync, &run, plan.watch_writes, GAP).await {
+            Ok(hist) => {
+                let q = |q: f64| Duration::from_micros(hist.value_at_quantile(q));
+                if std::ptr::eq(target, &servers.native) {
+                    summary.watch_native = Some(q(0.99));
+                }
+                t.row(vec![
+                    target.label.into(),
+                    hist.len().to_string(),
+                    ms(q(0.5)),
+                    ms(q(0.99)),
+                    ms(Duration::from_micros(hist.max())),
+                ]);
+            }
+            Err(e) => t.row(vec![
+                target.label.into(),
+                format!("failed: {}", format!("{e:#}").replace('|', "/")),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+            ]),
+        }
+    }
+    out.push_str(&t.render());
     Ok(out)
 }
 

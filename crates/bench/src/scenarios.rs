@@ -764,3 +764,89 @@ pub async fn catch_up(target: &Target, user: &str, rounds: usize) -> Result<Catc
     }
     Ok(result)
 }
+
+// ---------------------------------------------------------------------------
+// Write → `edgesync watch`
+
+/// Start `edgesync watch --json` (live mode, its own state directory) for a
+/// fresh user on `target`, then write `writes` documents one at a time,
+/// `gap` apart, and time each from its acknowledgement to the line `watch`
+/// prints for it (0 when printed before the writer saw the ack).
+pub async fn watch_delay(
+    target: &Target,
+    edgesync: &std::path::Path,
+    run: &str,
+    writes: usize,
+    gap: Duration,
+) -> Result<Histogram<u64>> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let addr = target.addr;
+    let user = format!("watch-{run}");
+    let token = bearer(&user);
+    let token = token
+        .to_str()
+        .ok()
+        .and_then(|t| t.strip_prefix("Bearer "))
+        .context("bearer header")?
+        .to_owned();
+    let state = tempfile::Builder::new()
+        .prefix("edgesync-bench-watch")
+        .tempdir()?;
+    let mut watch = tokio::process::Command::new(edgesync)
+        .args(["watch", "--json"])
+        .env("EDGESYNC_URL", format!("http://{addr}"))
+        .env("EDGESYNC_TOKEN", token)
+        .env("EDGESYNC_STATE_DIR", state.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} watch", edgesync.display()))?;
+    let mut lines = BufReader::new(watch.stdout.take().context("watch stdout")?).lines();
+    let mut conn = Conn::connect(addr).await?;
+    // The line `watch` prints for document `id`, and when it was read.
+    let mut printed = async |id: &str, within: Duration| -> Result<Option<Instant>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
+                Err(_) => return Ok(None),
+                Ok(line) => line?.context("watch exited")?,
+            };
+            let at = Instant::now();
+            let v: serde_json::Value =
+                serde_json::from_str(&line).with_context(|| format!("watch printed {line:?}"))?;
+            if v["id"] == id {
+                return Ok(Some(at));
+            }
+        }
+    };
+    // Writes before `watch` has bootstrapped are part of its snapshot, not
+    // changes: write until one is printed.
+    let mut ready = false;
+    for i in 0..100 {
+        let id = format!("warm{i}");
+        es_put(&mut conn, addr, &user, &id, "{\"n\":0}").await?;
+        if printed(&id, Duration::from_millis(500)).await?.is_some() {
+            ready = true;
+            break;
+        }
+    }
+    if !ready {
+        bail!("edgesync watch printed none of 100 warm-up writes");
+    }
+    let mut hist = client::histogram();
+    for i in 0..writes {
+        tokio::time::sleep(gap).await;
+        let id = format!("w{i}");
+        es_put(&mut conn, addr, &user, &id, "{\"n\":1}").await?;
+        let ack = Instant::now();
+        let at = printed(&id, Duration::from_secs(10))
+            .await?
+            .with_context(|| format!("watch did not print write {i} within 10 s"))?;
+        client::record(&mut hist, at.saturating_duration_since(ack));
+    }
+    watch.kill().await.ok();
+    Ok(hist)
+}
