@@ -849,18 +849,10 @@ async fn wakeup_section(
         let w: WakeStats = match result {
             Ok(w) => w,
             Err(e) => {
-                t.row(vec![
-                    n.to_string(),
-                    shape_name.into(),
-                    target.label.into(),
-                    format!("failed: {}", format!("{e:#}").replace('|', "/")),
-                    "–".into(),
-                    "–".into(),
-                    "–".into(),
-                    "–".into(),
-                    "–".into(),
-                    "–".into(),
-                ]);
+                t.failed_row(
+                    vec![n.to_string(), shape_name.into(), target.label.into()],
+                    &e,
+                );
                 continue;
             }
         };
@@ -968,11 +960,11 @@ async fn watch_section(
         .flatten()
         .enumerate()
     {
-        let run = format!("{i}-{}", std::process::id());
+        let run = i.to_string();
         match scenarios::watch_delay(target, edgesync, &run, plan.watch_writes, GAP).await {
             Ok(hist) => {
                 let q = |q: f64| Duration::from_micros(hist.value_at_quantile(q));
-                if std::ptr::eq(target, &servers.native) {
+                if target.label == servers.native.label {
                     summary.watch_native = Some(q(0.99));
                 }
                 t.row(vec![
@@ -983,13 +975,7 @@ async fn watch_section(
                     ms(Duration::from_micros(hist.max())),
                 ]);
             }
-            Err(e) => t.row(vec![
-                target.label.into(),
-                format!("failed: {}", format!("{e:#}").replace('|', "/")),
-                "–".into(),
-                "–".into(),
-                "–".into(),
-            ]),
+            Err(e) => t.failed_row(vec![target.label.into()], &e),
         }
     }
     out.push_str(&t.render());
@@ -1048,14 +1034,7 @@ async fn catchup_section(servers: &Servers, plan: &Plan) -> Result<String> {
                 eprintln!("catch-up {}: seeded in {seeded:?}", target.label);
                 rows.push((target.label, c.changes, c.requests, median, c.bytes));
             }
-            Err(e) => t.row(vec![
-                target.label.into(),
-                format!("failed: {}", format!("{e:#}").replace('|', "/")),
-                "–".into(),
-                "–".into(),
-                "–".into(),
-                "–".into(),
-            ]),
+            Err(e) => t.failed_row(vec![target.label.into()], &e),
         }
     }
     for (label, changes, requests, median, bytes) in rows {

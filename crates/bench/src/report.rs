@@ -21,6 +21,18 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// A row whose measurement failed: the cells that say what was
+    /// measured (`lead`), then the error (pipes escaped), dashes in the rest.
+    pub fn failed_row(&mut self, mut lead: Vec<String>, error: &anyhow::Error) {
+        lead.push(format!(
+            "failed: {}",
+            format!("{error:#}").replace('|', "/")
+        ));
+        let width = self.header.len().max(lead.len());
+        lead.resize(width, "–".to_owned());
+        self.rows.push(lead);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }

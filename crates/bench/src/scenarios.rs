@@ -37,8 +37,14 @@ pub struct Target {
     pub pid: u32,
 }
 
-/// Bearer token for `user`, valid for a day.
+/// The `Authorization` value for `user` (see [`token`]).
 pub fn bearer(user: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("Bearer {}", token(user))).expect("token is header-safe")
+}
+
+/// A token for `user`, signed with the servers' [`JWT_SECRET`], valid for a
+/// day.
+pub fn token(user: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -48,8 +54,7 @@ pub fn bearer(user: &str) -> HeaderValue {
         audience: None,
         issuer: None,
     };
-    let token = auth::mint(&expect, user, now, 24 * 3600);
-    HeaderValue::from_str(&format!("Bearer {token}")).expect("token is header-safe")
+    auth::mint(&expect, user, now, 24 * 3600)
 }
 
 /// A JSON document of exactly `size` bytes, `{"title":..,"body":"xxx.."}`.
@@ -770,8 +775,8 @@ pub async fn catch_up(target: &Target, user: &str, rounds: usize) -> Result<Catc
 
 /// Start `edgesync watch --json` (live mode, its own state directory) for a
 /// fresh user on `target`, then write `writes` documents one at a time,
-/// `gap` apart, and time each from its acknowledgement to the line `watch`
-/// prints for it (0 when printed before the writer saw the ack).
+/// `gap` apart, and time each from its acknowledgement to the tool reading
+/// the line `watch` prints for it.
 pub async fn watch_delay(
     target: &Target,
     edgesync: &std::path::Path,
@@ -783,20 +788,13 @@ pub async fn watch_delay(
 
     let addr = target.addr;
     let user = format!("watch-{run}");
-    let token = bearer(&user);
-    let token = token
-        .to_str()
-        .ok()
-        .and_then(|t| t.strip_prefix("Bearer "))
-        .context("bearer header")?
-        .to_owned();
     let state = tempfile::Builder::new()
         .prefix("edgesync-bench-watch")
         .tempdir()?;
     let mut watch = tokio::process::Command::new(edgesync)
         .args(["watch", "--json"])
         .env("EDGESYNC_URL", format!("http://{addr}"))
-        .env("EDGESYNC_TOKEN", token)
+        .env("EDGESYNC_TOKEN", token(&user))
         .env("EDGESYNC_STATE_DIR", state.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
