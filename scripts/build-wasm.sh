@@ -20,6 +20,10 @@ target=wasm32-wasip2
 components=(edgesync-write edgesync-read)
 max_bytes=$((1024 * 1024))
 
+# Where `cargo install` (and so scripts/install-wasm-toolchain.sh) puts
+# wasm-component-ld.
+cargo_bin_dir="${CARGO_HOME:-$HOME/.cargo}/bin"
+
 package_args=()
 for c in "${components[@]}"; do package_args+=(-p "$c"); done
 
@@ -37,7 +41,7 @@ fallback_missing() {
         sysroot="$(/usr/bin/rustc --print sysroot 2>/dev/null || true)"
         [[ -d "$sysroot/lib/rustlib/src/rust/library" ]] || missing+=("rust-web-src (standard library source)")
     fi
-    [[ -x "$HOME/.cargo/bin/wasm-component-ld" ]] || missing+=("wasm-component-ld in ~/.cargo/bin")
+    [[ -x "$cargo_bin_dir/wasm-component-ld" ]] || missing+=("wasm-component-ld in $cargo_bin_dir")
     [[ -x /usr/local/lib/wasm-ld-bin/wasm-ld ]] || missing+=("/usr/local/lib/wasm-ld-bin/wasm-ld (from lld-19)")
     [[ -f /usr/lib/wasm32-wasi/libc.a ]] || missing+=("wasi-libc (/usr/lib/wasm32-wasi/libc.a)")
     ((${#missing[@]} == 0)) || printf '  - %s\n' "${missing[@]}"
@@ -73,7 +77,7 @@ EOF
     # RUSTUP_TOOLCHAIN/RUSTC/CARGO keeps a caller's rustup settings from
     # redirecting to the rustup toolchain, which has no wasm std.
     env -u RUSTUP_TOOLCHAIN -u RUSTC -u CARGO -u RUSTC_WRAPPER \
-        PATH="/usr/bin:$HOME/.cargo/bin:/usr/local/lib/wasm-ld-bin:$PATH" \
+        PATH="/usr/bin:$cargo_bin_dir:/usr/local/lib/wasm-ld-bin:$PATH" \
         RUSTC_BOOTSTRAP=1 \
         CARGO_UNSTABLE_BUILD_STD=std,panic_abort \
         RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
