@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build the Spin components (edgesync-write, edgesync-read) in release for
-# wasm32-wasip2, into target/wasm32-wasip2/release/ where spin.toml expects
+# Build the Spin components (edgesync-write, edgesync-read) for
+# wasm32-wasip2 with the size-tuned `wasm-release` profile (Cargo.toml), into
+# target/wasm32-wasip2/wasm-release/ where spin.toml expects
 # them. Run from anywhere.
 #
 # Uses the rustup target when it is installed (`rustup target add
 # wasm32-wasip2`). Otherwise falls back to Debian's Rust with -Z build-std
-# (see docs in TOOLCHAIN.md and scripts/install-wasm-toolchain.sh); the
+# (what it needs, and why, is in scripts/install-wasm-toolchain.sh); the
 # fallback's environment is set for the cargo command only, so nothing leaks
 # into native builds.
 #
@@ -54,7 +55,7 @@ fi
 
 if have_rustup_target; then
     echo "build-wasm: using the rustup target $target" >&2
-    cargo build --release --target "$target" "${package_args[@]}" "$@"
+    cargo build --profile wasm-release --target "$target" "${package_args[@]}" "$@"
 else
     missing="$(fallback_missing)"
     if [[ -n "$missing" ]]; then
@@ -81,7 +82,7 @@ EOF
         RUSTC_BOOTSTRAP=1 \
         CARGO_UNSTABLE_BUILD_STD=std,panic_abort \
         RUSTFLAGS="-L /usr/lib/wasm32-wasi" \
-        /usr/bin/cargo build --release --target "$target" "${package_args[@]}" "$@"
+        /usr/bin/cargo build --profile wasm-release --target "$target" "${package_args[@]}" "$@"
 fi
 
 # Where cargo put the artefacts (honours CARGO_TARGET_DIR like cargo does).
@@ -89,7 +90,7 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 status=0
 echo
 for c in "${components[@]}"; do
-    wasm="$target_dir/$target/release/${c//-/_}.wasm"
+    wasm="$target_dir/$target/wasm-release/${c//-/_}.wasm"
     if [[ ! -f "$wasm" ]]; then
         echo "build-wasm: $wasm was not produced" >&2
         status=1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the fallback toolchain scripts/build-wasm.sh uses to build the Spin
 # components for wasm32-wasip2 where `rustup target add wasm32-wasip2` is not
-# possible (Debian bookworm; see TOOLCHAIN.md in the project's shared docs):
+# possible (Debian bookworm: machines whose rustup cannot download targets):
 #
 #   - rustc-web, cargo-web: Debian's Rust (1.96) at /usr/bin/{rustc,cargo}
 #   - rust-web-src: its standard library source, for -Z build-std

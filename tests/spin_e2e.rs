@@ -10,7 +10,7 @@
 //! scripts/build-wasm.sh
 //! ```
 //!
-//! which writes `target/wasm32-wasip2/release/edgesync_{write,read}.wasm`
+//! which writes `target/wasm32-wasip2/wasm-release/edgesync_{write,read}.wasm`
 //! (under `$CARGO_TARGET_DIR` when that is set). Without them every test
 //! here fails, saying so — it never skips.
 
@@ -30,7 +30,7 @@ fn repo_root() -> PathBuf {
 }
 
 /// The manifest to run: the repository's `spin.toml` when the components
-/// are where it says (`target/wasm32-wasip2/release/`); when they were
+/// are where it says (`target/wasm32-wasip2/wasm-release/`); when they were
 /// built under `$CARGO_TARGET_DIR` instead, a copy of it whose `source`
 /// paths point there. Panics with what to run when they are nowhere.
 fn manifest() -> PathBuf {
@@ -38,19 +38,19 @@ fn manifest() -> PathBuf {
     MANIFEST
         .get_or_init(|| {
             let root = repo_root();
-            let in_repo = root.join("target/wasm32-wasip2/release");
+            let in_repo = root.join("target/wasm32-wasip2/wasm-release");
             let mut candidates = vec![in_repo.clone()];
             if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
                 let dir = PathBuf::from(dir);
                 let dir = if dir.is_absolute() { dir } else { root.join(dir) };
-                candidates.insert(0, dir.join("wasm32-wasip2/release"));
+                candidates.insert(0, dir.join("wasm32-wasip2/wasm-release"));
             }
             let found = candidates
                 .iter()
                 .find(|d| COMPONENTS.iter().all(|c| d.join(c).is_file()));
             let Some(dir) = found else {
                 return Err(format!(
-                    "the Spin components are not built: none of {} holds {}. Run `scripts/build-wasm.sh` first (it builds them for wasm32-wasip2 in release).",
+                    "the Spin components are not built: none of {} holds {}. Run `scripts/build-wasm.sh` first (it builds them for wasm32-wasip2).",
                     candidates
                         .iter()
                         .map(|d| d.display().to_string())
@@ -65,7 +65,7 @@ fn manifest() -> PathBuf {
             }
             let text = std::fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
             let rewritten = text.replace(
-                "source = \"target/wasm32-wasip2/release/",
+                "source = \"target/wasm32-wasip2/wasm-release/",
                 &format!("source = \"{}/", dir.display()),
             );
             let copy_dir = common::temp_dir("edgesync-spin-manifest-");

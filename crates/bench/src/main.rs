@@ -212,8 +212,8 @@ async fn all(args: AllArgs) -> Result<()> {
     let load_start = report::loadavg();
 
     let components = [
-        workspace.join("target/wasm32-wasip2/release/edgesync_write.wasm"),
-        workspace.join("target/wasm32-wasip2/release/edgesync_read.wasm"),
+        workspace.join("target/wasm32-wasip2/wasm-release/edgesync_write.wasm"),
+        workspace.join("target/wasm32-wasip2/wasm-release/edgesync_read.wasm"),
     ];
     let have_components = components.iter().all(|p| p.exists());
     let mut want_spin = !args.no_spin;

@@ -396,7 +396,7 @@ route = { private = true }
 component = "read"
 
 [component.write]
-source = "../target/wasm32-wasip2/release/edgesync_write.wasm"
+source = "../target/wasm32-wasip2/wasm-release/edgesync_write.wasm"
 key_value_stores = ["default"]
 allowed_outbound_hosts = []
 environment = { RUST_LOG = "info" }
@@ -406,7 +406,7 @@ jwt_secret = "{{ jwt_secret }}"
 banner = "wait {{max_wait_seconds}}s"
 
 [component.write.build]
-command = "cargo build --target wasm32-wasip2 --release"
+command = "cargo build --target wasm32-wasip2 --profile wasm-release"
 workdir = "components/write"
 
 [component.read]
@@ -440,7 +440,7 @@ source = "read.wasm"
         let w = &m.components["write"];
         assert_eq!(
             w.source,
-            Path::new("/app/../target/wasm32-wasip2/release/edgesync_write.wasm")
+            Path::new("/app/../target/wasm32-wasip2/wasm-release/edgesync_write.wasm")
         );
         assert_eq!(w.key_value_stores, vec!["default".to_string()]);
         assert_eq!(w.variables["banner"], "wait {{max_wait_seconds}}s");
