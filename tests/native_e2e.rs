@@ -58,6 +58,12 @@ fn unregister(pid: u32) {
 /// `<dir>/data` as its data directory (the log goes to `<dir>/server-<port>.log`),
 /// and wait until `/v1/health` answers.
 fn start(settings: &TargetSettings, data_dir: &Path) -> Server {
+    start_with_secret(settings, data_dir, Some(common::SECRET))
+}
+
+/// [`start`], with `EDGESYNC_JWT_SECRET` set to `secret`, or unset so that
+/// the server generates one in its data directory as on a first run.
+fn start_with_secret(settings: &TargetSettings, data_dir: &Path, secret: Option<&str>) -> Server {
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     // The server owns `data/`; its log sits beside it.
@@ -70,7 +76,8 @@ fn start(settings: &TargetSettings, data_dir: &Path) -> Server {
         .arg(&listen)
         .arg("--data-dir")
         .arg(&data_dir)
-        .env("EDGESYNC_JWT_SECRET", common::SECRET)
+        .env_remove("EDGESYNC_JWT_SECRET")
+        .envs(secret.map(|secret| ("EDGESYNC_JWT_SECRET", secret)))
         .envs(settings.env())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
@@ -337,4 +344,98 @@ async fn sigterm_answers_held_long_polls_and_exits_0() {
         "the server must exit 0 after SIGTERM, got {status}; log:\n{}",
         std::fs::read_to_string(&server.log).unwrap_or_default()
     );
+}
+
+/// The README's quickstart at the binary level, with no secret configured:
+/// `serve` generates one and says where, `edgesync token` mints with it,
+/// and the log has one line per request with its method, route, status and
+/// user hash, never the token or the user id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_generates_a_secret_and_logs_each_request_without_the_token() {
+    let dir = data_dir("quickstart");
+    let server = start_with_secret(&common::standard(), &dir, None);
+    let data = dir.join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgesync"))
+        .args(["token", "--sub", "quickstart-alice", "--data-dir"])
+        .arg(&data)
+        .env_remove("EDGESYNC_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let bearer = format!("Bearer {token}");
+    let api = server.target.api();
+
+    let put = api
+        .put("/v1/docs/todos/first")
+        .header("Authorization", &bearer)
+        .json(&json!({"title": "try edgesync"}))
+        .send()
+        .await
+        .unwrap()
+        .expect(201);
+    let etag = put.header("etag").unwrap();
+    api.get("/v1/docs/todos/first")
+        .header("Authorization", &bearer)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap()
+        .expect(304);
+    api.get("/v1/changes?since=0")
+        .header("Authorization", "Bearer not.a.token")
+        .send()
+        .await
+        .unwrap()
+        .expect(401);
+    api.delete("/v1/head").send().await.unwrap().expect(405);
+
+    let expected = [
+        ("PUT", "/v1/docs/{collection}/{id}", "201", true),
+        ("GET", "/v1/docs/{collection}/{id}", "304", true),
+        ("GET", "/v1/changes", "401", false),
+        ("DELETE", "/v1/head", "405", false),
+    ];
+    // A line is written right after its response; give the last one a moment.
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&server.log).unwrap();
+        if log.contains("route=\"/v1/head\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        log.contains("generated a random secret") && log.contains(&data.display().to_string()),
+        "serve must say it generated a secret, and where:\n{log}"
+    );
+    let requests: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" request ") && !l.contains("route=\"/v1/health\""))
+        .collect();
+    assert_eq!(requests.len(), expected.len(), "one line per request:\n{log}");
+    for (line, (method, route, status, authenticated)) in requests.iter().zip(expected) {
+        assert!(line.contains(&format!("method={method} ")), "{line}");
+        assert!(line.contains(&format!("route=\"{route}\"")), "{line}");
+        assert!(line.contains(&format!("status={status} ")), "{line}");
+        assert!(line.contains("duration_ms="), "{line}");
+        let user = line
+            .split("user=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no user field: {line}"));
+        if authenticated {
+            assert!(
+                user.len() == 12 && user.bytes().all(|b| b.is_ascii_hexdigit()),
+                "a short hash of the user id: {line}"
+            );
+        } else {
+            assert_eq!(user, "-", "{line}");
+        }
+    }
+    let signature = token.rsplit('.').next().unwrap();
+    for secret in [token.as_str(), signature, "not.a.token", "quickstart-alice"] {
+        assert!(!log.contains(secret), "the log must not contain {secret:?}:\n{log}");
+    }
+    server.kill_9();
 }

@@ -18,7 +18,10 @@
 //! Responses always carry `Content-Length` (the core hands over complete
 //! bodies), never chunked encoding. Not supported, on purpose: upgrades
 //! (WebSocket, h2c), `CONNECT` tunnels, transfer codings other than
-//! `chunked` (501), HTTP/2 (505).
+//! `chunked`, HTTP/2. Those get a 400 `invalid-request` saying which, not
+//! the 501 and 505 of RFC 9110: edgesync's contract is that nothing a
+//! client sends yields a 5xx, so a 5xx always means the server or its
+//! store is at fault (what monitoring alerts on).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -290,7 +293,9 @@ impl<H: Handler> Conn<'_, H> {
                     Ok(Some(head)) => head,
                     Ok(None) => break false,
                     Err(Fail::Reject(status, detail)) => {
-                        Box::pin(self.reject(None, status, detail)).await;
+                        // Refused as soon as the head is complete.
+                        let started = std::time::Instant::now();
+                        Box::pin(self.reject(None, started, status, detail)).await;
                         break true;
                     }
                     Err(Fail::Drop(why)) => {
@@ -467,7 +472,7 @@ impl<H: Handler> Conn<'_, H> {
         let (framing, expects_continue) = match checked {
             Ok(checked) => checked,
             Err(Fail::Reject(status, detail)) => {
-                self.reject(Some(&head.method), status, detail).await;
+                self.reject(Some(&head.method), started, status, detail).await;
                 return Err(After::Close(true));
             }
             Err(Fail::Drop(_)) => return Err(After::Close(true)),
@@ -476,7 +481,7 @@ impl<H: Handler> Conn<'_, H> {
         let (body, consumed) = match self.read_body(framing, limit, expects_continue).await {
             Ok(read) => read,
             Err(Fail::Reject(status, detail)) => {
-                self.reject(Some(&head.method), status, detail).await;
+                self.reject(Some(&head.method), started, status, detail).await;
                 return Err(After::Close(true));
             }
             Err(Fail::Drop(why)) => {
@@ -735,13 +740,19 @@ impl<H: Handler> Conn<'_, H> {
     }
 
     /// Answer a request this layer could not pass on (`Connection: close`).
-    async fn reject(&mut self, method: Option<&Method>, status: StatusCode, detail: &'static str) {
+    async fn reject(
+        &mut self,
+        method: Option<&Method>,
+        started: std::time::Instant,
+        status: StatusCode,
+        detail: &'static str,
+    ) {
         tracing::info!(
             method = method.map_or("-", Method::as_str),
             route = "unmatched",
             user = "-",
             status = status.as_u16(),
-            duration_ms = 0.0,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
             error = detail,
             "request"
         );
@@ -857,10 +868,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Fail> {
             ))
         }
         Err(httparse::Error::Version) if names_other_version(bytes) => {
-            return Err(Fail::Reject(
-                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                "only HTTP/1.0 and HTTP/1.1 are supported",
-            ))
+            return Err(bad("only HTTP/1.0 and HTTP/1.1 are supported"))
         }
         Err(httparse::Error::HeaderName | httparse::Error::HeaderValue) => {
             return Err(bad("malformed header field"))
@@ -878,12 +886,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Fail> {
     let version = match parsed.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
-        _ => {
-            return Err(Fail::Reject(
-                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                "only HTTP/1.0 and HTTP/1.1 are supported",
-            ))
-        }
+        _ => return Err(bad("only HTTP/1.0 and HTTP/1.1 are supported")),
     };
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
@@ -902,7 +905,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Fail> {
 }
 
 /// Whether the request line ends in a well-formed version other than 1.x
-/// (`HTTP/2.0`): 505 rather than 400.
+/// (`HTTP/2.0`), which deserves a clearer message than "malformed".
 fn names_other_version(head: &[u8]) -> bool {
     let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -948,10 +951,7 @@ fn framing(head: &Head) -> Result<Framing, Fail> {
                 {
                     Err(bad("chunked applied more than once"))
                 } else {
-                    Err(Fail::Reject(
-                        StatusCode::NOT_IMPLEMENTED,
-                        "only the chunked transfer coding is supported",
-                    ))
+                    Err(bad("only the chunked transfer coding is supported"))
                 }
             }
             _ => Err(bad("chunked is not the final transfer coding")),
@@ -1188,6 +1188,8 @@ fn log_request(method: &Method, started: std::time::Instant, response: &Response
         user = info.and_then(|i| i.user_hash.as_deref()).unwrap_or("-"),
         status = response.status().as_u16(),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        // A 503's cause: the client only sees "try again".
+        error = info.and_then(|i| i.store_error.as_deref()),
         "request"
     );
 }
@@ -1341,7 +1343,7 @@ mod unit_tests {
         }
         assert_eq!(
             status(&head(v11, &[("transfer-encoding", "gzip, chunked")])),
-            501
+            400
         );
         assert_eq!(
             status(&head(Version::HTTP_10, &[("transfer-encoding", "chunked")])),
@@ -1391,7 +1393,7 @@ mod unit_tests {
             Ok(Some(_)) => 200,
             _ => 0,
         };
-        assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 505);
+        assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 400);
         assert_eq!(status(b"GET /\r\n\r\n"), 400);
         assert_eq!(status(b"GET  / HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status(b"G@T / HTTP/1.1\r\n\r\n"), 400);
