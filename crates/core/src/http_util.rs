@@ -71,7 +71,8 @@ pub(crate) enum ETagList {
 
 /// Parse an entity-tag list (RFC 9110 §8.8.3, §13.1.1). Several header
 /// lines are joined with commas first. `Err` on syntax errors (e.g. an
-/// unquoted tag).
+/// unquoted tag). A field that is present but empty (or only commas) is a
+/// valid empty list, `Some(Tags([]))`: what it means is up to the header.
 pub(crate) fn parse_etag_list<'a>(
     values: impl Iterator<Item = &'a HeaderValue>,
 ) -> Result<Option<ETagList>, ()> {
@@ -118,9 +119,6 @@ pub(crate) fn parse_etag_list<'a>(
         if !(next.is_empty() || next.starts_with(',')) {
             return Err(());
         }
-    }
-    if tags.is_empty() {
-        return Err(());
     }
     Ok(Some(ETagList::Tags(tags)))
 }
@@ -198,7 +196,8 @@ mod tests {
         assert_eq!(parse("5"), Err(()));
         assert_eq!(parse(r#""5" "6""#), Err(()));
         assert_eq!(parse(r#""unterminated"#), Err(()));
-        assert_eq!(parse(""), Err(()));
+        assert_eq!(parse(""), Ok(Some(ETagList::Tags(vec![]))));
+        assert_eq!(parse(" , "), Ok(Some(ETagList::Tags(vec![]))));
         assert_eq!(parse_etag_list(std::iter::empty()), Ok(None));
         let two = [hv(r#""1""#), hv(r#""2""#)];
         assert_eq!(

@@ -404,16 +404,27 @@ fn poll_headers<K: Kv, H: Host>(service: &Service<K, H>, r: &mut Response<Vec<u8
     h.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
 }
 
+/// An empty `If-None-Match` lists no tags, so none can match: the request
+/// goes ahead as if it had none.
 fn if_none_match<T>(request: &Request<T>) -> Result<Option<ETagList>, Problem> {
-    parse_etag_list(request.headers().get_all(IF_NONE_MATCH).iter()).map_err(|()| {
+    let list = parse_etag_list(request.headers().get_all(IF_NONE_MATCH).iter()).map_err(|()| {
         Problem::invalid_parameter("If-None-Match", "entity-tags must be quoted, e.g. \"12\"")
-    })
+    })?;
+    Ok(list.filter(|list| !matches!(list, ETagList::Tags(tags) if tags.is_empty())))
 }
 
+/// An empty `If-Match` would be a condition nothing can meet; refusing it
+/// is more useful than a 412 that hides a client bug, and going ahead
+/// unconditionally would be a lost update.
 fn if_match<T>(request: &Request<T>) -> Result<Option<ETagList>, Problem> {
-    parse_etag_list(request.headers().get_all(IF_MATCH).iter()).map_err(|()| {
-        Problem::invalid_parameter("If-Match", "entity-tags must be quoted, e.g. \"12\"")
-    })
+    let bad = |detail| Problem::invalid_parameter("If-Match", detail);
+    match parse_etag_list(request.headers().get_all(IF_MATCH).iter()) {
+        Err(()) => Err(bad("entity-tags must be quoted, e.g. \"12\"")),
+        Ok(Some(ETagList::Tags(tags))) if tags.is_empty() => {
+            Err(bad("an empty If-Match can never be met; send \"<version>\" or *"))
+        }
+        Ok(list) => Ok(list),
+    }
 }
 
 // -------------------------------------------------------------------

@@ -419,6 +419,7 @@ registry! { $;
     preconditions::if_none_match_star_creates_only => BASIC,
     preconditions::patch_and_delete_honour_if_match => BASIC,
     preconditions::malformed_precondition_headers_are_400 => BASIC,
+    preconditions::empty_if_none_match_matches_nothing => BASIC,
     // Idempotency.
     idempotency::put_replay_returns_first_result => BASIC,
     idempotency::patch_and_delete_replays => BASIC,

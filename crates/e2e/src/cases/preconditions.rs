@@ -250,6 +250,9 @@ pub async fn malformed_precondition_headers_are_400(t: &Target) -> anyhow::Resul
         ("If-Match", "W/1".to_string()),
         ("If-Match", "\"-1\"".to_string()),
         ("If-Match", "\"abc\" junk".to_string()),
+        // No tags at all: a condition no version can meet.
+        ("If-Match", String::new()),
+        ("If-Match", " , ".to_string()),
     ] {
         let r = api
             .put(path.clone())
@@ -271,4 +274,35 @@ pub async fn malformed_precondition_headers_are_400(t: &Target) -> anyhow::Resul
         );
     }
     assert_nothing_changed(&api, &u, v, Some((&c, &id, 200)), "malformed preconditions").await
+}
+
+/// An empty `If-None-Match` lists no tags, so none matches: reads answer
+/// as if it were absent (RFC 9110's empty list), never 304 and never 400.
+pub async fn empty_if_none_match_matches_nothing(t: &Target) -> anyhow::Result<()> {
+    let api = t.api();
+    let u = t.new_user();
+    let c = coll();
+    let id = doc_id();
+    let v = put_ok(&api, &u, &c, &id, &json!(1)).await?;
+    for path in [
+        doc_path(&c, &id),
+        "/v1/head".to_string(),
+        format!("/v1/changes?since={v}"),
+    ] {
+        for value in ["", " , "] {
+            let r = api
+                .get(path.clone())
+                .auth(&u)
+                .header("If-None-Match", value)
+                .send()
+                .await?
+                .expect(200);
+            assert_eq!(
+                r.header("etag").as_deref(),
+                Some(format!("\"{v}\"").as_str()),
+                "{path} with If-None-Match {value:?}"
+            );
+        }
+    }
+    Ok(())
 }
