@@ -1,0 +1,108 @@
+//! A collection's index is one KV value, so it has a size cap (half of a
+//! managed host's 1 MB value limit): past it, creating a document in that
+//! collection is refused with 409 `collection-full` and changes nothing,
+//! while updates of its documents and other collections carry on.
+
+use edgesync_core::auth::{mint, Expectations};
+use edgesync_core::{Config, Service};
+use edgesync_sim::direct::{block_on, DirectHost};
+use edgesync_sim::store::{MemStore, StrictKv};
+use http::Request;
+use serde_json::{json, Value};
+
+const SECRET: &[u8] = b"collection-full-secret-collection-full!!";
+const NOW: u64 = 1_800_000_000_000;
+
+struct Api {
+    service: Service<StrictKv, DirectHost>,
+    token: String,
+}
+
+impl Api {
+    fn new() -> Self {
+        let mut config = Config::with_secret(SECRET.to_vec());
+        config.rate_limit_per_second = 0;
+        let expect = Expectations {
+            secret: SECRET,
+            audience: None,
+            issuer: None,
+        };
+        Api {
+            service: Service::new(config, StrictKv::new(MemStore::new()), DirectHost::new(NOW)),
+            token: mint(&expect, "hoarder", NOW / 1000, 3600),
+        }
+    }
+
+    fn call(&self, method: &str, uri: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", self.token));
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let body = body.map_or_else(Vec::new, |b| serde_json::to_vec(b).unwrap());
+        let response = block_on(self.service.handle(request.body(body).unwrap()));
+        let status = response.status().as_u16();
+        let body = response.body();
+        let json = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(body).unwrap()
+        };
+        (status, json)
+    }
+
+    fn head(&self) -> u64 {
+        let (status, body) = self.call("GET", "/v1/head", None);
+        assert_eq!(status, 200, "{body}");
+        body["head"].as_u64().unwrap()
+    }
+}
+
+/// The longest id: fills the index in the fewest documents.
+fn id(n: usize) -> String {
+    format!("{n:0>128}")
+}
+
+#[test]
+fn a_full_collection_refuses_creates_and_nothing_else() {
+    let api = Api::new();
+    // Fill "big" through batches until an item is refused.
+    let mut created = 0;
+    let refused = 'fill: loop {
+        let items: Vec<Value> = (created..created + 100)
+            .map(|n| json!({"id": format!("k{n}"), "op": "put", "collection": "big", "doc": id(n), "value": n}))
+            .collect();
+        let (status, body) = api.call("POST", "/v1/mutations", Some(&json!({ "mutations": items })));
+        assert_eq!(status, 200, "{body}");
+        for result in body["results"].as_array().unwrap() {
+            match result["status"].as_u64() {
+                Some(201) => created += 1,
+                Some(409) => break 'fill result.clone(),
+                _ => panic!("unexpected batch result {result}"),
+            }
+        }
+        assert!(created < 10_000, "the index never filled up");
+    };
+    assert_eq!(refused["problem"]["type"], "collection-full", "{refused}");
+    assert_eq!(refused["replayed"], false);
+    // 512 KiB of 128-byte ids (131 bytes each in the index).
+    assert_eq!(created, 512 * 1024 / 131);
+
+    // A single create is refused the same way and changes nothing.
+    let head = api.head();
+    let next = format!("/v1/docs/big/{}", id(created));
+    let (status, problem) = api.call("PUT", &next, Some(&json!("one too many")));
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["type"], "collection-full");
+    assert_eq!(api.head(), head, "a refused create logs nothing");
+    assert_eq!(api.call("GET", &next, None).0, 404);
+
+    // What is already there can still change, and other collections grow.
+    let first = format!("/v1/docs/big/{}", id(0));
+    assert_eq!(api.call("PUT", &first, Some(&json!("updated"))).0, 200);
+    assert_eq!(api.call("GET", &first, None).1["value"], "updated");
+    assert_eq!(api.call("PUT", "/v1/docs/small/a", Some(&json!(1))).0, 201);
+    assert_eq!(api.head(), head + 2);
+}
