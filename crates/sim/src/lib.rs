@@ -18,6 +18,8 @@
 //! ```text
 //! cargo run -p edgesync-sim --release -- --seeds 10000          # many seeds
 //! cargo run -p edgesync-sim --release -- --seed 1234 --verbose  # replay one
+//! EDGESYNC_SIM_DUMP=1 cargo run -p edgesync-sim --release -- --seed 1234
+//!     # a failing seed also prints the store and every request's answer
 //! ```
 //!
 //! Two small modules serve tests and the benchmark tool that drive the

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!("usage: edgesync-sim [--seeds N] [--start S] | --seed S [--verbose]");
+    eprintln!("  EDGESYNC_SIM_DUMP=1: a failing seed also prints the store and every answer");
     ExitCode::from(2)
 }
 

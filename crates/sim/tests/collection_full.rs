@@ -74,7 +74,11 @@ fn a_full_collection_refuses_creates_and_nothing_else() {
         let items: Vec<Value> = (created..created + 100)
             .map(|n| json!({"id": format!("k{n}"), "op": "put", "collection": "big", "doc": id(n), "value": n}))
             .collect();
-        let (status, body) = api.call("POST", "/v1/mutations", Some(&json!({ "mutations": items })));
+        let (status, body) = api.call(
+            "POST",
+            "/v1/mutations",
+            Some(&json!({ "mutations": items })),
+        );
         assert_eq!(status, 200, "{body}");
         for result in body["results"].as_array().unwrap() {
             match result["status"].as_u64() {
