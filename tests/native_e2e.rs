@@ -361,7 +361,11 @@ async fn first_run_generates_a_secret_and_logs_each_request_without_the_token() 
         .env_remove("EDGESYNC_JWT_SECRET")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let bearer = format!("Bearer {token}");
     let api = server.target.api();
@@ -413,7 +417,11 @@ async fn first_run_generates_a_secret_and_logs_each_request_without_the_token() 
         .lines()
         .filter(|l| l.contains(" request ") && !l.contains("route=\"/v1/health\""))
         .collect();
-    assert_eq!(requests.len(), expected.len(), "one line per request:\n{log}");
+    assert_eq!(
+        requests.len(),
+        expected.len(),
+        "one line per request:\n{log}"
+    );
     for (line, (method, route, status, authenticated)) in requests.iter().zip(expected) {
         assert!(line.contains(&format!("method={method} ")), "{line}");
         assert!(line.contains(&format!("route=\"{route}\"")), "{line}");
@@ -435,7 +443,10 @@ async fn first_run_generates_a_secret_and_logs_each_request_without_the_token() 
     }
     let signature = token.rsplit('.').next().unwrap();
     for secret in [token.as_str(), signature, "not.a.token", "quickstart-alice"] {
-        assert!(!log.contains(secret), "the log must not contain {secret:?}:\n{log}");
+        assert!(
+            !log.contains(secret),
+            "the log must not contain {secret:?}:\n{log}"
+        );
     }
     server.kill_9();
 }

@@ -420,9 +420,9 @@ fn if_match<T>(request: &Request<T>) -> Result<Option<ETagList>, Problem> {
     let bad = |detail| Problem::invalid_parameter("If-Match", detail);
     match parse_etag_list(request.headers().get_all(IF_MATCH).iter()) {
         Err(()) => Err(bad("entity-tags must be quoted, e.g. \"12\"")),
-        Ok(Some(ETagList::Tags(tags))) if tags.is_empty() => {
-            Err(bad("an empty If-Match can never be met; send \"<version>\" or *"))
-        }
+        Ok(Some(ETagList::Tags(tags))) if tags.is_empty() => Err(bad(
+            "an empty If-Match can never be met; send \"<version>\" or *",
+        )),
         Ok(list) => Ok(list),
     }
 }

@@ -472,7 +472,8 @@ impl<H: Handler> Conn<'_, H> {
         let (framing, expects_continue) = match checked {
             Ok(checked) => checked,
             Err(Fail::Reject(status, detail)) => {
-                self.reject(Some(&head.method), started, status, detail).await;
+                self.reject(Some(&head.method), started, status, detail)
+                    .await;
                 return Err(After::Close(true));
             }
             Err(Fail::Drop(_)) => return Err(After::Close(true)),
@@ -481,7 +482,8 @@ impl<H: Handler> Conn<'_, H> {
         let (body, consumed) = match self.read_body(framing, limit, expects_continue).await {
             Ok(read) => read,
             Err(Fail::Reject(status, detail)) => {
-                self.reject(Some(&head.method), started, status, detail).await;
+                self.reject(Some(&head.method), started, status, detail)
+                    .await;
                 return Err(After::Close(true));
             }
             Err(Fail::Drop(why)) => {

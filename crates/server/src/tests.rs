@@ -566,7 +566,10 @@ async fn bad_framing_is_400_and_closes() {
             &b"POST /body HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
             "only the chunked transfer coding is supported",
         ),
-        (b"GET / HTTP/2.0\r\n\r\n", "only HTTP/1.0 and HTTP/1.1 are supported"),
+        (
+            b"GET / HTTP/2.0\r\n\r\n",
+            "only HTTP/1.0 and HTTP/1.1 are supported",
+        ),
         (
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "only HTTP/1.0 and HTTP/1.1 are supported",
