@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use edgesync_client::{
-    default_state_dir, is_valid_name, ChangeEvent, Client, Document, Error, Mode, Mutation,
-    ParkReason, ParkedMutation, Resolution, ResyncReason, SendOutcome, Status, SyncEvent,
+    is_valid_name, ChangeEvent, Client, Document, Error, Mode, Mutation, ParkReason,
+    ParkedMutation, Resolution, ResyncReason, SendOutcome, Status, SyncEvent, REPLICA_FILE,
 };
 use serde_json::Value;
 
@@ -218,58 +218,20 @@ fn read_json(arg: &str) -> Value {
         .unwrap_or_else(|e| usage_error(format_args!("{source} is not valid JSON: {e}")))
 }
 
-/// The `sub` claim of a JWT, read without verifying it: it only names the
-/// state directory (the server verifies the token).
-fn token_subject(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64url_decode(payload)?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("sub")?.as_str().map(str::to_string)
-}
-
-fn base64url_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
 fn open(args: &ClientArgs, mode: Mode) -> anyhow::Result<Client> {
     let Some(token) = args.token.clone().filter(|t| !t.is_empty()) else {
         usage_error("no token: pass --token or set EDGESYNC_TOKEN (see `edgesync token`)");
     };
-    let dir = match &args.state_dir {
-        Some(d) => d.clone(),
-        None => {
-            let user = token_subject(&token).unwrap_or_else(|| "unknown".into());
-            default_state_dir(&args.url, &user).unwrap_or_else(|| {
-                usage_error("no data directory (set XDG_DATA_HOME or HOME, or pass --state-dir)")
-            })
-        }
-    };
-    let client = Client::builder(&args.url, token)
-        .sqlite(dir.join("replica.db"))
-        .mode(mode)
-        .build();
-    match client {
+    // Without --state-dir, the library's default replica for this server
+    // and user: the one an app embedding the client opens too.
+    let mut builder = Client::builder(&args.url, token).mode(mode);
+    if let Some(dir) = &args.state_dir {
+        builder = builder.sqlite(dir.join(REPLICA_FILE));
+    }
+    match builder.build() {
         Err(Error::InvalidUrl(u)) => usage_error(format_args!("invalid --url {u}")),
-        other => other.with_context(|| format!("cannot open the replica in {}", dir.display())),
+        Err(Error::NoStorage(why)) => usage_error(format_args!("{why}; or pass --state-dir")),
+        other => other.context("cannot open the local replica"),
     }
 }
 
@@ -580,14 +542,6 @@ async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subject_of_a_token() {
-        // {"alg":"HS256","typ":"JWT"} . {"sub":"alice","exp":1}
-        let t = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MX0.sig";
-        assert_eq!(token_subject(t).as_deref(), Some("alice"));
-        assert_eq!(token_subject("garbage"), None);
-    }
 
     #[test]
     fn change_lines() {

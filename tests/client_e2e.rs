@@ -1,17 +1,23 @@
 //! edgesync-client and the `edgesync` client commands against a real
 //! `edgesync serve` process: convergence, an offline queue across a server
-//! outage, resync after a forced 410, and the CLI's exit codes.
+//! outage, resync after a forced 410, long-polling (or smart polling when
+//! the server does not hold), 429 with `Retry-After`, idle back-off, and the
+//! CLI's exit codes.
 //!
 //! Every wait here is a bounded poll for a condition (generous deadlines,
-//! never a timing assertion).
+//! never a timing assertion). Requests are counted by a recording proxy
+//! between client and server; waits are measured on the client's own clock.
 
-use edgesync_client::{Client, Mode, Origin, SyncConfig, SyncEvent};
+use edgesync_client::{
+    Client, Clock, Mode, Origin, Polling, Sleep, SyncConfig, SyncEvent, SystemClock, VirtualClock,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "client-e2e-secret-0123456789abcdefghijklmnop";
@@ -194,14 +200,34 @@ fn token(user: &str) -> String {
 
 /// A minimal blocking HTTP/1.1 GET (no client library in the way).
 fn http_get(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    http_request(port, "GET", path, token, None)
+}
+
+/// A minimal blocking HTTP/1.1 request with an optional JSON body.
+fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let auth = token
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        )
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}{content}connection: close\r\n\r\n{body}"
     )
     .ok()?;
     let mut resp = String::new();
@@ -269,6 +295,260 @@ fn snapshot(c: &Client) -> Vec<(String, String, u64, Value)> {
         .into_iter()
         .map(|d| (d.collection, d.id, d.version, d.value))
         .collect()
+}
+
+/// One request and its answer, as the recording proxy saw them.
+#[derive(Debug, Clone)]
+struct Exchange {
+    /// Path and query.
+    target: String,
+    request_headers: Vec<(String, String)>,
+    status: u16,
+    response_headers: Vec<(String, String)>,
+    /// The client's clock when the request arrived.
+    sent_at: Duration,
+}
+
+impl Exchange {
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    fn request_header(&self, name: &str) -> Option<&str> {
+        header(&self.request_headers, name)
+    }
+
+    fn response_header(&self, name: &str) -> Option<&str> {
+        header(&self.response_headers, name)
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Called with each exchange before its answer is passed on to the client.
+type Hook = dyn Fn(&Exchange) + Send + Sync;
+
+/// A recording HTTP/1.1 proxy in front of a server: counts what the client
+/// really sends, stamped with the client's clock. Requests on a connection
+/// are relayed one at a time, as the client sends them (it does not
+/// pipeline).
+struct Proxy {
+    port: u16,
+    log: Arc<Mutex<Vec<Exchange>>>,
+    /// Requests passed on to the server (answered or not).
+    forwarded: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    fn start(upstream: u16, clock: Arc<dyn Clock>, hook: Option<Box<Hook>>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let hook: Arc<Hook> = Arc::from(hook.unwrap_or_else(|| Box::new(|_: &Exchange| {})));
+        let forwarded = Arc::new(AtomicUsize::new(0));
+        let (log2, forwarded2) = (log.clone(), forwarded.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (log, forwarded, clock, hook) = (
+                    log2.clone(),
+                    forwarded2.clone(),
+                    clock.clone(),
+                    hook.clone(),
+                );
+                std::thread::spawn(move || {
+                    let relay = Relay {
+                        upstream,
+                        log: &log,
+                        forwarded: &forwarded,
+                        clock: clock.as_ref(),
+                        hook: hook.as_ref(),
+                    };
+                    let _ = relay.run(client);
+                });
+            }
+        });
+        Proxy {
+            port,
+            log,
+            forwarded,
+        }
+    }
+
+    /// Requests the server has and has not answered yet.
+    fn in_flight(&self) -> usize {
+        // Read the log first: an answer is logged after its request counted.
+        let answered = self.log.lock().unwrap().len();
+        self.forwarded.load(Ordering::SeqCst) - answered
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn exchanges(&self) -> Vec<Exchange> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn to(&self, path: &str) -> Vec<Exchange> {
+        self.exchanges()
+            .into_iter()
+            .filter(|e| e.path() == path)
+            .collect()
+    }
+}
+
+/// One client connection's relay.
+struct Relay<'a> {
+    upstream: u16,
+    log: &'a Mutex<Vec<Exchange>>,
+    forwarded: &'a AtomicUsize,
+    clock: &'a dyn Clock,
+    hook: &'a Hook,
+}
+
+impl Relay<'_> {
+    fn run(&self, client: TcpStream) -> std::io::Result<()> {
+        let mut from_client = BufReader::new(client.try_clone()?);
+        let mut to_client = client;
+        let mut upstream: Option<(BufReader<TcpStream>, TcpStream)> = None;
+        while let Some((head, len)) = read_head(&mut from_client)? {
+            let (line, request_headers) = parse_head(&head);
+            let mut parts = line.split(' ');
+            let method = parts.next().unwrap_or("").to_string();
+            let target = parts.next().unwrap_or("").to_string();
+            let body = read_body(&mut from_client, len)?;
+            let sent_at = self.clock.now();
+            // The server may have closed an idle kept-alive connection: one
+            // fresh connection is tried before giving up.
+            let mut answer = None;
+            for _ in 0..2 {
+                if upstream.is_none() {
+                    let s = TcpStream::connect(("127.0.0.1", self.upstream))?;
+                    upstream = Some((BufReader::new(s.try_clone()?), s));
+                }
+                let (up_reader, up_writer) = upstream.as_mut().unwrap();
+                if up_writer
+                    .write_all(&head)
+                    .and_then(|_| up_writer.write_all(&body))
+                    .is_ok()
+                {
+                    self.forwarded.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(Some(h)) = read_head(up_reader) {
+                        answer = Some(h);
+                        break;
+                    }
+                    self.forwarded.fetch_sub(1, Ordering::SeqCst);
+                }
+                upstream = None;
+            }
+            let Some((response_head, response_len)) = answer else {
+                return Ok(());
+            };
+            let (status_line, response_headers) = parse_head(&response_head);
+            let status: u16 = status_line
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let bodyless = method == "HEAD" || status == 204 || status == 304 || status < 200;
+            let response_body = if bodyless {
+                Vec::new()
+            } else {
+                read_body(&mut upstream.as_mut().unwrap().0, response_len)?
+            };
+            let exchange = Exchange {
+                target,
+                request_headers,
+                status,
+                response_headers,
+                sent_at,
+            };
+            let close = exchange
+                .response_header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            self.log.lock().unwrap().push(exchange.clone());
+            (self.hook)(&exchange);
+            to_client.write_all(&response_head)?;
+            to_client.write_all(&response_body)?;
+            if close {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One message head (through the blank line) and its `Content-Length`;
+/// `None` at a clean end of the stream.
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(Vec<u8>, usize)>> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return if head.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        head.extend_from_slice(&line);
+        if line == b"\r\n" {
+            break;
+        }
+    }
+    let (_, headers) = parse_head(&head);
+    assert!(
+        header(&headers, "transfer-encoding").is_none(),
+        "client and server frame bodies with Content-Length"
+    );
+    let len = header(&headers, "content-length").map_or(0, |v| v.parse().unwrap());
+    Ok(Some((head, len)))
+}
+
+fn read_body(r: &mut impl Read, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(body)
+}
+
+/// The first line and the headers of a message head.
+fn parse_head(head: &[u8]) -> (String, Vec<(String, String)>) {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or("").to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (first, headers)
+}
+
+/// A clock whose waits take real time (the server's rate limiter runs on
+/// real time) but which reads only the sum of the waits the engine
+/// completed, like [`VirtualClock`]: the gap between two requests on it is
+/// exactly how long the client chose to wait, whatever the machine's speed.
+#[derive(Debug, Clone, Default)]
+struct PacedClock {
+    waited: Arc<Mutex<Duration>>,
+}
+
+impl Clock for PacedClock {
+    fn now(&self) -> Duration {
+        *self.waited.lock().unwrap()
+    }
+
+    fn sleep(&self, d: Duration) -> Sleep {
+        let waited = self.waited.clone();
+        Box::pin(async move {
+            tokio::time::sleep(d).await;
+            *waited.lock().unwrap() += d;
+        })
+    }
 }
 
 // -------------------------------------------------------------- scenarios
@@ -539,6 +819,277 @@ async fn battery_replica_sees_a_change() {
         .unwrap();
     assert_eq!((ev.id.as_str(), ev.value), ("x", Some(json!("hello"))));
     a.stop().await;
+}
+
+/// A replica for `user` that talks to the server through `proxy` on
+/// `clock`.
+fn proxied(proxy: &Proxy, user: &str, db: &Path, config: SyncConfig, clock: impl Clock) -> Client {
+    Client::builder(proxy.url(), token(user))
+        .sqlite(db)
+        .config(config)
+        .clock(clock)
+        .build()
+        .unwrap()
+}
+
+/// `PUT /v1/docs/{collection}/{id}` straight to the server.
+fn server_put(server: &Server, user: &str, collection: &str, id: &str, value: &Value) {
+    let (status, body) = http_request(
+        server.port,
+        "PUT",
+        &format!("/v1/docs/{collection}/{id}"),
+        Some(&token(user)),
+        Some(value),
+    )
+    .expect("server reachable");
+    assert!(status == 200 || status == 201, "PUT: {status} {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_replica_long_polls_a_real_server() {
+    let dir = TempDir::new("long-poll");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let clock = SystemClock::default();
+    let proxy = Proxy::start(server.port, Arc::new(clock.clone()), None);
+    let c = proxied(
+        &proxy,
+        "kim",
+        &dir.path().join("r.db"),
+        test_config(Mode::Live),
+        clock,
+    );
+    let mut todos = c.subscribe("todos");
+    c.start();
+    eventually("bootstrapped", 30, || c.status().cursor.is_some()).await;
+    assert_eq!(c.status().polling, Polling::LongPoll);
+    // Write while the long-poll is held: the held request answers with the
+    // change.
+    eventually("a long-poll is held", 30, || proxy.in_flight() == 1).await;
+    server_put(&server, "kim", "todos", "a", &json!("held"));
+    let ev = tokio::time::timeout(Duration::from_secs(30), todos.recv())
+        .await
+        .expect("the held long-poll brings the change")
+        .unwrap();
+    assert_eq!((ev.id.as_str(), ev.origin), ("a", Origin::Remote));
+    c.stop().await;
+
+    let polls = proxy.to("/v1/changes");
+    assert_eq!(
+        polls.len(),
+        1,
+        "one held request, answered by the write: {polls:?}"
+    );
+    let p = &polls[0];
+    assert_eq!(p.request_header("prefer"), Some("wait=25"));
+    assert_eq!(p.response_header("preference-applied"), Some("wait=25"));
+    assert_eq!(p.status, 200);
+    assert_eq!(c.status().polling, Polling::LongPoll);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_replica_smart_polls_a_real_server_that_does_not_hold() {
+    let dir = TempDir::new("no-hold");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("EDGESYNC_MAX_WAIT_SECONDS", "0")],
+    );
+    let clock = VirtualClock::with_horizon(Duration::from_secs(3600));
+    // A change lands on the server just after the first probe past 30
+    // simulated minutes has been answered.
+    let trigger = Arc::new(Mutex::new(None));
+    let (port, clock2, trigger2) = (server.port, clock.clone(), trigger.clone());
+    let hook = move |e: &Exchange| {
+        let mut t = trigger2.lock().unwrap();
+        if e.path() == "/v1/changes" && t.is_none() && clock2.now() >= Duration::from_secs(1800) {
+            *t = Some(e.sent_at);
+            let (status, _) = http_request(
+                port,
+                "PUT",
+                "/v1/docs/todos/late",
+                Some(&token("lena")),
+                Some(&json!(1)),
+            )
+            .unwrap();
+            assert_eq!(status, 201);
+        }
+    };
+    let proxy = Proxy::start(server.port, Arc::new(clock.clone()), Some(Box::new(hook)));
+    let c = proxied(
+        &proxy,
+        "lena",
+        &dir.path().join("r.db"),
+        test_config(Mode::Live),
+        clock.clone(),
+    );
+    c.start();
+    tokio::time::timeout(Duration::from_secs(120), clock.wait_for_horizon())
+        .await
+        .expect("the simulated hour ends");
+    c.stop().await;
+
+    let status = c.status();
+    assert_eq!(
+        (status.mode, status.polling),
+        (Mode::Live, Polling::SmartPoll)
+    );
+    let polls = proxy.to("/v1/changes");
+    for p in &polls {
+        assert_eq!(p.request_header("prefer"), Some("wait=25"));
+        assert_eq!(p.response_header("preference-applied"), Some("wait=0"));
+        assert!(p.request_header("if-none-match").is_some());
+    }
+    // Never more often than X-Poll-Interval (the server's 10 s) after the
+    // answer that said "no holds", never slower than a hold would be.
+    for w in polls.windows(2) {
+        let gap = w[1].sent_at - w[0].sent_at;
+        assert!(
+            gap >= Duration::from_secs(10) && gap <= Duration::from_secs(25),
+            "{gap:?}"
+        );
+    }
+    assert!(polls.len() <= 361, "{} probes in an hour", polls.len());
+    // The change is seen by the very next probe.
+    let at = trigger.lock().unwrap().expect("a probe after 30 minutes");
+    let i = polls.iter().position(|p| p.sent_at == at).unwrap();
+    assert_eq!(polls[i].status, 304);
+    assert_eq!(polls[i + 1].status, 200);
+    assert_eq!(c.get("todos", "late").unwrap().unwrap().value, json!(1));
+}
+
+/// 429 with `Retry-After` from the real rate limiter: the client waits as
+/// told (on its own clock), then delivers every mutation exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_flush_waits_as_told_and_delivers_exactly_once() {
+    let dir = TempDir::new("rate-limit");
+    // 10 mutations per second, burst 100 (settings: max(5 × rate, 100)).
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("EDGESYNC_RATE_LIMIT_PER_SECOND", "10")],
+    );
+    let clock = PacedClock::default();
+    let proxy = Proxy::start(server.port, Arc::new(clock.clone()), None);
+    // Batches of 10: past the burst, each batch needs about a second of
+    // refill, so the server answers 429 with `Retry-After: 1`.
+    let mut config = test_config(Mode::Live);
+    config.batch_size = 10;
+    let c = proxied(
+        &proxy,
+        "mia",
+        &dir.path().join("r.db"),
+        config,
+        clock.clone(),
+    );
+    let n = 150;
+    for i in 0..n {
+        c.put("todos", &format!("t{i}"), json!({"i": i})).unwrap();
+    }
+    c.start();
+    eventually("the queue drains", 120, || c.status().pending == 0).await;
+    c.stop().await;
+
+    let posts = proxy.to("/v1/mutations");
+    let limited: Vec<&Exchange> = posts.iter().filter(|e| e.status == 429).collect();
+    assert!(
+        !limited.is_empty(),
+        "150 mutations at 10/s past a burst of 100 hit the limit"
+    );
+    assert_eq!(
+        posts.len() - limited.len(),
+        n / 10,
+        "every accepted batch is sent once"
+    );
+    for pair in posts.windows(2) {
+        if pair[0].status != 429 {
+            continue;
+        }
+        let retry_after: u64 = pair[0]
+            .response_header("retry-after")
+            .expect("429 carries Retry-After")
+            .parse()
+            .unwrap();
+        let waited = pair[1].sent_at - pair[0].sent_at;
+        assert!(
+            waited >= Duration::from_secs(retry_after),
+            "asked to wait {retry_after} s, retried after {waited:?}"
+        );
+    }
+    // Exactly once, whatever was retried.
+    let log = server.changes("mia", 0);
+    assert_eq!(log.len(), n);
+    let mut ids: Vec<&str> = log.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
+    assert_eq!(c.status().parked, 0);
+}
+
+/// An idle battery replica against the real server: at most 60 requests in a
+/// simulated hour, and a change made on the server is picked up by the very
+/// next probe, within the current interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_battery_replica_backs_off_against_a_real_server() {
+    let dir = TempDir::new("battery-idle");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let hour = Duration::from_secs(3600);
+    let clock = VirtualClock::with_horizon(2 * hour);
+    let trigger = Arc::new(Mutex::new(None));
+    let (port, clock2, trigger2) = (server.port, clock.clone(), trigger.clone());
+    let hook = move |e: &Exchange| {
+        let mut t = trigger2.lock().unwrap();
+        if e.path() == "/v1/changes" && t.is_none() && clock2.now() >= hour {
+            *t = Some(e.sent_at);
+            let (status, _) = http_request(
+                port,
+                "PUT",
+                "/v1/docs/todos/news",
+                Some(&token("noor")),
+                Some(&json!("after an idle hour")),
+            )
+            .unwrap();
+            assert_eq!(status, 201);
+        }
+    };
+    let proxy = Proxy::start(server.port, Arc::new(clock.clone()), Some(Box::new(hook)));
+    let c = proxied(
+        &proxy,
+        "noor",
+        &dir.path().join("r.db"),
+        test_config(Mode::Battery),
+        clock.clone(),
+    );
+    let mut todos = c.subscribe("todos");
+    c.start();
+    tokio::time::timeout(Duration::from_secs(120), clock.wait_for_horizon())
+        .await
+        .expect("two simulated hours end");
+    c.stop().await;
+
+    let first_hour: Vec<Exchange> = proxy
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.sent_at < hour)
+        .collect();
+    assert!(
+        first_hour.len() <= 60,
+        "{} requests in an idle hour",
+        first_hour.len()
+    );
+    for e in first_hour.iter().filter(|e| e.path() == "/v1/changes") {
+        assert_eq!(e.status, 304, "idle probes are answered 304");
+        assert!(e.request_header("if-none-match").is_some());
+        assert_eq!(e.request_header("prefer"), None);
+    }
+    let polls = proxy.to("/v1/changes");
+    let at = trigger.lock().unwrap().expect("a probe after an hour");
+    let i = polls.iter().position(|p| p.sent_at == at).unwrap();
+    assert_eq!(polls[i].status, 304, "the change came after this probe");
+    assert_eq!(polls[i + 1].status, 200, "and the next probe brought it");
+    assert!(
+        polls[i + 1].sent_at - at <= Duration::from_secs(240),
+        "within the idle ceiling"
+    );
+    let ev = todos.try_recv().expect("the app hears of the change");
+    assert_eq!((ev.id.as_str(), ev.origin), ("news", Origin::Remote));
 }
 
 // --------------------------------------------------------------------- CLI

@@ -72,7 +72,7 @@ impl Backoff {
     }
 }
 
-/// The battery-mode poll schedule: after activity the next poll comes after
+/// The smart-polling schedule: after activity the next poll comes after
 /// the floor; each idle poll doubles the jitter ceiling up to the cap.
 #[derive(Debug, Clone)]
 pub struct PollSchedule {
@@ -100,7 +100,21 @@ impl PollSchedule {
     /// The wait before the next poll, never shorter than `floor` (the
     /// server's `X-Poll-Interval`), and counts one more idle poll.
     pub fn next_interval(&mut self, floor: Duration, rng: &mut Rng) -> Duration {
-        let wait = self.idle.full_jitter(self.attempt, rng).max(floor);
+        self.next_interval_capped(self.idle.cap, floor, rng)
+    }
+
+    /// [`PollSchedule::next_interval`] with the jitter ceiling held at or
+    /// below `cap`: for a replica that must stay fresher than the idle
+    /// schedule allows (live mode on a server that does not hold requests).
+    /// The floor still wins over the cap.
+    pub fn next_interval_capped(
+        &mut self,
+        cap: Duration,
+        floor: Duration,
+        rng: &mut Rng,
+    ) -> Duration {
+        let ceiling = self.idle.ceiling(self.attempt).min(cap);
+        let wait = rng.uniform(ceiling).max(floor);
         self.attempt = self.attempt.saturating_add(1);
         wait
     }
@@ -201,6 +215,20 @@ mod tests {
         for _ in 0..20 {
             assert!(s.next_interval(S(300), &mut rng) >= S(300));
         }
+    }
+
+    #[test]
+    fn capped_schedule_stays_under_the_cap_but_not_the_floor() {
+        let mut s = PollSchedule::new(Backoff {
+            base: S(10),
+            cap: S(240),
+        });
+        let mut rng = Rng::seeded(5);
+        for _ in 0..200 {
+            let w = s.next_interval_capped(S(25), S(10), &mut rng);
+            assert!(w >= S(10) && w <= S(25), "{w:?}");
+        }
+        assert_eq!(s.next_interval_capped(S(25), S(60), &mut rng), S(60));
     }
 
     #[test]

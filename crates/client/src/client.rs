@@ -22,8 +22,10 @@ use tokio::task::JoinHandle;
 pub struct SyncConfig {
     /// Initial mode (default [`Mode::Live`]).
     pub mode: Mode,
-    /// How long a live-mode long-poll asks the server to hold (`wait=`;
-    /// default 25 s, the server's default maximum; the server clamps it).
+    /// How long a live-mode long-poll asks the server to hold (`Prefer:
+    /// wait=`; default 25 s, the server's default maximum; the server clamps
+    /// it). Also the jitter ceiling of live mode's smart polling on a server
+    /// that does not hold.
     pub live_wait: Duration,
     /// Battery-mode idle schedule: the n-th idle wait is full jitter over
     /// `min(cap, base·2ⁿ)`, never below the server's `X-Poll-Interval`
@@ -35,10 +37,12 @@ pub struct SyncConfig {
     /// Poll floor used until the server sends `X-Poll-Interval` (default 10
     /// s, the server's default advice).
     pub default_poll_interval: Duration,
-    /// A long-poll that brings nothing and returns sooner than this counts as
-    /// a stall (default 1 s).
+    /// A long-poll that brings nothing and returns sooner than this (or than
+    /// the hold the server granted, if shorter) was not held (default 1 s).
     pub min_hold: Duration,
-    /// Stalls tolerated in a row before backing off (default 2).
+    /// Early answers tolerated in a row before backing off (from a server
+    /// that says it holds) or switching to smart polling (from one that
+    /// does not say) (default 2).
     pub stall_tolerance: u32,
     /// Mutations per batch (default and maximum 100).
     pub batch_size: usize,
@@ -77,7 +81,8 @@ impl Default for SyncConfig {
 }
 
 enum StorageChoice {
-    None,
+    /// SQLite at [`crate::default_replica_path`].
+    Default,
     Sqlite(PathBuf),
     Custom(Arc<dyn Storage>),
 }
@@ -92,7 +97,9 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Keep the replica in a SQLite database at `path` (the durable default).
+    /// Keep the replica in a SQLite database at `path`. Without any storage
+    /// choice, [`ClientBuilder::build`] opens SQLite at
+    /// [`crate::default_replica_path`].
     pub fn sqlite(mut self, path: impl Into<PathBuf>) -> Self {
         self.storage = StorageChoice::Sqlite(path.into());
         self
@@ -134,15 +141,16 @@ impl ClientBuilder {
         self
     }
 
-    /// Open the replica. No request is made until [`Client::start`] or a
-    /// one-shot operation.
+    /// Open the replica — by default the SQLite file of this server and the
+    /// token's user in the user's data directory
+    /// ([`crate::default_replica_path`]; [`Error::NoStorage`] if the token
+    /// has no subject or no data directory is known). No request is made
+    /// until [`Client::start`] or a one-shot operation.
     pub fn build(self) -> Result<Client, Error> {
         let store: Arc<dyn Storage> = match self.storage {
-            StorageChoice::None => {
-                return Err(Error::InvalidMutation(
-                    "no storage configured: call .sqlite(path), .memory() or .storage(..)".into(),
-                ))
-            }
+            StorageChoice::Default => Arc::new(SqliteStorage::open(
+                crate::location::default_replica_path(&self.url, &self.token)?,
+            )?),
             StorageChoice::Sqlite(path) => Arc::new(SqliteStorage::open(path)?),
             StorageChoice::Custom(s) => s,
         };
@@ -219,7 +227,7 @@ impl Client {
         ClientBuilder {
             url: url.into(),
             token: token.into(),
-            storage: StorageChoice::None,
+            storage: StorageChoice::Default,
             clock: None,
             config: SyncConfig::default(),
         }
@@ -254,10 +262,22 @@ impl Client {
     }
 
     /// Switch between live long-polling and battery-friendly polling.
+    /// Switching to live also checks for changes at once (as
+    /// [`Client::sync_now`]): a replica coming to the foreground should not
+    /// wait out battery mode's back-off, even on a server that does not
+    /// hold long-polls.
     pub fn set_mode(&self, mode: Mode) {
         *self.shared.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
-        self.shared.set_status(|s| s.mode = mode);
-        self.shared.wake.notify_one();
+        let polling = self.shared.polling(mode);
+        self.shared.set_status(|s| {
+            s.mode = mode;
+            s.polling = polling;
+        });
+        if mode == Mode::Live {
+            self.sync_now();
+        } else {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// The current mode.

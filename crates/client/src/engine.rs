@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::model::{
     ChangeEvent, Document, Mode, Op, Origin, ParkReason, ParkedMutation, PendingMutation, Phase,
-    ResyncReason, Status, StoredDoc, SyncEvent,
+    Polling, ResyncReason, Status, StoredDoc, SyncEvent,
 };
 use crate::storage::{Commit, DocWrite, Storage, WriteOutcome};
 use crate::wire::{ChangesOutcome, ChangesResponse, ItemResult, Wire};
@@ -101,11 +101,15 @@ pub(crate) struct NetState {
     schedule: PollSchedule,
     /// Consecutive failed requests.
     failures: u32,
-    /// Consecutive responses that neither advanced nor were held.
+    /// Consecutive responses that neither advanced nor were held, from a
+    /// server that says it holds long-polls (or with a broken page).
     stalls: u32,
+    /// Long-polls in a row answered at once with nothing, by a server that
+    /// did not say whether it holds them. Reset by evidence of a hold.
+    unheld: u32,
     /// No request may start before this clock time (back-off, Retry-After).
     not_before: Duration,
-    /// Battery mode: when the next probe is due.
+    /// Smart polling: when the next probe is due.
     next_poll: Duration,
     /// The server's last `X-Poll-Interval`.
     server_floor: Option<Duration>,
@@ -138,6 +142,10 @@ pub(crate) struct Shared {
     pub mode: Mutex<Mode>,
     pub wake: Notify,
     pub stopping: AtomicBool,
+    /// The server does not hold long-polls, as far as its latest answers
+    /// tell: live mode smart-polls meanwhile. Outside the gate because the
+    /// status (and `set_mode`) reports it.
+    no_hold: AtomicBool,
     pub stop_tx: watch::Sender<bool>,
     /// Exactly one request in flight per replica: every request is made while
     /// holding this lock. tokio's mutex is fair, so a one-shot operation that
@@ -166,6 +174,7 @@ impl Shared {
             schedule: PollSchedule::new(config.idle),
             failures: 0,
             stalls: 0,
+            unheld: 0,
             not_before: Duration::ZERO,
             next_poll: Duration::ZERO,
             server_floor: None,
@@ -177,6 +186,7 @@ impl Shared {
         };
         let status = Status {
             mode: config.mode,
+            polling: polling(config.mode, false),
             ..Status::default()
         };
         Shared {
@@ -188,6 +198,7 @@ impl Shared {
             replica_id,
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
+            no_hold: AtomicBool::new(false),
             stop_tx: watch::channel(false).0,
             gate: tokio::sync::Mutex::new(state),
             status: watch::channel(status).0,
@@ -198,6 +209,20 @@ impl Shared {
 
     pub fn mode(&self) -> Mode {
         *self.mode.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How changes are asked for in `mode` on this server.
+    pub fn polling(&self, mode: Mode) -> Polling {
+        polling(mode, self.no_hold.load(Ordering::SeqCst))
+    }
+
+    /// Record what the server's latest answer told about holding
+    /// long-polls.
+    fn set_no_hold(&self, no_hold: bool) {
+        if self.no_hold.swap(no_hold, Ordering::SeqCst) != no_hold {
+            let polling = self.polling(self.mode());
+            self.set_status(|s| s.polling = polling);
+        }
     }
 
     pub fn set_status(&self, f: impl FnOnce(&mut Status)) {
@@ -226,6 +251,7 @@ impl Shared {
                 };
             }
             s.mode = *self.mode.lock().unwrap_or_else(|e| e.into_inner());
+            s.polling = self.polling(s.mode);
         });
     }
 
@@ -307,12 +333,29 @@ impl Shared {
         self.set_status(|s| s.phase = Phase::Following);
         match self.mode() {
             Mode::Live => {
+                // A server that does not hold is probed on the poll
+                // schedule instead. Each probe still asks for a hold (it
+                // costs nothing when none is granted), so the replica
+                // long-polls again as soon as the server holds.
+                let now = self.clock.now();
+                if self.no_hold.load(Ordering::SeqCst) && st.next_poll > now {
+                    return Ok(Some(st.next_poll - now));
+                }
                 // A wake-up (enqueue, sync_now, a one-shot operation waiting
                 // for the gate) abandons the held request.
-                tokio::select! {
-                    r = self.poll(st, cursor, meta.head, self.config.live_wait) => r.map(|_| None),
-                    _ = self.wake.notified() => Ok(None),
+                let abandoned = tokio::select! {
+                    r = self.poll(st, cursor, meta.head, self.config.live_wait) => {
+                        r?;
+                        false
+                    }
+                    _ = self.wake.notified() => true,
+                };
+                // An abandoned probe told nothing: it is due again at once,
+                // as a long-poll would be.
+                if abandoned && self.no_hold.load(Ordering::SeqCst) {
+                    poll_now(st, self.clock.now());
                 }
+                Ok(None)
             }
             Mode::Battery => {
                 let now = self.clock.now();
@@ -626,15 +669,25 @@ impl Shared {
         };
         st.resyncs_in_row = 0;
         self.refresh_status();
-        // Tight-loop guard: a response that brought nothing and came back
-        // sooner than a held long-poll would (or an anomalous page) is a
-        // stall. A couple are tolerated (a server restart ends holds early);
-        // after that we back off with jitter instead of hammering.
-        let premature = !progress && wait > Duration::ZERO && elapsed < self.config.min_hold;
+        let idle_answer = !progress && !anomaly;
+        // A long-poll answered with nothing sooner than its hold (or the
+        // configured minimum, if shorter) was not held.
+        let premature = wait > Duration::ZERO
+            && idle_answer
+            && elapsed < self.config.min_hold.min(resp.wait_applied.unwrap_or(wait));
+        if wait > Duration::ZERO {
+            self.judge_holding(st, resp.wait_applied, idle_answer, premature);
+        }
+        // Tight-loop guard: an early answer from a server that says it holds
+        // (a restarting or draining server ends holds early), or an
+        // anomalous page, is a stall. A couple are tolerated; after that we
+        // back off with jitter instead of hammering. Early answers from a
+        // server that does not hold are paced by the poll schedule instead.
+        let stall = anomaly || (premature && resp.wait_applied.is_some_and(|w| !w.is_zero()));
         if progress {
             st.stalls = 0;
             st.schedule.activity();
-        } else if premature || anomaly {
+        } else if stall {
             st.stalls = st.stalls.saturating_add(1);
             if st.stalls > self.config.stall_tolerance {
                 self.hold_off(st, now, st.stalls - self.config.stall_tolerance - 1);
@@ -642,15 +695,59 @@ impl Shared {
         } else {
             st.stalls = 0;
         }
-        if self.mode() == Mode::Battery {
+        let mode = self.mode();
+        if self.polling(mode) == Polling::SmartPoll {
             st.next_poll = if more {
                 now
             } else {
                 let floor = self.floor(st);
-                now + st.schedule.next_interval(floor, &mut st.rng)
+                // Live mode keeps a change's delay within about what a
+                // long-poll's hold would be; the server's floor still wins,
+                // so an operator who turns holds off keeps control of the
+                // request rate through `X-Poll-Interval`.
+                let cap = match mode {
+                    Mode::Live => self.config.live_wait,
+                    Mode::Battery => self.config.idle.cap,
+                };
+                now + st.schedule.next_interval_capped(cap, floor, &mut st.rng)
             };
         }
         Ok(progress)
+    }
+
+    /// Decide from a long-poll's answer whether the server holds requests
+    /// (DESIGN.md: `Prefer: wait` is answered with `Preference-Applied`).
+    fn judge_holding(
+        &self,
+        st: &mut NetState,
+        wait_applied: Option<Duration>,
+        idle_answer: bool,
+        premature: bool,
+    ) {
+        match wait_applied {
+            // Said outright: the server is configured not to hold.
+            Some(w) if w.is_zero() => self.set_no_hold(true),
+            Some(_) => {
+                st.unheld = 0;
+                self.set_no_hold(false);
+            }
+            // Silent (a proxy or server that ignores `Prefer`): only the
+            // timing of empty answers tells. A few early ones are tolerated
+            // (a restarting server ends holds early too).
+            None if idle_answer => {
+                if premature {
+                    st.unheld = st.unheld.saturating_add(1);
+                    if st.unheld > self.config.stall_tolerance {
+                        self.set_no_hold(true);
+                    }
+                } else {
+                    st.unheld = 0;
+                    self.set_no_hold(false);
+                }
+            }
+            // Changes or a broken page say nothing about holding.
+            None => {}
+        }
     }
 
     // --------------------------------------------------------------- flush
@@ -851,7 +948,15 @@ impl Shared {
     }
 }
 
-/// Make the next battery-mode probe due now.
+fn polling(mode: Mode, no_hold: bool) -> Polling {
+    if mode == Mode::Battery || no_hold {
+        Polling::SmartPoll
+    } else {
+        Polling::LongPoll
+    }
+}
+
+/// Make the next smart-poll probe due now.
 pub(crate) fn poll_now(st: &mut NetState, now: Duration) {
     st.next_poll = now;
 }

@@ -1,3 +1,4 @@
+use crate::location::NoDefaultLocation;
 use crate::model::Problem;
 use crate::storage::StorageError;
 use std::time::Duration;
@@ -34,6 +35,13 @@ pub enum Error {
     /// A mutation that cannot be sent as given.
     #[error("invalid mutation: {0}")]
     InvalidMutation(String),
+    /// No storage was configured, and the default replica location
+    /// ([`crate::default_replica_path`]) cannot be determined.
+    #[error(
+        "no storage configured and no default replica location ({0}): \
+         call .sqlite(path), .memory() or .storage(..)"
+    )]
+    NoStorage(#[from] NoDefaultLocation),
     /// The server URL is unusable.
     #[error("invalid server URL {0}")]
     InvalidUrl(String),

@@ -52,10 +52,12 @@
 //!
 //! ## Modes
 //!
-//! * [`Mode::Live`] long-polls: `wait=25` (the server's default maximum;
-//!   [`SyncConfig::live_wait`]). A committed change is answered to the held
-//!   request at once, so it reaches the replica about one round trip after
-//!   the write. An idle replica costs one request per 25 s (144 per hour).
+//! * [`Mode::Live`] long-polls: `Prefer: wait=25` (the server's default
+//!   maximum; [`SyncConfig::live_wait`]). A committed change is answered to
+//!   the held request at once, so it reaches the replica about one round
+//!   trip after the write. An idle replica costs one request per 25 s (144
+//!   per hour). On a server that does not hold requests, live mode
+//!   smart-polls instead (below).
 //! * [`Mode::Battery`] probes `GET /v1/changes?since=<cursor>` with
 //!   `If-None-Match: "<cursor>"` and `wait=0`: a `304` when nothing changed,
 //!   or the changes themselves (no second request). After activity (changes
@@ -65,9 +67,36 @@
 //!   server's `X-Poll-Interval` (default advice 10 s), so the client never
 //!   probes more often than the server asks.
 //!
+//! ### Live mode on a server that does not hold
+//!
+//! The hold is asked for with `Prefer: wait=25` (not `?wait=`) because the
+//! server then states what it granted: `Preference-Applied: wait=N`, with
+//! `N` clamped to its `max_wait_seconds`. The engine reads each long-poll's
+//! answer:
+//!
+//! * `Preference-Applied: wait=0` (the server is configured not to hold):
+//!   smart polling from this answer on;
+//! * `Preference-Applied: wait=N`, `N > 0`: the server holds;
+//! * no `Preference-Applied` (a proxy or server that ignores `Prefer`): an
+//!   empty answer (`304` or no changes) held for at least
+//!   [`SyncConfig::min_hold`] shows the server holds;
+//!   more than [`SyncConfig::stall_tolerance`] early ones in a row show it
+//!   does not.
+//!
+//! Smart polling in live mode is battery mode's schedule (`If-None-Match`,
+//! the floor after activity, full-jitter back-off, never more often than
+//! `X-Poll-Interval`) with the jitter ceiling held at `live_wait`, so a
+//! change still reaches the replica within 25 s — or the server's
+//! `X-Poll-Interval`, if longer: an operator who turns holds off keeps
+//! control of the rate. With the default 10 s advice that is ≈ 14.5 s per
+//! idle probe (≈ 250 requests per idle hour). Every probe still carries
+//! `Prefer: wait=25`, which costs nothing while no hold is granted, so the
+//! first answer that shows a hold again switches the replica back to
+//! long-polling. [`Status::polling`] tells which is in use.
+//!
 //! Switch with [`Client::set_mode`] (e.g. live in the foreground, battery in
-//! the background); [`Client::sync_now`] probes at once (app resumed,
-//! network back).
+//! the background; switching to live probes at once);
+//! [`Client::sync_now`] probes at once (app resumed, network back).
 //!
 //! ### Idle cost in battery mode (defaults)
 //!
@@ -95,10 +124,12 @@
 //! ### Tight-loop guard
 //!
 //! A long-poll that returns with nothing new in under 1 s
-//! ([`SyncConfig::min_hold`]), or a page that does not move the cursor while
-//! the server reports a head beyond it, is a *stall*. Two in a row are
-//! tolerated (a restarting server ends holds early); after that the engine
-//! waits a full-jitter back-off on the idle schedule before the next request.
+//! ([`SyncConfig::min_hold`]) although the server said it holds, or a page
+//! that does not move the cursor while the server reports a head beyond it,
+//! is a *stall*. Two in a row are tolerated (a restarting server ends holds
+//! early); after that the engine waits a full-jitter back-off on the idle
+//! schedule before the next request. (Early answers from a server that does
+//! not hold are paced by smart polling, above.)
 //! Likewise, if the cursor of a fresh listing is refused again at once
 //! (409/410 in a loop), resyncs back off on the idle schedule.
 //! Errors back off on [`SyncConfig::retry`] (1 s doubling to 60 s, full
@@ -133,11 +164,23 @@
 //!
 //! [`Storage`] is a small transactional trait; [`SqliteStorage`] (bundled
 //! SQLite, WAL, `synchronous=FULL`) is the durable default and
-//! [`MemoryStorage`] is for tests. SQLite was chosen over an atomically
-//! replaced file because every applied change would otherwise rewrite the
-//! whole replica; SQLite updates in place, commits a page of changes and its
-//! cursor atomically, and lets two processes (say `edgesync watch` and
-//! `edgesync put`) share one replica.
+//! [`MemoryStorage`] is for tests. Without a storage choice
+//! ([`ClientBuilder::sqlite`], [`ClientBuilder::memory`],
+//! [`ClientBuilder::storage`]), [`ClientBuilder::build`] opens SQLite at
+//! [`default_replica_path`]: `<data dir>/edgesync/<hash of server URL and
+//! the token's sub>/replica.db`, with the data dir from `$XDG_DATA_HOME`,
+//! else `$HOME/.local/share`, else `%LOCALAPPDATA%` — the replica the
+//! `edgesync` commands use for that server and user, so they see (and
+//! deliver) what the app queued. Handles on one replica share its cursor
+//! (see Guarantees): give an app its own path with
+//! [`ClientBuilder::sqlite`] if it must hear of every change while
+//! `edgesync watch` follows the same user. If the token has no `sub` or no
+//! data dir is known, `build` fails with [`Error::NoStorage`].
+//!
+//! SQLite was chosen over an atomically replaced file because every applied
+//! change would otherwise rewrite the whole replica; SQLite updates in
+//! place, commits a page of changes and its cursor atomically, and lets two
+//! processes (say `edgesync watch` and `edgesync put`) share one replica.
 //!
 //! ## Guarantees
 //!
@@ -171,6 +214,7 @@ mod client;
 mod clock;
 mod engine;
 mod error;
+mod location;
 mod model;
 mod names;
 mod storage;
@@ -181,62 +225,13 @@ pub use client::{Client, ClientBuilder, SyncConfig};
 pub use clock::{Clock, Sleep, SystemClock, VirtualClock};
 pub use engine::{Delivered, FlushReport, SendOutcome};
 pub use error::Error;
+pub use location::{default_replica_path, default_state_dir, NoDefaultLocation, REPLICA_FILE};
 pub use model::{
     ChangeEvent, Document, Mode, Mutation, Op, Origin, ParkReason, ParkedMutation, PendingMutation,
-    Phase, Problem, Resolution, ResyncReason, Status, StoredDoc, SyncEvent,
+    Phase, Polling, Problem, Resolution, ResyncReason, Status, StoredDoc, SyncEvent,
 };
 pub use names::is_valid_name;
 pub use storage::{
     Commit, CommitResult, DocWrite, MemoryStorage, Meta, NewMutation, QueueCounts, SqliteStorage,
     Storage, StorageError, WriteOutcome,
 };
-
-/// Where a command-line tool keeps the replica of `user` on the server at
-/// `url`: `<data dir>/edgesync/<16 hex digits of FNV-1a(url + "\n" + user)>`,
-/// with the data dir from `$XDG_DATA_HOME`, else `$HOME/.local/share`, else
-/// `%LOCALAPPDATA%`. `None` when none of these is set.
-pub fn default_state_dir(url: &str, user: &str) -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| std::path::PathBuf::from(h).join(".local").join("share"))
-        })
-        .or_else(|| std::env::var_os("LOCALAPPDATA").map(std::path::PathBuf::from))?;
-    Some(base.join("edgesync").join(state_dir_name(url, user)))
-}
-
-/// A stable name for a (server, user) pair. FNV-1a because it must not
-/// change between Rust versions (std's hasher may).
-fn state_dir_name(url: &str, user: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let url = url.trim_end_matches('/');
-    for b in url
-        .bytes()
-        .chain(std::iter::once(b'\n'))
-        .chain(user.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn state_dir_name_is_stable() {
-        assert_eq!(
-            super::state_dir_name("http://x/", "alice"),
-            super::state_dir_name("http://x", "alice")
-        );
-        assert_ne!(
-            super::state_dir_name("http://x", "alice"),
-            super::state_dir_name("http://x", "bob")
-        );
-        // Pinned: changing it would orphan existing replicas.
-        assert_eq!(super::state_dir_name("", ""), "af63c74c8601c8dd");
-    }
-}

@@ -353,6 +353,21 @@ pub enum Mode {
     Battery,
 }
 
+/// How the replica asks for changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Polling {
+    /// Held requests (`Prefer: wait=25`): live mode on a server that holds
+    /// them.
+    #[default]
+    LongPoll,
+    /// Probes with `If-None-Match` on the poll schedule: battery mode, or
+    /// live mode while the server does not hold requests (each probe still
+    /// asks for a hold, so the replica long-polls again as soon as the
+    /// server does).
+    SmartPoll,
+}
+
 /// What the replica is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -380,6 +395,9 @@ pub struct Status {
     pub phase: Phase,
     /// Current mode.
     pub mode: Mode,
+    /// How changes are asked for: in live mode, [`Polling::SmartPoll`]
+    /// means the server does not hold long-polls.
+    pub polling: Polling,
     /// Mutations waiting to be delivered.
     pub pending: u64,
     /// Mutations waiting for the app's resolution (conflicts, rejections).

@@ -4,7 +4,9 @@
 
 use crate::error::Error;
 use crate::model::{Document, Op, PendingMutation, Problem};
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, HeaderName, AUTHORIZATION, CONTENT_TYPE, IF_NONE_MATCH, RETRY_AFTER,
+};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,6 +16,9 @@ use std::time::{Duration, SystemTime};
 /// Extra time allowed beyond the requested hold of a long-poll before the
 /// request is abandoned as lost.
 const LONG_POLL_GRACE: Duration = Duration::from_secs(15);
+
+const PREFER: HeaderName = HeaderName::from_static("prefer");
+const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
 /// One change-log entry.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -53,6 +58,10 @@ pub(crate) struct ChangesResponse {
     pub outcome: ChangesOutcome,
     /// `X-Poll-Interval`, when sent.
     pub poll_interval: Option<Duration>,
+    /// The hold the server granted a long-poll (`Preference-Applied:
+    /// wait=N`); `None` when it did not say (a server or proxy that ignores
+    /// `Prefer`).
+    pub wait_applied: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,7 +153,8 @@ impl Wire {
             .map_err(|e| Error::Unreachable(describe(&e)))
     }
 
-    /// `GET /v1/changes?since=&wait=&limit=` with `If-None-Match: "<since>"`.
+    /// `GET /v1/changes?since=&limit=` with `If-None-Match: "<since>"`, and
+    /// `Prefer: wait=N` for a long-poll.
     pub async fn changes(
         &self,
         since: u64,
@@ -154,21 +164,26 @@ impl Wire {
         // Only non-default parameters are sent: every byte repeats on each
         // idle probe.
         let mut q = format!("/v1/changes?since={since}");
-        let wait_s = wait.as_secs();
-        if wait_s > 0 {
-            q.push_str(&format!("&wait={wait_s}"));
-        }
         if let Some(l) = limit {
             q.push_str(&format!("&limit={l}"));
         }
-        let req = self
+        let mut req = self
             .http
             .get(self.url(&q))
             .header(IF_NONE_MATCH, format!("\"{since}\""));
+        // The hold is asked for with `Prefer` rather than `?wait=` because
+        // only then does the server say what it granted
+        // (`Preference-Applied`): that is how the engine tells a server
+        // that does not hold requests from one that had nothing to say.
+        let wait_s = wait.as_secs();
+        if wait_s > 0 {
+            req = req.header(PREFER, format!("wait={wait_s}"));
+        }
         let resp = self
             .send(req, wait + LONG_POLL_GRACE.max(self.timeout))
             .await?;
         let poll_interval = header_seconds(resp.headers(), "x-poll-interval");
+        let wait_applied = wait_applied(resp.headers());
         let status = resp.status();
         let outcome = match status {
             StatusCode::NOT_MODIFIED => ChangesOutcome::NotModified,
@@ -180,6 +195,7 @@ impl Wire {
         Ok(ChangesResponse {
             outcome,
             poll_interval,
+            wait_applied,
         })
     }
 
@@ -294,6 +310,24 @@ fn header_seconds(headers: &HeaderMap, name: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
+/// The `wait` preference a server applied (RFC 7240 `Preference-Applied`,
+/// e.g. `wait=25`; several preferences may share the header, comma-separated).
+fn wait_applied(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(PREFERENCE_APPLIED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|pref| {
+            let (name, value) = pref.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            let secs: u64 = value.trim().trim_matches('"').parse().ok()?;
+            Some(Duration::from_secs(secs.min(86_400)))
+        })
+}
+
 /// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
@@ -369,6 +403,24 @@ mod tests {
         assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn preference_applied_wait() {
+        let mut h = HeaderMap::new();
+        assert_eq!(wait_applied(&h), None);
+        h.insert(PREFERENCE_APPLIED, HeaderValue::from_static("wait=25"));
+        assert_eq!(wait_applied(&h), Some(Duration::from_secs(25)));
+        h.insert(
+            PREFERENCE_APPLIED,
+            HeaderValue::from_static("return=minimal, Wait=\"0\""),
+        );
+        assert_eq!(wait_applied(&h), Some(Duration::ZERO));
+        h.insert(
+            PREFERENCE_APPLIED,
+            HeaderValue::from_static("return=minimal"),
+        );
+        assert_eq!(wait_applied(&h), None);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 mod support;
 
 use edgesync_client::{
-    Client, Clock, Commit, DocWrite, MemoryStorage, Mode, Mutation, Origin, ParkReason, Resolution,
-    ResyncReason, Storage, SyncConfig, SyncEvent, VirtualClock,
+    Client, Clock, Commit, DocWrite, MemoryStorage, Mode, Mutation, Origin, ParkReason, Polling,
+    Resolution, ResyncReason, Storage, SyncConfig, SyncEvent, VirtualClock,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,6 +81,7 @@ async fn idle_battery_replica_backs_off_within_budget() {
         for p in &polls {
             assert_eq!(p.header("if-none-match"), Some("\"5\""));
             assert_eq!(p.query("wait"), None, "battery probes do not hold");
+            assert_eq!(p.header("prefer"), None, "battery probes do not hold");
         }
         // Never more often than X-Poll-Interval (10 s), and slower over time.
         let gaps: Vec<Duration> = polls.windows(2).map(|w| w[1].at - w[0].at).collect();
@@ -227,8 +228,9 @@ async fn retry_after_on_503_and_429_is_honoured() {
 #[tokio::test]
 async fn live_mode_tight_loop_backs_off() {
     for (name, answer) in [
-        // A proxy or server that ignores `wait` and answers at once.
-        ("immediate 304", 0),
+        // A server that says it holds but answers at once (as a draining or
+        // restarting one does).
+        ("immediate 304 despite Preference-Applied", 0),
         // 200s that never advance although the head is ahead.
         ("200 without progress", 1),
     ] {
@@ -236,7 +238,9 @@ async fn live_mode_tight_loop_backs_off() {
         let server = FakeServer::start(clock.clone(), move |req| {
             let since: u64 = req.query("since").unwrap().parse().unwrap();
             if answer == 0 {
-                Response::new(304).poll_headers(since, 10)
+                Response::new(304)
+                    .poll_headers(since, 10)
+                    .header("preference-applied", "wait=25")
             } else {
                 Response::json(
                     200,
@@ -254,10 +258,174 @@ async fn live_mode_tight_loop_backs_off() {
             "{name}: {} requests in a simulated hour",
             polls.len()
         );
-        assert!(polls
-            .iter()
-            .all(|p| p.query("wait").as_deref() == Some("25")));
+        assert!(polls.iter().all(|p| p.header("prefer") == Some("wait=25")));
+        assert_eq!(
+            c.status().polling,
+            Polling::LongPoll,
+            "{name}: not a reason to stop asking for holds"
+        );
     }
+}
+
+/// Answer a long-poll as a server that holds it would: 25 simulated seconds
+/// later, nothing new.
+fn held(clock: &VirtualClock, req: &Request, preference_applied: bool) -> Response {
+    clock.advance(Duration::from_secs(25));
+    let r = not_modified(req);
+    if preference_applied {
+        r.header("preference-applied", "wait=25")
+    } else {
+        r
+    }
+}
+
+#[tokio::test]
+async fn live_mode_smart_polls_a_server_that_does_not_hold() {
+    for (name, says, early_answers) in [
+        // `max_wait_seconds = 0`: the server says so at once.
+        ("Preference-Applied: wait=0", true, 1),
+        // A proxy or server that ignores `Prefer`: only timing tells, and a
+        // couple of early answers are tolerated first.
+        ("no Preference-Applied", false, 3),
+    ] {
+        let clock = VirtualClock::with_horizon(HOUR);
+        let server = FakeServer::start(clock.clone(), move |req| {
+            let r = not_modified(req);
+            if says {
+                r.header("preference-applied", "wait=0")
+            } else {
+                r
+            }
+        })
+        .await;
+        let c = client(&server, &clock, following(5), Mode::Live, 13);
+        run_until_horizon(&c, &clock).await;
+
+        let status = c.status();
+        assert_eq!(
+            (status.mode, status.polling),
+            (Mode::Live, Polling::SmartPoll),
+            "{name}"
+        );
+        let polls = server.requests_to("/v1/changes");
+        for p in &polls {
+            assert_eq!(p.header("if-none-match"), Some("\"5\""), "{name}");
+            // Still asking: a server that starts holding is noticed at once.
+            assert_eq!(p.header("prefer"), Some("wait=25"), "{name}");
+        }
+        let gaps: Vec<Duration> = polls.windows(2).map(|w| w[1].at - w[0].at).collect();
+        let (early, paced) = gaps.split_at(early_answers - 1);
+        assert!(early.iter().all(Duration::is_zero), "{name}: {gaps:?}");
+        // Never faster than X-Poll-Interval, never slower than a hold.
+        assert!(
+            paced
+                .iter()
+                .all(|g| *g >= Duration::from_secs(10) && *g <= Duration::from_secs(25)),
+            "{name}: {gaps:?}"
+        );
+        // ≈ 250 expected (14.5 s per probe); 360 would be the floor every time.
+        assert!(
+            (150..=360 + early_answers).contains(&polls.len()),
+            "{name}: {} probes in a simulated hour",
+            polls.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn switching_to_live_probes_at_once_on_a_server_that_does_not_hold() {
+    let clock = VirtualClock::with_horizon(HOUR);
+    let server = FakeServer::start(clock.clone(), |req| {
+        not_modified(req).header("preference-applied", "wait=0")
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 23);
+    c.start();
+    tokio::time::timeout(Duration::from_secs(60), clock.wait_for_horizon())
+        .await
+        .unwrap();
+    let before = server.requests_to("/v1/changes").len();
+    let now = clock.now();
+    // The app comes to the foreground: no waiting out the schedule.
+    c.set_mode(Mode::Live);
+    eventually("a probe right away", || {
+        server.requests_to("/v1/changes").len() > before
+    })
+    .await;
+    c.stop().await;
+    assert_eq!(server.requests_to("/v1/changes")[before].at, now);
+}
+
+#[tokio::test]
+async fn live_mode_long_polls_again_once_the_server_holds() {
+    let clock = VirtualClock::new();
+    let clock2 = clock.clone();
+    // Holds are off for the first ten minutes, then on (a redeploy).
+    let server = FakeServer::start(clock.clone(), move |req| {
+        if clock2.now() < Duration::from_secs(600) {
+            not_modified(req).header("preference-applied", "wait=0")
+        } else {
+            held(&clock2, req, true)
+        }
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 17);
+    let mut status = c.watch_status();
+    c.start();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.polling == Polling::SmartPoll),
+    )
+    .await
+    .expect("smart polls while the server does not hold")
+    .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.polling == Polling::LongPoll),
+    )
+    .await
+    .expect("long-polls again once the server holds")
+    .unwrap();
+    drop(status);
+    let switched_at = server.requests_to("/v1/changes").len();
+    eventually("ten held long-polls", || {
+        server.requests_to("/v1/changes").len() >= switched_at + 10
+    })
+    .await;
+    c.stop().await;
+
+    let polls = server.requests_to("/v1/changes");
+    let first_held = polls
+        .iter()
+        .position(|p| p.at >= Duration::from_secs(600))
+        .unwrap();
+    assert!(first_held > 10, "smart-polled meanwhile: {first_held}");
+    // From the first held answer on, each request right after the previous
+    // one's 25 s hold: no smart-poll waits in between.
+    let after: Vec<Duration> = polls[first_held..switched_at + 10]
+        .windows(2)
+        .map(|w| w[1].at - w[0].at)
+        .collect();
+    assert!(
+        after.iter().all(|g| *g == Duration::from_secs(25)),
+        "{after:?}"
+    );
+}
+
+#[tokio::test]
+async fn live_mode_keeps_long_polling_a_server_that_holds_silently() {
+    let clock = VirtualClock::new();
+    let clock2 = clock.clone();
+    let server = FakeServer::start(clock.clone(), move |req| held(&clock2, req, false)).await;
+    let c = client(&server, &clock, following(5), Mode::Live, 19);
+    c.start();
+    eventually("twenty held long-polls", || {
+        server.requests_to("/v1/changes").len() >= 20
+    })
+    .await;
+    c.stop().await;
+    assert_eq!(c.status().polling, Polling::LongPoll);
+    assert!(clock.sleeps().is_empty(), "{:?}", clock.sleeps());
 }
 
 #[tokio::test]
