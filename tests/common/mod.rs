@@ -21,11 +21,14 @@ pub fn standard() -> TargetSettings {
             "https://app.example.test".into(),
             "https://admin.example.test".into(),
         ],
+        jwt_audience: None,
+        jwt_issuer: None,
     }
 }
 
 /// For compaction and rate limiting: the smallest retention window, a low
-/// rate limit (burst 100), CORS for any origin.
+/// rate limit (burst 100), CORS for any origin, and tokens that must name
+/// their audience and issuer.
 pub fn tight() -> TargetSettings {
     TargetSettings {
         max_wait_seconds: 2,
@@ -34,6 +37,8 @@ pub fn tight() -> TargetSettings {
         rate_limit_per_second: 2,
         max_body_bytes: 2_048,
         cors_origins: vec!["*".into()],
+        jwt_audience: Some("edgesync-e2e".into()),
+        jwt_issuer: Some("https://issuer.example.test".into()),
     }
 }
 

@@ -55,7 +55,7 @@ impl Target {
     pub fn user(&self, sub: &str) -> User {
         User {
             sub: sub.to_string(),
-            token: crate::token::mint(&self.jwt_secret, sub),
+            token: crate::token::mint_for(&self.jwt_secret, &self.settings, sub),
         }
     }
 

@@ -113,6 +113,11 @@ pub struct TargetSettings {
     pub max_body_bytes: usize,
     /// `cors_origins`: allowed origins; `["*"]` for any, empty for none.
     pub cors_origins: Vec<String>,
+    /// `jwt_audience`: the `aud` every token must carry (`None`: tokens must
+    /// carry none).
+    pub jwt_audience: Option<String>,
+    /// `jwt_issuer`: the `iss` every token must carry (`None`: not checked).
+    pub jwt_issuer: Option<String>,
 }
 
 impl Default for TargetSettings {
@@ -126,6 +131,8 @@ impl Default for TargetSettings {
             rate_limit_per_second: c.rate_limit_per_second,
             max_body_bytes: c.max_body_bytes,
             cors_origins: Vec::new(),
+            jwt_audience: c.jwt_audience,
+            jwt_issuer: c.jwt_issuer,
         }
     }
 }
@@ -149,7 +156,13 @@ impl TargetSettings {
     /// The same settings as Spin variables (`max_wait_seconds=...`),
     /// without the secret.
     pub fn variables(&self) -> Vec<(String, String)> {
-        vec![
+        let claims = [
+            ("jwt_audience", &self.jwt_audience),
+            ("jwt_issuer", &self.jwt_issuer),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.clone()?)));
+        [
             ("max_wait_seconds".into(), self.max_wait_seconds.to_string()),
             (
                 "poll_interval_seconds".into(),
@@ -166,6 +179,9 @@ impl TargetSettings {
             ("max_body_bytes".into(), self.max_body_bytes.to_string()),
             ("cors_origins".into(), self.cors_origins.join(",")),
         ]
+        .into_iter()
+        .chain(claims)
+        .collect()
     }
 }
 
@@ -186,6 +202,8 @@ pub struct Requires {
     pub cors: bool,
     /// Long-polls allowed and short: `max_wait_seconds` in 2..=10.
     pub long_poll: bool,
+    /// A required audience and issuer (`jwt_audience`, `jwt_issuer`).
+    pub jwt_claims: bool,
 }
 
 impl Requires {
@@ -197,6 +215,7 @@ impl Requires {
         cors_list: false,
         cors: false,
         long_poll: false,
+        jwt_claims: false,
     };
 
     /// Why `settings` cannot run a case with these requirements, if they
@@ -250,6 +269,9 @@ impl Requires {
                 "max_wait_seconds in 2..=10 to exercise long-polls quickly (target has {})",
                 s.max_wait_seconds
             ));
+        }
+        if self.jwt_claims && (s.jwt_audience.is_none() || s.jwt_issuer.is_none()) {
+            missing.push("jwt_audience and jwt_issuer set (target lacks one)".to_string());
         }
         if missing.is_empty() {
             Ok(())
@@ -403,6 +425,7 @@ registry! { $;
     auth::expired_and_not_yet_valid_tokens_are_401 => BASIC,
     auth::alg_none_and_other_algorithms_are_401 => BASIC,
     auth::tokens_without_exp_or_sub_are_401 => BASIC,
+    auth::audience_and_issuer_are_enforced => Requires { jwt_claims: true, ..BASIC },
     // Documents.
     documents::put_creates_201_then_replaces_200 => BASIC,
     documents::put_accepts_any_json_value => BASIC,
@@ -523,5 +546,13 @@ mod tests {
         assert!(s
             .variables()
             .contains(&("max_body_bytes".into(), "262144".into())));
+        assert!(!s.variables().iter().any(|(k, _)| k == "jwt_audience"));
+        let claims = TargetSettings {
+            jwt_audience: Some("app".into()),
+            ..s
+        };
+        assert!(claims
+            .env()
+            .contains(&("EDGESYNC_JWT_AUDIENCE".into(), "app".into())));
     }
 }

@@ -217,3 +217,50 @@ pub async fn tokens_without_exp_or_sub_are_401(t: &Target) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// With `jwt_audience` and `jwt_issuer` configured, a token must carry that
+/// `aud` (alone or in a list) and that `iss`: a token issued for another
+/// service, or by another issuer, or that does not say, is 401.
+pub async fn audience_and_issuer_are_enforced(t: &Target) -> anyhow::Result<()> {
+    let (Some(aud), Some(iss)) = (&t.settings.jwt_audience, &t.settings.jwt_issuer) else {
+        anyhow::bail!("the target must require an audience and an issuer");
+    };
+    let victim = t.new_user();
+    let api = t.api();
+    api.get("/v1/head").auth(&victim).send().await?.expect(200);
+    let signed = |claims: String| {
+        let payload = format!(
+            r#"{{"sub":{},"exp":{}{claims}}}"#,
+            json!(victim.sub),
+            now() + 3600
+        );
+        token::sign(r#"{"alg":"HS256","typ":"JWT"}"#, &payload, &t.jwt_secret)
+    };
+    let (aud, iss) = (json!(aud), json!(iss));
+    let in_a_list = signed(format!(r#","aud":["another-service",{aud}],"iss":{iss}"#));
+    api.get("/v1/head")
+        .header("Authorization", format!("Bearer {in_a_list}"))
+        .send()
+        .await?
+        .expect(200);
+    for (what, claims) in [
+        ("no aud", format!(r#","iss":{iss}"#)),
+        (
+            "another aud",
+            format!(r#","aud":"another-service","iss":{iss}"#),
+        ),
+        (
+            "an aud list without ours",
+            format!(r#","aud":["a","b"],"iss":{iss}"#),
+        ),
+        ("no iss", format!(r#","aud":{aud}"#)),
+        (
+            "another iss",
+            format!(r#","aud":{aud},"iss":"https://evil.example.test""#),
+        ),
+    ] {
+        let tok = signed(claims);
+        refuse_everywhere(t, Some(format!("Bearer {tok}")), &victim, what).await?;
+    }
+    Ok(())
+}
