@@ -744,7 +744,9 @@ async fn wakeup_section(
          write's acknowledgement to the affected waiter having read its whole answer \
          (a waiter answered before the writer saw its acknowledgement counts as 0). \
          Two shapes: **spread**: one waiter per user (PouchDB: per database); {} of \
-         those users (all, when fewer are held) get one write each, one after another; \
+         those users (all, when fewer are held) get one write each, one after another \
+         on each of {} writer connections (so that a slow host is done before the first \
+         holds run out); \
          the others stay held (they time out after 25 s). **fan-out**: every waiter on one \
          user, one write wakes them all ({} such writes, each with freshly opened \
          long-polls, pooled per row). RSS is the server's VmRSS before the long-polls \
@@ -753,7 +755,9 @@ async fn wakeup_section(
          are the floor of the fan-out shape: a bare hyper server that holds every \
          request and, on the write, answers each with a fixed 200 of the size edgesync \
          sends (146 bytes), driven by the same client.\n\n",
-        plan.sample, plan.fan_out_rounds
+        plan.sample,
+        scenarios::WAKE_WRITERS,
+        plan.fan_out_rounds
     );
     let mut t = Table::new(&[
         "held",

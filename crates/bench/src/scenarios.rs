@@ -379,7 +379,7 @@ pub async fn writes(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// One waiter per user; `sample` of those users get one write each,
-    /// one after another.
+    /// one after another on each of a few writer connections.
     Spread,
     /// Every waiter on one user; one write wakes them all.
     FanOut,
@@ -436,6 +436,9 @@ struct Waiter {
     done: Instant,
     changed: bool,
 }
+
+/// Connections the wake-up scenario writes on at once.
+pub const WAKE_WRITERS: usize = 4;
 
 /// Hold `held` long-polls (`wait=25`), write, and time each affected
 /// waiter's answer from its write's acknowledgement.
@@ -561,30 +564,50 @@ pub async fn wakeup(
     let rss_held_kib = crate::procs::rss_kib(target.pid);
     let early_before_writes = tasks.0.iter().filter(|t| t.is_finished()).count();
 
+    // The writes go out on a few connections at once: one after another,
+    // a host that acknowledges ~40 writes/s (the Spin components in the
+    // harness) would still be writing when the first holds run out, and
+    // the last waiters would time out instead of being woken.
+    let mut writers = AbortOnDrop(Vec::with_capacity(WAKE_WRITERS));
+    for w in 0..WAKE_WRITERS.min(written.len()) {
+        let mine: Vec<(usize, String)> = written
+            .iter()
+            .cloned()
+            .enumerate()
+            .skip(w)
+            .step_by(WAKE_WRITERS)
+            .collect();
+        writers.0.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr).await?;
+            let mut acks = Vec::with_capacity(mine.len());
+            for (n, user) in mine {
+                match kind {
+                    Kind::Couch => {
+                        expect_ok(
+                            &mut conn,
+                            req(
+                                addr,
+                                "PUT",
+                                &format!("/{user}/wake{n}"),
+                                None,
+                                Some("{\"n\":1}".into()),
+                            ),
+                            "couch write",
+                        )
+                        .await?;
+                    }
+                    _ => {
+                        es_put(&mut conn, addr, &user, &format!("wake{n}"), "{\"n\":1}").await?;
+                    }
+                }
+                acks.push((user, Instant::now()));
+            }
+            Ok::<_, anyhow::Error>(acks)
+        }));
+    }
     let mut acks: HashMap<String, Instant> = HashMap::new();
-    for (n, user) in written.iter().enumerate() {
-        let ack = match kind {
-            Kind::Couch => {
-                expect_ok(
-                    &mut setup,
-                    req(
-                        addr,
-                        "PUT",
-                        &format!("/{user}/wake{n}"),
-                        None,
-                        Some("{\"n\":1}".into()),
-                    ),
-                    "couch write",
-                )
-                .await?;
-                Instant::now()
-            }
-            _ => {
-                es_put(&mut setup, addr, user, &format!("wake{n}"), "{\"n\":1}").await?;
-                Instant::now()
-            }
-        };
-        acks.insert(user.clone(), ack);
+    for writer in writers.0.iter_mut() {
+        acks.extend(writer.await??);
     }
 
     let mut hist = client::histogram();
