@@ -333,6 +333,31 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// Called with each exchange before its answer is passed on to the client.
 type Hook = dyn Fn(&Exchange) + Send + Sync;
 
+/// A proxy hook that writes `todos/<id>` = `value` for `user` on the server
+/// right after the first changes probe sent at or after `after` on `clock`
+/// has been answered, and the time that probe was sent (the last one before
+/// the change).
+fn write_once_after(
+    port: u16,
+    clock: &VirtualClock,
+    after: Duration,
+    (user, id, value): (&'static str, &'static str, Value),
+) -> (Box<Hook>, Arc<Mutex<Option<Duration>>>) {
+    let trigger = Arc::new(Mutex::new(None));
+    let (clock, fired) = (clock.clone(), trigger.clone());
+    let hook = move |e: &Exchange| {
+        let mut fired = fired.lock().unwrap();
+        if e.path() == "/v1/changes" && fired.is_none() && clock.now() >= after {
+            *fired = Some(e.sent_at);
+            let path = format!("/v1/docs/todos/{id}");
+            let (status, _) =
+                http_request(port, "PUT", &path, Some(&token(user)), Some(&value)).unwrap();
+            assert_eq!(status, 201);
+        }
+    };
+    (Box::new(hook), trigger)
+}
+
 /// A recording HTTP/1.1 proxy in front of a server: counts what the client
 /// really sends, stamped with the client's clock. Requests on a connection
 /// are relayed one at a time, as the client sends them (it does not
@@ -896,24 +921,13 @@ async fn live_replica_smart_polls_a_real_server_that_does_not_hold() {
     let clock = VirtualClock::with_horizon(Duration::from_secs(3600));
     // A change lands on the server just after the first probe past 30
     // simulated minutes has been answered.
-    let trigger = Arc::new(Mutex::new(None));
-    let (port, clock2, trigger2) = (server.port, clock.clone(), trigger.clone());
-    let hook = move |e: &Exchange| {
-        let mut t = trigger2.lock().unwrap();
-        if e.path() == "/v1/changes" && t.is_none() && clock2.now() >= Duration::from_secs(1800) {
-            *t = Some(e.sent_at);
-            let (status, _) = http_request(
-                port,
-                "PUT",
-                "/v1/docs/todos/late",
-                Some(&token("lena")),
-                Some(&json!(1)),
-            )
-            .unwrap();
-            assert_eq!(status, 201);
-        }
-    };
-    let proxy = Proxy::start(server.port, Arc::new(clock.clone()), Some(Box::new(hook)));
+    let (hook, trigger) = write_once_after(
+        server.port,
+        &clock,
+        Duration::from_secs(1800),
+        ("lena", "late", json!(1)),
+    );
+    let proxy = Proxy::start(server.port, Arc::new(clock.clone()), Some(hook));
     let c = proxied(
         &proxy,
         "lena",
@@ -1032,24 +1046,13 @@ async fn idle_battery_replica_backs_off_against_a_real_server() {
     let server = Server::start(&dir.path().join("data"), &[]);
     let hour = Duration::from_secs(3600);
     let clock = VirtualClock::with_horizon(2 * hour);
-    let trigger = Arc::new(Mutex::new(None));
-    let (port, clock2, trigger2) = (server.port, clock.clone(), trigger.clone());
-    let hook = move |e: &Exchange| {
-        let mut t = trigger2.lock().unwrap();
-        if e.path() == "/v1/changes" && t.is_none() && clock2.now() >= hour {
-            *t = Some(e.sent_at);
-            let (status, _) = http_request(
-                port,
-                "PUT",
-                "/v1/docs/todos/news",
-                Some(&token("noor")),
-                Some(&json!("after an idle hour")),
-            )
-            .unwrap();
-            assert_eq!(status, 201);
-        }
-    };
-    let proxy = Proxy::start(server.port, Arc::new(clock.clone()), Some(Box::new(hook)));
+    let (hook, trigger) = write_once_after(
+        server.port,
+        &clock,
+        hour,
+        ("noor", "news", json!("after an idle hour")),
+    );
+    let proxy = Proxy::start(server.port, Arc::new(clock.clone()), Some(hook));
     let c = proxied(
         &proxy,
         "noor",

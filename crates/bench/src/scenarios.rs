@@ -128,6 +128,20 @@ async fn es_put(
         .context("PUT answer without version")
 }
 
+/// PUT a new document into a CouchDB database (a "user").
+async fn couch_put(
+    conn: &mut Conn,
+    addr: SocketAddr,
+    db: &str,
+    id: &str,
+    body: &str,
+) -> Result<()> {
+    let path = format!("/{db}/{id}");
+    let request = req(addr, "PUT", &path, None, Some(body.to_owned()));
+    expect_ok(conn, request, "couch PUT").await?;
+    Ok(())
+}
+
 /// Create a CouchDB database (a "user").
 async fn couch_db(conn: &mut Conn, addr: SocketAddr, db: &str) -> Result<()> {
     let reply = conn
@@ -245,18 +259,7 @@ pub async fn idle_poll(
             Kind::Couch => {
                 if probe == ProbeKind::Changes {
                     couch_db(&mut conn, addr, &user).await?;
-                    expect_ok(
-                        &mut conn,
-                        req(
-                            addr,
-                            "PUT",
-                            &format!("/{user}/a"),
-                            None,
-                            Some("{\"n\":1}".into()),
-                        ),
-                        "couch PUT",
-                    )
-                    .await?;
+                    couch_put(&mut conn, addr, &user, "a", "{\"n\":1}").await?;
                 }
                 let seq = seq_str(&couch_update_seq(&mut conn, addr, &user).await?);
                 let path = match probe {
@@ -472,18 +475,7 @@ pub async fn wakeup(
         let seq = match kind {
             Kind::Couch => {
                 couch_db(&mut setup, addr, user).await?;
-                expect_ok(
-                    &mut setup,
-                    req(
-                        addr,
-                        "PUT",
-                        &format!("/{user}/seed"),
-                        None,
-                        Some("{\"n\":0}".into()),
-                    ),
-                    "couch seed",
-                )
-                .await?;
+                couch_put(&mut setup, addr, user, "seed", "{\"n\":0}").await?;
                 seq_str(&couch_update_seq(&mut setup, addr, user).await?)
             }
             _ => es_put(&mut setup, addr, user, "seed", "{\"n\":0}")
@@ -581,23 +573,11 @@ pub async fn wakeup(
             let mut conn = Conn::connect(addr).await?;
             let mut acks = Vec::with_capacity(mine.len());
             for (n, user) in mine {
+                let id = format!("wake{n}");
                 match kind {
-                    Kind::Couch => {
-                        expect_ok(
-                            &mut conn,
-                            req(
-                                addr,
-                                "PUT",
-                                &format!("/{user}/wake{n}"),
-                                None,
-                                Some("{\"n\":1}".into()),
-                            ),
-                            "couch write",
-                        )
-                        .await?;
-                    }
+                    Kind::Couch => couch_put(&mut conn, addr, &user, &id, "{\"n\":1}").await?,
                     _ => {
-                        es_put(&mut conn, addr, &user, &format!("wake{n}"), "{\"n\":1}").await?;
+                        es_put(&mut conn, addr, &user, &id, "{\"n\":1}").await?;
                     }
                 }
                 acks.push((user, Instant::now()));

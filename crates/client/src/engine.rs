@@ -705,11 +705,13 @@ impl Shared {
                 // long-poll's hold would be; the server's floor still wins,
                 // so an operator who turns holds off keeps control of the
                 // request rate through `X-Poll-Interval`.
-                let cap = match mode {
-                    Mode::Live => self.config.live_wait,
-                    Mode::Battery => self.config.idle.cap,
-                };
-                now + st.schedule.next_interval_capped(cap, floor, &mut st.rng)
+                now + match mode {
+                    Mode::Live => {
+                        st.schedule
+                            .next_interval_capped(self.config.live_wait, floor, &mut st.rng)
+                    }
+                    Mode::Battery => st.schedule.next_interval(floor, &mut st.rng),
+                }
             };
         }
         Ok(progress)
