@@ -1,7 +1,7 @@
 //! edgesync-client and the `edgesync` client commands against a real
 //! `edgesync serve` process: convergence, an offline queue across a server
 //! outage, resync after a forced 410, long-polling (or smart polling when
-//! the server does not hold), 429 with `Retry-After`, idle back-off, and the
+//! the server does not hold), 429 and 503 with `Retry-After`, idle back-off, and the
 //! CLI's exit codes.
 //!
 //! Every wait here is a bounded poll for a condition (generous deadlines,
@@ -1012,29 +1012,92 @@ async fn rate_limited_flush_waits_as_told_and_delivers_exactly_once() {
         n / 10,
         "every accepted batch is sent once"
     );
-    for pair in posts.windows(2) {
-        if pair[0].status != 429 {
+    assert_retries_wait_as_told(&posts);
+    assert_each_logged_once(&server.changes("mia", 0), n);
+    assert_eq!(c.status().parked, 0);
+}
+
+/// 503 with `Retry-After` from the real server, whose Redis store has gone
+/// away under it: the client keeps its queue, waits as told between
+/// attempts (on its own clock), and once the store is back delivers every
+/// mutation exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_503_waits_as_told_and_delivers_exactly_once() {
+    let dir = TempDir::new("store-outage");
+    let mut redis = edgesync_redis::testing::RedisServer::start();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("EDGESYNC_STORE", &redis.url(0))],
+    );
+    let clock = PacedClock::default();
+    let proxy = Proxy::start(server.port, Arc::new(clock.clone()), None);
+    let c = proxied(
+        &proxy,
+        "omar",
+        &dir.path().join("r.db"),
+        test_config(Mode::Live),
+        clock.clone(),
+    );
+    c.sync_once().await.unwrap();
+    // Nothing is stored yet, so the restart below loses nothing.
+    redis.stop();
+    let n: usize = 5;
+    for i in 0..n {
+        c.put("todos", &format!("t{i}"), json!({"i": i})).unwrap();
+    }
+    c.start();
+    let unavailable = |proxy: &Proxy| {
+        proxy
+            .to("/v1/mutations")
+            .iter()
+            .filter(|e| e.status == 503)
+            .count()
+    };
+    eventually("flushes are answered 503", 60, || unavailable(&proxy) >= 3).await;
+    assert_eq!(
+        c.status().pending as usize,
+        n,
+        "nothing leaves the queue on a 503"
+    );
+    redis.restart();
+    eventually("the queue drains", 60, || c.status().pending == 0).await;
+    c.stop().await;
+
+    let posts = proxy.to("/v1/mutations");
+    assert_retries_wait_as_told(&posts);
+    assert!(posts.iter().all(|e| e.status == 503 || e.status == 200));
+    assert_each_logged_once(&server.changes("omar", 0), n);
+}
+
+/// After each 429 or 503 in `exchanges` (one endpoint's, in order), the
+/// next attempt came no sooner than its `Retry-After` said.
+fn assert_retries_wait_as_told(exchanges: &[Exchange]) {
+    for pair in exchanges.windows(2) {
+        if pair[0].status != 429 && pair[0].status != 503 {
             continue;
         }
         let retry_after: u64 = pair[0]
             .response_header("retry-after")
-            .expect("429 carries Retry-After")
+            .unwrap_or_else(|| panic!("{} carries Retry-After", pair[0].status))
             .parse()
             .unwrap();
         let waited = pair[1].sent_at - pair[0].sent_at;
         assert!(
             waited >= Duration::from_secs(retry_after),
-            "asked to wait {retry_after} s, retried after {waited:?}"
+            "{}: asked to wait {retry_after} s, retried after {waited:?}",
+            pair[0].status
         );
     }
-    // Exactly once, whatever was retried.
-    let log = server.changes("mia", 0);
-    assert_eq!(log.len(), n);
+}
+
+/// `log` has `n` entries, each for a different document: exactly once,
+/// whatever was retried.
+fn assert_each_logged_once(log: &[Value], n: usize) {
+    assert_eq!(log.len(), n, "{log:?}");
     let mut ids: Vec<&str> = log.iter().map(|e| e["id"].as_str().unwrap()).collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), n);
-    assert_eq!(c.status().parked, 0);
+    assert_eq!(ids.len(), n, "{log:?}");
 }
 
 /// An idle battery replica against the real server: at most 60 requests in a

@@ -19,8 +19,6 @@ impl RedisServer {
     /// `valkey-server`). Panics with an explanation if it cannot: this is
     /// for tests only.
     pub fn start() -> Self {
-        let program =
-            std::env::var("EDGESYNC_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut last_error = String::new();
         // The port is free when we look and taken when Redis binds it; if
         // someone else grabbed it in between, try another.
@@ -30,44 +28,21 @@ impl RedisServer {
                 .expect("no free loopback port")
                 .port();
             let dir = tempfile::tempdir().expect("temp dir");
-            let child = Command::new(&program)
-                .args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--save", ""])
-                .args(["--appendonly", "no"])
-                .args(["--daemonize", "no"])
-                .args(["--loglevel", "warning"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn();
-            let mut child = match child {
-                Ok(child) => child,
-                Err(e) => panic!(
-                    "cannot run {program:?} ({e}); install the redis-server package \
-                     (Debian: apt-get install redis-server) or set EDGESYNC_REDIS_SERVER"
-                ),
-            };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last_error = format!("{program} exited with {status}");
-                    break;
-                }
-                if ping(port) {
-                    return Self { child, port, dir };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            if last_error.is_empty() {
-                last_error = format!("{program} did not answer PING within 10 s");
+            match launch(port, dir.path()) {
+                Ok(child) => return Self { child, port, dir },
+                Err(e) => last_error = e,
             }
         }
         panic!("could not start a test redis-server: {last_error}");
+    }
+
+    /// Kill the server and start a new one on the same port, as an
+    /// operator restarting it would (persistence is off: the data is
+    /// gone). Clients see connections refused in between.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = launch(self.port, self.dir.path())
+            .unwrap_or_else(|e| panic!("could not restart the test redis-server: {e}"));
     }
 
     /// `redis://127.0.0.1:<port>/<db>`.
@@ -96,6 +71,43 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Run the server on `port` in `dir` and wait (10 s at most) for its PONG.
+fn launch(port: u16, dir: &std::path::Path) -> Result<Child, String> {
+    let program = std::env::var("EDGESYNC_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let mut child = Command::new(&program)
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--daemonize", "no"])
+        .args(["--loglevel", "warning"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {program:?} ({e}); install the redis-server package \
+                 (Debian: apt-get install redis-server) or set EDGESYNC_REDIS_SERVER"
+            )
+        });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{program} exited with {status}"));
+        }
+        if ping(port) {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("{program} did not answer PING within 10 s"))
 }
 
 fn ping(port: u16) -> bool {
