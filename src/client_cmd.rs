@@ -518,8 +518,9 @@ async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow
                         ResyncReason::CursorAhead => "the server is behind this replica",
                         ResyncReason::CursorExpired => "the server no longer has the changes since the last sync",
                     };
+                    let noun = if documents == 1 { "document" } else { "documents" };
                     printer.note(&format!(
-                        "edgesync: loaded {documents} documents at cursor {cursor} ({why})"
+                        "edgesync: loaded {documents} {noun} at cursor {cursor} ({why})"
                     ))?;
                 }
                 _ => {}
