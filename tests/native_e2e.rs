@@ -273,42 +273,55 @@ async fn acknowledged_writes_survive_kill_9_and_restart() {
     server.kill_9();
 
     let server = start(&settings, &dir);
-    let target = server.target.clone();
-    let api = target.api();
-    for (id, version) in &acked {
-        let r = api
-            .get(format!("/v1/docs/dur/{id}"))
-            .auth(&user)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status,
-            200,
-            "{id} (acknowledged at version {version}) is missing after kill -9 + restart; first run's log: {}",
-            log.display()
-        );
-        assert_eq!(
-            r.json()["version"],
-            json!(version),
-            "{id}: version after restart"
-        );
-    }
-    let entries = edgesync_e2e::cases::all_changes(&api, &user, 0)
-        .await
-        .unwrap();
-    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    let n = acked.len() as u64;
+    let api = server.target.api();
+    let what = format!("kill -9 (first run's log: {})", log.display());
+    let entries = assert_kept_after_restart(&api, &user, "dur", &acked, &what).await;
     assert_eq!(
-        seqs,
-        (1..=n).collect::<Vec<_>>(),
-        "the log after restart: every acknowledged write once, no gaps"
+        entries.len(),
+        acked.len(),
+        "the log after restart: every acknowledged write once"
     );
+    let n = acked.len() as u64;
     let v = edgesync_e2e::cases::put_ok(&api, &user, "dur", "after", &json!(1))
         .await
         .unwrap();
     assert_eq!(v, n + 1, "the seq continues after a restart");
     server.kill_9();
+}
+
+/// After a restart: each write in `acked` (document id → version) made in
+/// `collection` before `what` is there at its version, and the log is
+/// 1, 2, 3… with no gap. Returns the log.
+async fn assert_kept_after_restart(
+    api: &edgesync_e2e::client::Api<'_>,
+    user: &edgesync_e2e::User,
+    collection: &str,
+    acked: &BTreeMap<String, u64>,
+    what: &str,
+) -> Vec<serde_json::Value> {
+    for (id, version) in acked {
+        let r = api
+            .get(format!("/v1/docs/{collection}/{id}"))
+            .auth(user)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.json()["version"].as_u64()),
+            (200, Some(*version)),
+            "{id} was acknowledged at version {version} before {what} and a restart"
+        );
+    }
+    let entries = edgesync_e2e::cases::all_changes(api, user, 0)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "the log after {what} and a restart: strictly increasing, no gaps"
+    );
+    entries
 }
 
 /// On SIGTERM the server answers a held long-poll (200 with an empty list,
@@ -408,28 +421,7 @@ async fn sigterm_finishes_in_flight_writes_and_restart_keeps_them() {
 
     let server = start(&settings, &dir);
     let api = server.target.api();
-    for (id, version) in &acked {
-        let r = api
-            .get(format!("/v1/docs/term/{id}"))
-            .auth(&user)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            (r.status, r.json()["version"].as_u64()),
-            (200, Some(*version)),
-            "{id} was acknowledged at version {version} before SIGTERM"
-        );
-    }
-    let entries = edgesync_e2e::cases::all_changes(&api, &user, 0)
-        .await
-        .unwrap();
-    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "the log after a graceful stop: strictly increasing, no gaps"
-    );
+    let entries = assert_kept_after_restart(&api, &user, "term", &acked, "SIGTERM").await;
     let logged: std::collections::BTreeSet<&str> =
         entries.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(logged.len(), entries.len(), "each write logged once");

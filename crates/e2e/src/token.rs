@@ -14,28 +14,26 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
-/// A valid one-hour token for `sub`.
-pub fn mint(secret: &[u8], sub: &str) -> String {
-    mint_at(secret, sub, now(), 3600)
-}
-
 /// A valid one-hour token for `sub` on a target with `settings`: with the
 /// `aud` and `iss` it requires, if any.
 pub fn mint_for(secret: &[u8], settings: &crate::TargetSettings, sub: &str) -> String {
+    mint_at(secret, settings, sub, now(), 3600)
+}
+
+/// A token for `sub` issued at `issued_at`, valid for `ttl` seconds, with
+/// the `aud` and `iss` the target requires (so that a case refusing it
+/// tests one defect at a time).
+pub fn mint_at(
+    secret: &[u8],
+    settings: &crate::TargetSettings,
+    sub: &str,
+    issued_at: u64,
+    ttl: u64,
+) -> String {
     let expect = edgesync_core::auth::Expectations {
         secret,
         audience: settings.jwt_audience.as_deref(),
         issuer: settings.jwt_issuer.as_deref(),
-    };
-    edgesync_core::auth::mint(&expect, sub, now(), 3600)
-}
-
-/// A token for `sub` issued at `issued_at`, valid for `ttl` seconds.
-pub fn mint_at(secret: &[u8], sub: &str, issued_at: u64, ttl: u64) -> String {
-    let expect = edgesync_core::auth::Expectations {
-        secret,
-        audience: None,
-        issuer: None,
     };
     edgesync_core::auth::mint(&expect, sub, issued_at, ttl)
 }

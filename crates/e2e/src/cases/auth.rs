@@ -108,7 +108,7 @@ pub async fn wrong_signature_is_401(t: &Target) -> anyhow::Result<()> {
     let victim = t.new_user();
     let mut other = t.jwt_secret.clone();
     other.push(b'!');
-    let forged = token::mint(&other, &victim.sub);
+    let forged = token::mint_for(&other, &t.settings, &victim.sub);
     refuse_everywhere(
         t,
         Some(format!("Bearer {forged}")),
@@ -134,7 +134,7 @@ pub async fn wrong_signature_is_401(t: &Target) -> anyhow::Result<()> {
 /// token for the same user works.
 pub async fn expired_and_not_yet_valid_tokens_are_401(t: &Target) -> anyhow::Result<()> {
     let victim = t.new_user();
-    let expired = token::mint_at(&t.jwt_secret, &victim.sub, now() - 7200, 60);
+    let expired = token::mint_at(&t.jwt_secret, &t.settings, &victim.sub, now() - 7200, 60);
     refuse_everywhere(
         t,
         Some(format!("Bearer {expired}")),
