@@ -38,6 +38,21 @@ pub fn mint_at(
     edgesync_core::auth::mint(&expect, sub, issued_at, ttl)
 }
 
+/// The `aud` and `iss` members a target with `settings` requires, as JSON
+/// members with a leading comma (empty when it requires neither), for
+/// hand-written payloads: a hostile token then differs from a valid one in
+/// the one defect its case is about.
+pub fn required_claims(settings: &crate::TargetSettings) -> String {
+    let mut claims = String::new();
+    if let Some(aud) = &settings.jwt_audience {
+        claims.push_str(&format!(r#","aud":{}"#, serde_json::json!(aud)));
+    }
+    if let Some(iss) = &settings.jwt_issuer {
+        claims.push_str(&format!(r#","iss":{}"#, serde_json::json!(iss)));
+    }
+    claims
+}
+
 /// `base64url(header).base64url(payload).HMAC-SHA256(secret)` — any header
 /// and payload text, signed properly.
 pub fn sign(header: &str, payload: &str, secret: &[u8]) -> String {

@@ -145,10 +145,11 @@ pub async fn expired_and_not_yet_valid_tokens_are_401(t: &Target) -> anyhow::Res
     let future = token::sign(
         r#"{"alg":"HS256","typ":"JWT"}"#,
         &format!(
-            r#"{{"sub":{},"exp":{},"nbf":{}}}"#,
+            r#"{{"sub":{},"exp":{},"nbf":{}{}}}"#,
             json!(victim.sub),
             now() + 7200,
-            now() + 3600
+            now() + 3600,
+            token::required_claims(&t.settings)
         ),
         &t.jwt_secret,
     );
@@ -167,7 +168,12 @@ pub async fn expired_and_not_yet_valid_tokens_are_401(t: &Target) -> anyhow::Res
 /// `alg: none` (with or without a signature), `HS512`, `RS256` → 401.
 pub async fn alg_none_and_other_algorithms_are_401(t: &Target) -> anyhow::Result<()> {
     let victim = t.new_user();
-    let payload = format!(r#"{{"sub":{},"exp":{}}}"#, json!(victim.sub), now() + 3600);
+    let payload = format!(
+        r#"{{"sub":{},"exp":{}{}}}"#,
+        json!(victim.sub),
+        now() + 3600,
+        token::required_claims(&t.settings)
+    );
     let mut tokens = vec![token::unsigned(&payload)];
     for alg in ["none", "None", "NONE", "HS512", "RS256", "ES256", "hs256"] {
         tokens.push(token::sign(
@@ -194,14 +200,15 @@ pub async fn alg_none_and_other_algorithms_are_401(t: &Target) -> anyhow::Result
 pub async fn tokens_without_exp_or_sub_are_401(t: &Target) -> anyhow::Result<()> {
     let victim = t.new_user();
     let exp = now() + 3600;
+    let more = token::required_claims(&t.settings);
     let payloads = vec![
-        format!(r#"{{"sub":{}}}"#, json!(victim.sub)),
-        format!(r#"{{"exp":{exp}}}"#),
-        format!(r#"{{"sub":"","exp":{exp}}}"#),
-        format!(r#"{{"sub":42,"exp":{exp}}}"#),
-        format!(r#"{{"sub":null,"exp":{exp}}}"#),
-        format!(r#"{{"sub":{},"exp":"{exp}"}}"#, json!(victim.sub)),
-        format!(r#"{{"sub":"{}","exp":{exp}}}"#, "x".repeat(257)),
+        format!(r#"{{"sub":{}{more}}}"#, json!(victim.sub)),
+        format!(r#"{{"exp":{exp}{more}}}"#),
+        format!(r#"{{"sub":"","exp":{exp}{more}}}"#),
+        format!(r#"{{"sub":42,"exp":{exp}{more}}}"#),
+        format!(r#"{{"sub":null,"exp":{exp}{more}}}"#),
+        format!(r#"{{"sub":{},"exp":"{exp}"{more}}}"#, json!(victim.sub)),
+        format!(r#"{{"sub":"{}","exp":{exp}{more}}}"#, "x".repeat(257)),
         "[]".to_string(),
         "not json".to_string(),
     ];
