@@ -924,12 +924,17 @@ async fn mutations<K: Kv, H: Host>(
     }
     let mut results = Vec::with_capacity(batch.len());
     for (mutation, key) in &batch {
-        // A store failure aborts the batch (503; retrying it is safe, the
-        // applied items replay); an item that lost too many races reports
-        // its own 503 and the rest go on.
+        // A failure worth retrying (the store failed, or the item lost too
+        // many races: 503) aborts the batch, so that no later item is
+        // applied before it: the batch is an offline queue, and its order is
+        // the user's. Retrying the whole batch is safe: the items applied
+        // so far replay. A final refusal (404, 409, 412, 422) is that
+        // item's result and the rest go on.
         let outcome = match log.mutate(mutation, Charge::Admitted).await {
             Ok(outcome) => outcome,
-            Err(Failure::Problem(problem)) => Outcome::Refused(problem),
+            Err(Failure::Problem(problem)) if problem.status != StatusCode::SERVICE_UNAVAILABLE => {
+                Outcome::Refused(problem)
+            }
             Err(failure) => return Err(failure),
         };
         let result = match outcome {
