@@ -26,6 +26,13 @@ use crate::service::{RequestInfo, Service};
 const MAX_LIMIT: u64 = 1000;
 const DEFAULT_LIMIT: u64 = 100;
 const MAX_BATCH: usize = 100;
+
+/// How deeply a document value or merge patch may nest arrays and objects.
+/// The store wraps a value in a few more levels, and every reader (this
+/// core, serde_json clients, browsers) refuses to parse beyond 128: a value
+/// accepted near that limit would be written and then be unreadable, and
+/// with it the user's log.
+pub(crate) const MAX_VALUE_DEPTH: usize = 64;
 const EXPOSED_HEADERS: &str =
     "ETag, X-Poll-Interval, Retry-After, Location, Idempotent-Replayed, Preference-Applied";
 const ALLOWED_REQUEST_HEADERS: &str =
@@ -723,6 +730,26 @@ fn parse_json(body: &[u8]) -> Result<Value, Problem> {
         .map_err(|e| Problem::invalid_json(format!("the body is not valid JSON: {e}")))
 }
 
+/// `value` if it nests at most [`MAX_VALUE_DEPTH`] levels of arrays and
+/// objects; `what` names it in the problem.
+fn shallow_enough(value: Value, what: &str) -> Result<Value, Problem> {
+    let mut stack = vec![(&value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(members) => Box::new(members.values()),
+            _ => continue,
+        };
+        if depth == MAX_VALUE_DEPTH {
+            return Err(Problem::invalid_body(format!(
+                "{what} nests arrays and objects more than {MAX_VALUE_DEPTH} levels deep"
+            )));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    Ok(value)
+}
+
 fn require_media_type<T>(request: &Request<T>, expected: &str) -> Result<(), Problem> {
     if media_type(request.headers().get(CONTENT_TYPE)).as_deref() == Some(expected) {
         Ok(())
@@ -758,10 +785,10 @@ async fn doc<K: Kv, H: Host>(
 
     let action = if method == Method::PUT {
         require_media_type(request, "application/json")?;
-        Action::Put(parse_json(request.body())?)
+        Action::Put(shallow_enough(parse_json(request.body())?, "the value")?)
     } else if method == Method::PATCH {
         require_media_type(request, "application/merge-patch+json")?;
-        Action::Patch(parse_json(request.body())?)
+        Action::Patch(shallow_enough(parse_json(request.body())?, "the patch")?)
     } else {
         Action::Delete
     };
@@ -865,17 +892,15 @@ fn parse_batch(body: &[u8]) -> Result<Vec<(Mutation, String)>, Problem> {
             return Err(Problem::invalid_name("id", id));
         }
         let value = obj.get("value");
+        let value_for = |missing: &str| {
+            let value = value.cloned().ok_or_else(|| bad(missing))?;
+            shallow_enough(value, &format!("mutation #{n}: \"value\""))
+        };
         let action = match text("op") {
-            Some("put") => Action::Put(
-                value
-                    .cloned()
-                    .ok_or_else(|| bad("\"put\" needs a \"value\""))?,
-            ),
-            Some("patch") => Action::Patch(
-                value
-                    .cloned()
-                    .ok_or_else(|| bad("\"patch\" needs a \"value\" (the merge patch)"))?,
-            ),
+            Some("put") => Action::Put(value_for("\"put\" needs a \"value\"")?),
+            Some("patch") => {
+                Action::Patch(value_for("\"patch\" needs a \"value\" (the merge patch)")?)
+            }
             Some("delete") => Action::Delete,
             _ => return Err(bad("\"op\" must be \"put\", \"patch\" or \"delete\"")),
         };

@@ -483,6 +483,7 @@ registry! { $;
     // Bad input.
     input::bad_names_are_400 => BASIC,
     input::bad_json_is_400 => BASIC,
+    input::values_nested_too_deep_are_400 => BASIC,
     input::oversized_bodies_are_413 => BASIC,
     input::content_length_games_change_nothing => BASIC,
     // Limits.
