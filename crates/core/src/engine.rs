@@ -708,32 +708,46 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             return Ok(Step::Retry);
         }
 
-        // Committed at seq t. Everything below is housekeeping that any
-        // later writer would also do or tolerate missing.
+        // Committed at seq t, and that is what the client must hear: a 503
+        // now would make a client without an idempotency key apply the
+        // mutation again. Everything below is housekeeping that a later
+        // writer also does or tolerates missing, so a failure of it is
+        // dropped (as if the host had crashed right after the commit, which
+        // the simulation checks).
         // Pre-create the next slot so that "nothing after t" is one read of
-        // an existing zero. A failure is harmless: the next writer creates
-        // it, and readers treat an absent next slot after a claimed one as
-        // the head.
+        // an existing zero; without it, readers treat an absent next slot
+        // after a claimed one as the head.
         let _ = self.kv.increment(&self.keys.slot(t + 1), 0).await;
         self.host.log_changed(self.keys.topic(), t);
-        if t % HINT_EVERY == 0 && tail.hint.value < t {
-            let hint = self.ensure(tail.hint.clone()).await?;
-            if hint.value < t {
-                self.swap(&hint, t).await?;
+        self.after_commit(t, &tail.hint, dead_intent).await;
+        Ok(Step::Done(Outcome::Applied {
+            entry,
+            replayed: false,
+        }))
+    }
+
+    /// Housekeeping after the commit of `t`, each step on its own and each
+    /// resumable by any later writer: move the hint up (every
+    /// [`HINT_EVERY`] seqs; it is only where tail scans start), delete a
+    /// dead intent, compact (every [`COMPACT_STEP`] seqs; it resumes from
+    /// the persisted floor and cleaned mark). Failures are dropped: see the
+    /// caller.
+    async fn after_commit(&self, t: u64, hint: &Counter, dead_intent: Option<u64>) {
+        if t.is_multiple_of(HINT_EVERY) && hint.value < t {
+            if let Ok(hint) = self.ensure(hint.clone()).await {
+                if hint.value < t {
+                    let _ = self.swap(&hint, t).await;
+                }
             }
         }
         if let Some(dead) = dead_intent {
             // Nothing points at a dead intent without an idempotency key
             // once its document pointer moved on.
-            self.kv.delete_many(&[self.keys.entry(dead)]).await?;
+            let _ = self.kv.delete_many(&[self.keys.entry(dead)]).await;
         }
-        if t % COMPACT_STEP == 0 {
-            self.compact(t).await?;
+        if t.is_multiple_of(COMPACT_STEP) {
+            let _ = self.compact(t).await;
         }
-        Ok(Step::Done(Outcome::Applied {
-            entry,
-            replayed: false,
-        }))
     }
 
     /// GCRA over the chained theoretical arrival time (µs): the new TAT if

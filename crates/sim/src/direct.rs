@@ -52,3 +52,82 @@ impl Host for DirectHost {
     }
     fn log_changed(&self, _: &str, _: u64) {}
 }
+
+/// One user's view of a [`Service`](edgesync_core::Service) driven with
+/// [`block_on`]: JSON in, status and JSON out.
+pub struct Api<K: edgesync_core::Kv> {
+    /// The service under test.
+    pub service: edgesync_core::Service<K, DirectHost>,
+    token: String,
+}
+
+/// What [`Api::call`] got back.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// The body as JSON (`null` when empty).
+    pub body: serde_json::Value,
+}
+
+/// The HS256 secret of every [`Api`].
+const API_SECRET: &[u8] = b"edgesync-sim-direct-api-secret-0123456789";
+
+impl<K: edgesync_core::Kv> Api<K> {
+    /// `user`'s view of a service on `kv` with `config` (its secret is
+    /// replaced by the one the token is signed with), with the clock at
+    /// `now_millis`.
+    pub fn new(mut config: edgesync_core::Config, kv: K, now_millis: u64, user: &str) -> Self {
+        config.jwt_secret = API_SECRET.to_vec();
+        let expect = edgesync_core::auth::Expectations {
+            secret: API_SECRET,
+            audience: config.jwt_audience.as_deref(),
+            issuer: config.jwt_issuer.as_deref(),
+        };
+        let token = edgesync_core::auth::mint(&expect, user, now_millis / 1000, 3600);
+        Self {
+            service: edgesync_core::Service::new(config, kv, DirectHost::new(now_millis)),
+            token,
+        }
+    }
+
+    /// `method uri` with `body` as `application/json` (`PATCH`:
+    /// `application/merge-patch+json`).
+    pub fn call(&self, method: &str, uri: &str, body: Option<&serde_json::Value>) -> Answer {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", self.token));
+        if body.is_some() {
+            let content_type = if method == "PATCH" {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
+            request = request.header("content-type", content_type);
+        }
+        let body = body.map_or_else(Vec::new, |b| serde_json::to_vec(b).expect("JSON"));
+        let response = block_on(self.service.handle(request.body(body).expect("a request")));
+        Answer {
+            status: response.status().as_u16(),
+            retry_after: response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: if response.body().is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(response.body()).expect("a JSON body")
+            },
+        }
+    }
+
+    /// The user's head (`GET /v1/head` must answer 200).
+    pub fn head(&self) -> u64 {
+        let a = self.call("GET", "/v1/head", None);
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.body["head"].as_u64().expect("a head")
+    }
+}

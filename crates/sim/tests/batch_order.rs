@@ -6,14 +6,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use edgesync_core::auth::{mint, Expectations};
-use edgesync_core::{Config, Kv, KvError, Service};
-use edgesync_sim::direct::{block_on, DirectHost};
+use edgesync_core::{Config, Kv, KvError};
+use edgesync_sim::direct::Api;
 use edgesync_sim::store::{MemStore, StrictKv};
-use http::Request;
 use serde_json::{json, Value};
 
-const SECRET: &[u8] = b"batch-order-secret-batch-order-secret!!!";
 const NOW: u64 = 1_800_000_000_000;
 
 /// A store on which, while the mutation of `todos/jammed` runs (from the
@@ -66,34 +63,6 @@ impl Kv for JammedKv {
     }
 }
 
-fn call(
-    service: &Service<&JammedKv, DirectHost>,
-    token: &str,
-    method: &str,
-    uri: &str,
-    body: Option<&Value>,
-) -> (u16, Option<String>, Value) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("authorization", format!("Bearer {token}"));
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    let body = body.map_or_else(Vec::new, |b| serde_json::to_vec(b).unwrap());
-    let response = block_on(service.handle(request.body(body).unwrap()));
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let json = if response.body().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(response.body()).unwrap()
-    };
-    (response.status().as_u16(), retry_after, json)
-}
-
 #[test]
 fn an_item_that_loses_every_race_stops_the_batch_and_the_retry_keeps_its_order() {
     let kv = JammedKv {
@@ -101,16 +70,13 @@ fn an_item_that_loses_every_race_stops_the_batch_and_the_retry_keeps_its_order()
         jam: AtomicBool::new(true),
         in_jammed: AtomicBool::new(false),
     };
-    let mut config = Config::with_secret(SECRET.to_vec());
+    let mut config = Config::with_secret(Vec::new());
     config.rate_limit_per_second = 0;
-    let service = Service::new(config, &kv, DirectHost::new(NOW));
-    let expect = Expectations {
-        secret: SECRET,
-        audience: None,
-        issuer: None,
+    let api = Api::new(config, &kv, NOW, "queue");
+    let call = |method, uri, body| {
+        let a = api.call(method, uri, body);
+        (a.status, a.retry_after, a.body)
     };
-    let token = mint(&expect, "queue", NOW / 1000, 3600);
-    let call = |method, uri, body| call(&service, &token, method, uri, body);
 
     let batch = json!({"mutations": [
         {"id": "m1", "op": "put", "collection": "todos", "doc": "a", "value": 1},

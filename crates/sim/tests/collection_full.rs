@@ -3,61 +3,23 @@
 //! collection is refused with 409 `collection-full` and changes nothing,
 //! while updates of its documents and other collections carry on.
 
-use edgesync_core::auth::{mint, Expectations};
-use edgesync_core::{Config, Service};
-use edgesync_sim::direct::{block_on, DirectHost};
+use edgesync_core::Config;
+use edgesync_sim::direct::Api;
 use edgesync_sim::store::{MemStore, StrictKv};
-use http::Request;
 use serde_json::{json, Value};
 
-const SECRET: &[u8] = b"collection-full-secret-collection-full!!";
 const NOW: u64 = 1_800_000_000_000;
 
-struct Api {
-    service: Service<StrictKv, DirectHost>,
-    token: String,
+fn api() -> Api<StrictKv> {
+    let mut config = Config::with_secret(Vec::new());
+    config.rate_limit_per_second = 0;
+    Api::new(config, StrictKv::new(MemStore::new()), NOW, "hoarder")
 }
 
-impl Api {
-    fn new() -> Self {
-        let mut config = Config::with_secret(SECRET.to_vec());
-        config.rate_limit_per_second = 0;
-        let expect = Expectations {
-            secret: SECRET,
-            audience: None,
-            issuer: None,
-        };
-        Api {
-            service: Service::new(config, StrictKv::new(MemStore::new()), DirectHost::new(NOW)),
-            token: mint(&expect, "hoarder", NOW / 1000, 3600),
-        }
-    }
-
-    fn call(&self, method: &str, uri: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", format!("Bearer {}", self.token));
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
-        }
-        let body = body.map_or_else(Vec::new, |b| serde_json::to_vec(b).unwrap());
-        let response = block_on(self.service.handle(request.body(body).unwrap()));
-        let status = response.status().as_u16();
-        let body = response.body();
-        let json = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(body).unwrap()
-        };
-        (status, json)
-    }
-
-    fn head(&self) -> u64 {
-        let (status, body) = self.call("GET", "/v1/head", None);
-        assert_eq!(status, 200, "{body}");
-        body["head"].as_u64().unwrap()
-    }
+/// Status and body of a call.
+fn call(api: &Api<StrictKv>, method: &str, uri: &str, body: Option<&Value>) -> (u16, Value) {
+    let a = api.call(method, uri, body);
+    (a.status, a.body)
 }
 
 /// The longest id: fills the index in the fewest documents.
@@ -67,14 +29,15 @@ fn id(n: usize) -> String {
 
 #[test]
 fn a_full_collection_refuses_creates_and_nothing_else() {
-    let api = Api::new();
+    let api = api();
     // Fill "big" through batches until an item is refused.
     let mut created = 0;
     let refused = 'fill: loop {
         let items: Vec<Value> = (created..created + 100)
             .map(|n| json!({"id": format!("k{n}"), "op": "put", "collection": "big", "doc": id(n), "value": n}))
             .collect();
-        let (status, body) = api.call(
+        let (status, body) = call(
+            &api,
             "POST",
             "/v1/mutations",
             Some(&json!({ "mutations": items })),
@@ -97,16 +60,19 @@ fn a_full_collection_refuses_creates_and_nothing_else() {
     // A single create is refused the same way and changes nothing.
     let head = api.head();
     let next = format!("/v1/docs/big/{}", id(created));
-    let (status, problem) = api.call("PUT", &next, Some(&json!("one too many")));
+    let (status, problem) = call(&api, "PUT", &next, Some(&json!("one too many")));
     assert_eq!(status, 409, "{problem}");
     assert_eq!(problem["type"], "collection-full");
     assert_eq!(api.head(), head, "a refused create logs nothing");
-    assert_eq!(api.call("GET", &next, None).0, 404);
+    assert_eq!(call(&api, "GET", &next, None).0, 404);
 
     // What is already there can still change, and other collections grow.
     let first = format!("/v1/docs/big/{}", id(0));
-    assert_eq!(api.call("PUT", &first, Some(&json!("updated"))).0, 200);
-    assert_eq!(api.call("GET", &first, None).1["value"], "updated");
-    assert_eq!(api.call("PUT", "/v1/docs/small/a", Some(&json!(1))).0, 201);
+    assert_eq!(call(&api, "PUT", &first, Some(&json!("updated"))).0, 200);
+    assert_eq!(call(&api, "GET", &first, None).1["value"], "updated");
+    assert_eq!(
+        call(&api, "PUT", "/v1/docs/small/a", Some(&json!(1))).0,
+        201
+    );
     assert_eq!(api.head(), head + 2);
 }

@@ -69,10 +69,12 @@ pub trait MaybeSync {}
 #[cfg(target_family = "wasm")]
 impl<T: ?Sized> MaybeSync for T {}
 
-/// Why a KV operation failed. The core answers every KV failure with
-/// `503 Service Unavailable` and `Retry-After`: nothing a client sent can
-/// cause one, and retrying is always safe (every write is idempotent or
-/// conditional).
+/// Why a KV operation failed. The core answers a KV failure with
+/// `503 Service Unavailable` and `Retry-After` (nothing a client sent can
+/// cause one), except after a mutation's commit, which is acknowledged
+/// whatever fails after it. A failure during the commit leaves its outcome
+/// unknown to the client: retrying with the same `Idempotency-Key` is what
+/// makes it exactly once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("key-value store error ({kind:?}): {message}")]
 pub struct KvError {

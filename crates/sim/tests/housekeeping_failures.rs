@@ -1,0 +1,124 @@
+//! A mutation is committed when its slot swap succeeds, and from then on it
+//! is acknowledged whatever the store does: moving the hint, deleting a
+//! dead intent and compacting come after the commit, and their failure must
+//! not turn it into a 503 (a client without an idempotency key would retry
+//! and apply it twice). Any later writer resumes that housekeeping.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use edgesync_core::{Config, Kv, KvError, KvErrorKind};
+use edgesync_sim::direct::Api;
+use edgesync_sim::store::{MemStore, StrictKv};
+use serde_json::json;
+
+const NOW: u64 = 1_800_000_000_000;
+
+/// A store whose housekeeping operations fail while `broken` is on: swaps
+/// of the hint (`…/h`), reads of the compaction mark (`…/g`), and deletions
+/// of entries and slots (`…/e/…`, `…/s/…`: dead intents, compaction's
+/// garbage).
+struct FailingHousekeeping {
+    inner: StrictKv,
+    broken: AtomicBool,
+}
+
+impl FailingHousekeeping {
+    fn fail(&self, what: &str) -> Result<(), KvError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(KvError::new(
+                KvErrorKind::Other,
+                format!("{what}: injected"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Kv for FailingHousekeeping {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if keys.iter().any(|k| k.ends_with("/g")) {
+            self.fail("get_many of the compaction mark")?;
+        }
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.inner.set(key, value).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
+        if keys.iter().any(|k| k.contains("/e/") || k.contains("/s/")) {
+            self.fail("delete_many of entries or slots")?;
+        }
+        self.inner.delete_many(keys).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        current: &[u8],
+        new: &[u8],
+    ) -> Result<bool, KvError> {
+        if key.ends_with("/h") {
+            self.fail("swap of the hint")?;
+        }
+        self.inner.compare_and_swap(key, current, new).await
+    }
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        self.inner.increment(key, delta).await
+    }
+}
+
+#[test]
+fn failed_housekeeping_never_fails_a_committed_write() {
+    let kv = FailingHousekeeping {
+        inner: StrictKv::new(MemStore::new()),
+        broken: AtomicBool::new(true),
+    };
+    let mut config = Config::with_secret(Vec::new());
+    config.rate_limit_per_second = 0;
+    config.retention_entries = 16;
+    let api = Api::new(config, &kv, NOW, "tidy");
+    let put = |n: u64| {
+        let a = api.call("PUT", &format!("/v1/docs/c/d{}", n % 3), Some(&json!(n)));
+        assert!(
+            matches!(a.status, 200 | 201),
+            "write {n}: {} {}",
+            a.status,
+            a.body
+        );
+        assert_eq!(a.body["version"], n, "write {n}");
+    };
+
+    // Housekeeping fails at every step: every write is still answered with
+    // the version it was committed at, and the log reads back whole.
+    for n in 1..=40 {
+        put(n);
+    }
+    assert_eq!(api.head(), 40);
+    let page = api.call("GET", "/v1/changes?since=0&limit=1000", None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let seqs: Vec<u64> = page.body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>(), "nothing compacted yet");
+
+    // The store recovers: later writers catch the housekeeping up
+    // (compaction moves the floor past the old cursors).
+    kv.broken.store(false, Ordering::SeqCst);
+    for n in 41..=64 {
+        put(n);
+    }
+    assert_eq!(api.head(), 64);
+    assert_eq!(api.call("GET", "/v1/changes?since=0", None).status, 410);
+    let tail = api.call("GET", "/v1/changes?since=56", None);
+    assert_eq!(tail.status, 200, "{}", tail.body);
+    assert_eq!(tail.body["changes"].as_array().unwrap().len(), 8);
+    for (id, value) in [("d0", 63), ("d1", 64), ("d2", 62)] {
+        let doc = api.call("GET", &format!("/v1/docs/c/{id}"), None);
+        assert_eq!(doc.body["value"], value, "{id}");
+    }
+}
