@@ -48,7 +48,11 @@
 //!   transaction. A change is applied only if its version is newer than the
 //!   local copy (deletes leave a tombstone until the cursor passes them), so
 //!   applying a page twice, or a change the replica already learned from its
-//!   own mutation's result, is harmless.
+//!   own mutation's result, is harmless. A mutation's result or a
+//!   [`Client::fetch`] is applied only if it is newer than the cursor too:
+//!   at or below it, the feed has already brought it or something later
+//!   (perhaps a delete whose tombstone is gone), so a late or replayed result
+//!   never brings a deleted document back.
 //!
 //! ## Modes
 //!

@@ -24,8 +24,8 @@ pub struct Document {
 /// document was deleted at `version`. Tombstones stop an older put that is
 /// applied out of order (e.g. a mutation result racing the changes feed) from
 /// resurrecting a deleted document; they are pruned once the cursor passes
-/// their version, because from then on every change the client can still
-/// receive is newer.
+/// their version, because from then on a write at or below the cursor is
+/// ignored anyway (see [`crate::DocWrite`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDoc {
     /// Collection name.

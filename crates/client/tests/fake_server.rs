@@ -37,8 +37,15 @@ fn client(
 
 /// A replica that already follows from `cursor` (no bootstrap needed).
 fn following(cursor: u64) -> MemoryStorage {
+    following_with(cursor, vec![])
+}
+
+/// A replica that already follows from `cursor` and holds `docs` (written
+/// with the cursor: a write at or below a stored cursor is ignored).
+fn following_with(cursor: u64, docs: Vec<DocWrite>) -> MemoryStorage {
     let s = MemoryStorage::new();
     s.commit(Commit {
+        docs,
         cursor: Some(cursor),
         head: Some(cursor),
         ..Default::default()
@@ -459,28 +466,25 @@ async fn expired_cursor_resyncs_and_keeps_pending_mutations() {
         _ => Response::problem(503, "unavailable", "Unavailable").header("retry-after", "5"),
     })
     .await;
-    let storage = following(3);
-    storage
-        .commit(Commit {
-            docs: vec![
-                DocWrite {
-                    collection: "todos".into(),
-                    id: "a".into(),
-                    version: 2,
-                    value: Some(json!({"t": "old"})),
-                    updated_at: None,
-                },
-                DocWrite {
-                    collection: "todos".into(),
-                    id: "gone".into(),
-                    version: 3,
-                    value: Some(json!(1)),
-                    updated_at: None,
-                },
-            ],
-            ..Default::default()
-        })
-        .unwrap();
+    let storage = following_with(
+        3,
+        vec![
+            DocWrite {
+                collection: "todos".into(),
+                id: "a".into(),
+                version: 2,
+                value: Some(json!({"t": "old"})),
+                updated_at: None,
+            },
+            DocWrite {
+                collection: "todos".into(),
+                id: "gone".into(),
+                version: 3,
+                value: Some(json!(1)),
+                updated_at: None,
+            },
+        ],
+    );
     let c = client(&server, &clock, storage.clone(), Mode::Live, 5);
     let queued = c.put("todos", "c", json!("offline")).unwrap();
     let mut events = c.events();
@@ -708,19 +712,16 @@ async fn own_mutation_echoed_by_the_feed_is_applied_once() {
         },
     })
     .await;
-    let storage = following(5);
-    storage
-        .commit(Commit {
-            docs: vec![DocWrite {
-                collection: "t".into(),
-                id: "a".into(),
-                version: 4,
-                value: Some(json!(0)),
-                updated_at: None,
-            }],
-            ..Default::default()
-        })
-        .unwrap();
+    let storage = following_with(
+        5,
+        vec![DocWrite {
+            collection: "t".into(),
+            id: "a".into(),
+            version: 4,
+            value: Some(json!(0)),
+            updated_at: None,
+        }],
+    );
     let c = client(&server, &clock, storage, Mode::Live, 5);
     let mut all = c.subscribe_all();
     c.delete("t", "a").unwrap();
@@ -802,4 +803,62 @@ async fn a_listing_cursor_the_server_keeps_refusing_does_not_loop() {
     run_until_horizon(&c, &clock).await;
     let listings = server.requests_to("/v1/docs").len();
     assert!(listings <= 60, "{listings} resyncs in a simulated hour");
+}
+
+/// A mutation applied on the server whose answer was lost, then deleted by
+/// another device: the feed brings the put and the delete (and the cursor
+/// passes the delete, pruning its tombstone) before the retry's replayed
+/// result comes back. That result is older than the cursor: already
+/// reflected by the feed, it must not bring the document back.
+#[tokio::test]
+async fn a_replayed_result_behind_the_cursor_does_not_resurrect_a_deleted_document() {
+    let clock = VirtualClock::new();
+    let posts = Arc::new(AtomicUsize::new(0));
+    let posts2 = posts.clone();
+    let server = FakeServer::start(clock.clone(), move |req| match req.path() {
+        "/v1/mutations" => {
+            // The first attempt is applied at version 6, but its answer is
+            // lost (a whole-response 503, as from a proxy); the retry is
+            // answered with the replayed first result.
+            if posts2.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Response::problem(503, "unavailable", "Unavailable")
+                    .header("retry-after", "1");
+            }
+            let items = req.json()["mutations"].as_array().unwrap().clone();
+            let mut r = item_result(&items[0], 201, 6);
+            r["replayed"] = json!(true);
+            Response::json(200, json!({"results": [r], "head": 7}))
+        }
+        // A read that raced the delete (say, from a lagging store replica).
+        "/v1/docs/t/a" => Response::json(
+            200,
+            json!({"collection":"t","id":"a","version":6,"value":"mine",
+                "updated_at":"2026-11-29T20:03:00.000Z"}),
+        ),
+        _ => match req.query("since").as_deref() {
+            Some("5") => Response::json(
+                200,
+                json!({"changes":[
+                    {"seq":6,"op":"put","collection":"t","id":"a","version":6,"value":"mine","ts":"2026-11-29T20:03:00.000Z"},
+                    {"seq":7,"op":"delete","collection":"t","id":"a","version":7,"value":null,"ts":"2026-11-29T20:03:01.000Z"}],
+                    "next":7,"head":7}),
+            )
+            .poll_headers(7, 10),
+            _ => not_modified(req),
+        },
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    c.put("t", "a", json!("mine")).unwrap();
+    assert!(c.flush().await.is_err(), "the answer was lost");
+    // The feed first, then the retried flush.
+    c.sync_once().await.unwrap();
+    assert_eq!(c.pending().unwrap().len(), 0, "delivered on the retry");
+    assert_eq!(c.status().cursor, Some(7));
+    assert_eq!(c.get("t", "a").unwrap(), None, "the delete stands");
+    // Nor does a fetch answered with that older version.
+    let fetched = c.fetch("t", "a").await.unwrap().unwrap();
+    assert_eq!(fetched.version, 6);
+    assert_eq!(c.get("t", "a").unwrap(), None, "the delete still stands");
+    assert_eq!(c.list(None).unwrap(), vec![]);
 }

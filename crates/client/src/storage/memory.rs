@@ -66,11 +66,15 @@ impl Storage for MemoryStorage {
     fn commit(&self, commit: Commit) -> Result<CommitResult, StorageError> {
         let mut s = self.lock();
         let mut result = CommitResult::default();
+        // The cursor before this commit: writes at or below it are already
+        // reflected by the feed (see `DocWrite`).
+        let cursor = s.meta.cursor;
         for w in commit.docs {
             let key = (w.collection.clone(), w.id.clone());
             let outcome = match s.docs.get(&key) {
                 Some(old) if old.version > w.version => WriteOutcome::Stale,
                 Some(old) if old.version == w.version => WriteOutcome::Same,
+                _ if cursor.is_some_and(|c| w.version <= c) => WriteOutcome::Stale,
                 old => WriteOutcome::Applied {
                     was_live: old.is_some_and(|o| o.value.is_some()),
                 },

@@ -55,10 +55,19 @@ pub struct Meta {
     pub needs_resync: bool,
 }
 
-/// A conditional document write: applied only if `version` is newer than the
-/// stored row (tombstones included), or there is no row. `value: None`
-/// writes a tombstone. This single rule makes applying a change twice, or a
-/// stale change after a newer one, a no-op.
+/// A conditional document write: applied only if `version` is newer than
+/// both the stored row (tombstones included; or there is no row) and the
+/// replica's cursor as it was before the commit, i.e. only if `version >
+/// max(row version, cursor)`. `value: None` writes a tombstone. This single
+/// rule makes applying a change twice, or a stale change after a newer one,
+/// a no-op.
+///
+/// The cursor bound matters once a tombstone is gone: tombstones are pruned
+/// when the cursor passes them, and a write at or below the cursor (a
+/// mutation result replayed after the feed brought a later delete, a
+/// `fetch` that raced it, a page another process already applied) is
+/// already reflected by the feed — applied, it would bring a deleted
+/// document back for good.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocWrite {
     /// Collection name.
@@ -76,7 +85,8 @@ pub struct DocWrite {
 /// What happened to one [`DocWrite`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// Older than the stored version: nothing changed.
+    /// Older than the stored version, or at or below the cursor (the feed
+    /// already brought it or something later): nothing changed.
     Stale,
     /// The stored row already has this version (tombstones included):
     /// nothing changed. Either the change was applied before, or another
@@ -369,6 +379,50 @@ pub(crate) mod conformance {
             })
             .unwrap();
         assert!(r.enqueued[0].seq > seqs[2]);
+
+        // Once the cursor has passed a delete and pruned its tombstone, a
+        // late write at or below the cursor (a replayed mutation result, a
+        // fetch that raced the feed) is already reflected by the feed: it
+        // must not bring the document back. Above the cursor it applies.
+        assert_eq!(s.meta().unwrap().cursor, Some(9));
+        let r = s
+            .commit(Commit {
+                docs: vec![w("t", "r", 10, Some(json!("mine"))), w("t", "r", 12, None)],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            r.docs,
+            vec![
+                WriteOutcome::Applied { was_live: false },
+                WriteOutcome::Applied { was_live: true }
+            ]
+        );
+        s.commit(Commit {
+            cursor: Some(12),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.get("t", "r").unwrap(), None, "tombstone pruned");
+        let r = s
+            .commit(Commit {
+                docs: vec![
+                    w("t", "r", 10, Some(json!("mine"))),
+                    w("t", "r", 12, Some(json!("mine"))),
+                ],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.docs, vec![WriteOutcome::Stale, WriteOutcome::Stale]);
+        assert_eq!(s.get("t", "r").unwrap(), None, "not resurrected");
+        let r = s
+            .commit(Commit {
+                docs: vec![w("t", "r", 13, Some(json!("new")))],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.docs, vec![WriteOutcome::Applied { was_live: false }]);
+        assert_eq!(s.get("t", "r").unwrap().unwrap().value, Some(json!("new")));
 
         // Resync flag, and replace_all keeps the queue and may move the
         // cursor backwards.

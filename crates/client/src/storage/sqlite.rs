@@ -282,6 +282,9 @@ impl Storage for SqliteStorage {
         // the version check cannot interleave with another process.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut result = CommitResult::default();
+        // The cursor before this commit: writes at or below it are already
+        // reflected by the feed (see `DocWrite`).
+        let cursor = meta_u64(&tx, "cursor")?;
         for w in commit.docs {
             let old: Option<(i64, bool)> = tx
                 .query_row(
@@ -295,6 +298,7 @@ impl Storage for SqliteStorage {
             let outcome = match old {
                 Some((v, _)) if v > version => WriteOutcome::Stale,
                 Some((v, _)) if v == version => WriteOutcome::Same,
+                _ if cursor.is_some_and(|c| w.version <= c) => WriteOutcome::Stale,
                 old => WriteOutcome::Applied {
                     was_live: old.is_some_and(|(_, live)| live),
                 },
