@@ -36,11 +36,48 @@ const MAX_CLEAN_PER_REQUEST: u64 = 64;
 /// Largest collection index blob; beyond it creates are refused (409
 /// `collection-full`). Half of the 1 MB value limit of managed hosts.
 pub(crate) const INDEX_MAX_BYTES: usize = 512 * 1024;
-/// A page of changes stops growing once its values reach this size.
 /// Largest seq a cursor may name (2^53, exact in every JSON parser). No
 /// user's log gets anywhere near it; larger cursors are simply ahead.
 pub(crate) const MAX_SEQ: u64 = 1 << 53;
+/// A page of changes or documents stops growing once its values reach this
+/// size (it always holds at least one).
 const PAGE_VALUE_BUDGET: usize = 1024 * 1024;
+/// How many entries a page loads before it knows how big they are: with
+/// values up to the 256 KiB default body limit, 8 MiB at most in memory.
+const FIRST_LOAD: usize = 32;
+
+/// The value bytes a page has taken, and how many entries to load next so
+/// that a page of large values never loads much more than it can send (a
+/// page of 1,000 large values would otherwise sit in memory whole).
+#[derive(Default)]
+struct PageBudget {
+    bytes: usize,
+    taken: usize,
+}
+
+impl PageBudget {
+    /// Entries to load next, of `remaining`: [`FIRST_LOAD`] first, then as
+    /// many as the rest of the budget holds at the average size so far.
+    fn next_load(&self, remaining: usize) -> usize {
+        let n = match self.bytes.checked_div(self.taken) {
+            None => FIRST_LOAD,
+            Some(average) => PAGE_VALUE_BUDGET.saturating_sub(self.bytes) / average.max(1),
+        };
+        n.clamp(1, remaining.max(1))
+    }
+
+    /// Take `entry` into the page, unless the page holds something already
+    /// and `entry` would take it past the budget.
+    fn take(&mut self, entry: &Entry) -> bool {
+        let bytes = entry.v.as_ref().map_or(0, |v| v.to_string().len());
+        if self.taken > 0 && self.bytes + bytes > PAGE_VALUE_BUDGET {
+            return false;
+        }
+        self.bytes += bytes;
+        self.taken += 1;
+        true
+    }
+}
 
 /// A counter as read from the store: its raw bytes (for compare-and-swap)
 /// and decoded value. `raw == None` means the key is absent (value 0).
@@ -991,25 +1028,27 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             // A full page: the slot after it is claimed, find the real head.
             None => self.head_after(hint.max(since + limit + 1)).await?,
         };
-        let mut cache = HashMap::new();
-        let ids: Vec<u64> = run.iter().map(|(_, id)| *id).collect();
-        self.load_entries(&mut cache, &ids).await?;
         let mut changes = Vec::with_capacity(run.len());
-        let mut budget = 0usize;
-        for (seq, id) in run {
-            let Some(Some(entry)) = cache.get(&id) else {
-                // Compaction removed it after we read the floor.
-                let floor = self.read_counter(self.keys.floor()).await?.value;
-                if since < floor {
-                    return Ok(Step::Done(Err(Problem::cursor_expired(since, floor))));
+        let mut budget = PageBudget::default();
+        'page: while changes.len() < run.len() {
+            let load = &run[changes.len()..][..budget.next_load(run.len() - changes.len())];
+            let mut cache = HashMap::new();
+            let ids: Vec<u64> = load.iter().map(|(_, id)| *id).collect();
+            self.load_entries(&mut cache, &ids).await?;
+            for (seq, id) in load {
+                let Some(Some(entry)) = cache.remove(id) else {
+                    // Compaction removed it after we read the floor.
+                    let floor = self.read_counter(self.keys.floor()).await?.value;
+                    if since < floor {
+                        return Ok(Step::Done(Err(Problem::cursor_expired(since, floor))));
+                    }
+                    return Ok(Step::Retry);
+                };
+                if !budget.take(&entry) {
+                    break 'page;
                 }
-                return Ok(Step::Retry);
-            };
-            budget += entry.v.as_ref().map_or(0, |v| v.to_string().len());
-            if budget > PAGE_VALUE_BUDGET && !changes.is_empty() {
-                break;
+                changes.push((*seq, entry));
             }
-            changes.push((seq, entry.clone()));
         }
         Ok(Step::Done(Ok(ChangesPage::Entries { changes, head })))
     }
@@ -1029,8 +1068,9 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             Some(c) => vec![c.to_owned()],
             None => self.read_blob_root(self.keys.collections()).await?.1,
         };
-        let mut documents = Vec::new();
+        let mut documents: Vec<Entry> = Vec::new();
         let mut next_after = None;
+        let mut budget = PageBudget::default();
         'outer: for c in collections {
             if let Some((ac, _)) = &after {
                 if c.as_str() < ac.as_str() {
@@ -1045,12 +1085,18 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                     _ => true,
                 })
                 .collect();
-            for chunk in ids.chunks(limit.max(16)) {
+            // Indexes may name documents that no longer exist, so load a
+            // little past what the page still needs.
+            let mut ids = ids.as_slice();
+            while !ids.is_empty() {
+                let wanted = budget.next_load(limit + 1 - documents.len()).max(16);
+                let (chunk, rest) = ids.split_at(wanted.min(ids.len()));
+                ids = rest;
                 let docs: Vec<(String, String)> =
                     chunk.iter().map(|i| (c.clone(), i.clone())).collect();
                 for found in self.documents(&docs).await?.into_iter().flatten() {
-                    if documents.len() == limit {
-                        let last: &Entry = documents.last().expect("limit > 0");
+                    if documents.len() == limit || !budget.take(&found) {
+                        let last = documents.last().expect("a page takes its first document");
                         next_after = Some((last.c.clone(), last.i.clone()));
                         break 'outer;
                     }

@@ -104,11 +104,15 @@
 //!   no (one read of an 8-byte key — an idle smart-poll, a 304 on
 //!   `/v1/changes` or `/v1/head`, and every re-check of a held long-poll).
 //! * **A page of changes** reads the slots after `N` in growing windows up to
-//!   the first free one, the floor, and the entries (one batch).
+//!   the first free one, the floor, and the entries: the first 32 in one
+//!   batch, then as many as the page's 1 MiB value budget holds at their
+//!   average size (so a page of large values never sits in memory whole;
+//!   a page of small ones costs one more batch past 32).
 //! * **A document** reads its pointer, the entry, the entry's slot, and,
 //!   only when the intent is not committed, its predecessor.
 //! * **The listing** reads the head, the index blobs, and resolves documents
-//!   in batches; its `cursor` is the head read before the page.
+//!   in batches sized the same way (a page also stops at 1 MiB of values);
+//!   its `cursor` is the head read before the page.
 //!
 //! # Compaction
 //!
@@ -188,6 +192,8 @@
 //! # Limits
 //!
 //! * Seqs are exact up to 2^53 (cursors beyond are simply ahead).
+//! * A page of changes or documents holds at most 1 MiB of values (and at
+//!   least one entry), whatever its `limit`.
 //! * A collection's index blob is capped at 512 KiB (tens of thousands of
 //!   documents with short ids); beyond it, creates get 409
 //!   `collection-full`.
