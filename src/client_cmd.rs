@@ -231,6 +231,22 @@ fn open(args: &ClientArgs, mode: Mode) -> anyhow::Result<Client> {
     match builder.build() {
         Err(Error::InvalidUrl(u)) => usage_error(format_args!("invalid --url {u}")),
         Err(Error::NoStorage(why)) => usage_error(format_args!("{why}; or pass --state-dir")),
+        // A replica holds one user's queue and one server's cursor: never
+        // send them elsewhere or as someone else.
+        Err(e @ (Error::WrongServer { .. } | Error::WrongUser { .. })) => {
+            let advice = match &args.state_dir {
+                Some(dir) => format!(
+                    "the state dir {} (--state-dir / EDGESYNC_STATE_DIR) holds another \
+                     server's or user's replica: give each server and user its own \
+                     --state-dir, or leave it unset (the default is one per server and user)",
+                    dir.display()
+                ),
+                None => "check --url and --token (EDGESYNC_URL, EDGESYNC_TOKEN), or pass a \
+                         --state-dir of its own"
+                    .to_string(),
+            };
+            Err(anyhow!("{e}\n{advice}"))
+        }
         other => other.context("cannot open the local replica"),
     }
 }

@@ -1332,6 +1332,47 @@ async fn cli_put_get_delete_and_offline_queue() {
     );
 }
 
+/// One state dir (say a shared `EDGESYNC_STATE_DIR`) for two users, or for
+/// two servers: the replica belongs to the first, so the second is refused
+/// (exit 1, with advice), and the first user's queued mutation is never
+/// sent with the second user's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_refuses_a_state_dir_of_another_user_or_server() {
+    let dir = TempDir::new("cli-bound");
+    let mut server = Server::start(&dir.path().join("data"), &[]);
+    let url = server.url();
+    let state = dir.path().join("state");
+    server.stop();
+    let out = cli(&url, &state, "ulla", &["put", "todos", "a", r#""ulla's""#]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("queued"));
+    server.restart();
+
+    let out = cli(&url, &state, "vera", &["put", "todos", "b", "1"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("\"ulla\"") && stderr.contains("--state-dir"),
+        "{stderr}"
+    );
+    assert!(
+        server.changes("vera", 0).is_empty(),
+        "nothing was written as vera"
+    );
+    let other = Server::start(&dir.path().join("other"), &[]);
+    let out = cli(&other.url(), &state, "ulla", &["get", "todos", "a"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(other.changes("ulla", 0).is_empty());
+
+    // Its own user on its own server delivers the queue.
+    let out = cli(&url, &state, "ulla", &["get", "todos", "a"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["value"], json!("ulla's"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_watch_prints_json_lines() {
     let dir = TempDir::new("watch");

@@ -2,12 +2,13 @@ use crate::backoff::{Backoff, Rng};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{FlushReport, SendOutcome, Shared};
 use crate::error::Error;
+use crate::location::token_subject;
 use crate::model::{
     ChangeEvent, Document, Mode, Mutation, Op, ParkReason, ParkedMutation, PendingMutation,
     Resolution, ResyncReason, Status, SyncEvent,
 };
 use crate::names;
-use crate::storage::{Commit, MemoryStorage, NewMutation, SqliteStorage, Storage};
+use crate::storage::{Commit, MemoryStorage, Meta, NewMutation, SqliteStorage, Storage};
 use crate::wire::Wire;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -154,6 +155,16 @@ impl ClientBuilder {
             StorageChoice::Sqlite(path) => Arc::new(SqliteStorage::open(path)?),
             StorageChoice::Custom(s) => s,
         };
+        // The replica's documents, cursor and queue are one user's on one
+        // server: refuse to follow another server with them, or to send the
+        // queue with another user's token.
+        let server = crate::wire::normalize_url(&self.url)?;
+        let user = token_subject(&self.token);
+        check_binding(
+            &store.bind(&server, user.as_deref())?,
+            &server,
+            user.as_deref(),
+        )?;
         let wire = Wire::new(&self.url, self.token, self.config.request_timeout)?;
         let mut rng = Rng::from_entropy();
         let candidate = format!("{:016x}", rng.next_u64());
@@ -165,6 +176,7 @@ impl ClientBuilder {
         shared.refresh_status();
         Ok(Client {
             shared,
+            server,
             task: Mutex::new(None),
         })
     }
@@ -178,6 +190,8 @@ impl ClientBuilder {
 /// in order by the engine ([`Client::start`]) or by [`Client::flush`].
 pub struct Client {
     shared: Arc<Shared>,
+    /// The server's normalised URL, as the replica records it.
+    server: String,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -205,6 +219,24 @@ fn new_key(replica_id: &str) -> String {
         buf = Rng::from_entropy().next_u64().to_le_bytes();
     }
     format!("{replica_id}-{:016x}", u64::from_le_bytes(buf))
+}
+
+/// Refuse a replica that [`Storage::bind`] says belongs to another server
+/// or user than `server` and `user` (the token's `sub`).
+fn check_binding(meta: &Meta, server: &str, user: Option<&str>) -> Result<(), Error> {
+    if let Some(bound) = meta.server.as_deref().filter(|b| *b != server) {
+        return Err(Error::WrongServer {
+            replica: bound.to_string(),
+            given: server.to_string(),
+        });
+    }
+    if let Some(bound) = meta.user.as_deref().filter(|b| Some(*b) != user) {
+        return Err(Error::WrongUser {
+            replica: bound.to_string(),
+            given: user.map(str::to_string),
+        });
+    }
+    Ok(())
 }
 
 fn validate(m: &Mutation) -> Result<(), Error> {
@@ -286,9 +318,19 @@ impl Client {
     }
 
     /// Replace the bearer token (e.g. after refreshing it); retries at once.
-    pub fn set_token(&self, token: impl Into<String>) {
-        self.shared.wire.set_token(token.into());
+    ///
+    /// The new token must be for the replica's user (the same `sub`): a
+    /// token for another user is refused with [`Error::WrongUser`] and the
+    /// current one kept, since the queued mutations are the replica user's
+    /// (open another replica for another user).
+    pub fn set_token(&self, token: impl Into<String>) -> Result<(), Error> {
+        let token = token.into();
+        let user = token_subject(&token);
+        let meta = self.shared.store.bind(&self.server, user.as_deref())?;
+        check_binding(&meta, &self.server, user.as_deref())?;
+        self.shared.wire.set_token(token);
         self.sync_now();
+        Ok(())
     }
 
     /// Ask the engine to act now: flush, and in battery mode poll now (e.g.

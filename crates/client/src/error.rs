@@ -51,6 +51,32 @@ pub enum Error {
     /// `resolve` named a mutation that is not parked.
     #[error("no parked mutation with queue position {0}")]
     NotParked(u64),
+    /// The replica follows another server: its cursor and queue mean
+    /// nothing here. Use one replica (storage) per server and user.
+    #[error(
+        "the local replica belongs to the server {replica}, not {given}: \
+         use a separate replica per server and user"
+    )]
+    WrongServer {
+        /// The server the replica belongs to (normalised URL).
+        replica: String,
+        /// The server this client was given (normalised URL).
+        given: String,
+    },
+    /// The replica holds another user's documents and queued mutations:
+    /// sending them with this token would act as the wrong user. Use one
+    /// replica (storage) per server and user.
+    #[error(
+        "the local replica belongs to the user {replica:?}, but the token is {}: \
+         use a separate replica per server and user",
+        match .given { Some(u) => format!("for {u:?}"), None => "not a JWT with a `sub`".into() }
+    )]
+    WrongUser {
+        /// The user the replica belongs to.
+        replica: String,
+        /// The token's `sub` (`None`: unreadable).
+        given: Option<String>,
+    },
 }
 
 impl Error {

@@ -181,6 +181,13 @@
 //! `edgesync watch` follows the same user. If the token has no `sub` or no
 //! data dir is known, `build` fails with [`Error::NoStorage`].
 //!
+//! A replica belongs to one server and one user: on first use it records
+//! the server's URL (normalised: `HTTP://Host:80/` is `http://host`) and the
+//! token's `sub` ([`Storage::bind`]), and from then on [`ClientBuilder::build`]
+//! refuses another server ([`Error::WrongServer`]: its cursor means nothing
+//! there) or another user ([`Error::WrongUser`]: the queue would be sent with
+//! their token), and [`Client::set_token`] refuses a token for another user.
+//!
 //! SQLite was chosen over an atomically replaced file because every applied
 //! change would otherwise rewrite the whole replica; SQLite updates in
 //! place, commits a page of changes and its cursor atomically, and lets two

@@ -61,7 +61,7 @@ fn state_dir_name(url: &str, user: &str) -> String {
 
 /// The `sub` claim of a JWT, read without verifying the signature: it only
 /// names a directory, and the server verifies the token on every request.
-fn token_subject(token: &str) -> Option<String> {
+pub(crate) fn token_subject(token: &str) -> Option<String> {
     let payload = token.split('.').nth(1)?;
     let claims: serde_json::Value = serde_json::from_slice(&base64url_decode(payload)?).ok()?;
     claims.get("sub")?.as_str().map(str::to_string)

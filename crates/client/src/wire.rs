@@ -93,6 +93,28 @@ pub(crate) struct BatchResponse {
     pub head: Option<u64>,
 }
 
+/// The server's identity as a replica records it: the base URL parsed and
+/// printed back (scheme and host lower-cased, a default port dropped), with
+/// any credentials left out and no trailing `/`, so that one server spelled
+/// two ways is one server.
+pub(crate) fn normalize_url(base_url: &str) -> Result<String, Error> {
+    let mut url = parse_base(base_url)?;
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+fn parse_base(base_url: &str) -> Result<reqwest::Url, Error> {
+    let parsed =
+        reqwest::Url::parse(base_url).map_err(|e| Error::InvalidUrl(format!("{base_url}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::InvalidUrl(format!(
+            "{base_url}: only http and https are supported"
+        )));
+    }
+    Ok(parsed)
+}
+
 pub(crate) struct Wire {
     http: reqwest::Client,
     base: String,
@@ -102,13 +124,7 @@ pub(crate) struct Wire {
 
 impl Wire {
     pub fn new(base_url: &str, token: String, timeout: Duration) -> Result<Wire, Error> {
-        let parsed = reqwest::Url::parse(base_url)
-            .map_err(|e| Error::InvalidUrl(format!("{base_url}: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(Error::InvalidUrl(format!(
-                "{base_url}: only http and https are supported"
-            )));
-        }
+        parse_base(base_url)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             // Keep the connection across battery-mode polls (up to the idle
@@ -435,6 +451,22 @@ mod tests {
             batch_item(&p),
             serde_json::json!({"id":"k","op":"delete","collection":"c","doc":"d","if_version":0})
         );
+    }
+
+    #[test]
+    fn server_urls_are_normalised() {
+        for (given, normalised) in [
+            ("http://sync.example.com", "http://sync.example.com"),
+            ("HTTP://Sync.Example.COM:80/", "http://sync.example.com"),
+            ("https://sync.example.com:443", "https://sync.example.com"),
+            (
+                "https://u:p@sync.example.com:8443/base/",
+                "https://sync.example.com:8443/base",
+            ),
+        ] {
+            assert_eq!(normalize_url(given).unwrap(), normalised, "{given}");
+        }
+        assert!(normalize_url("ftp://x").is_err());
     }
 
     #[test]

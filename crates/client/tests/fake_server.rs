@@ -5,8 +5,8 @@
 mod support;
 
 use edgesync_client::{
-    Client, Clock, Commit, DocWrite, MemoryStorage, Mode, Mutation, Origin, ParkReason, Polling,
-    Resolution, ResyncReason, Storage, SyncConfig, SyncEvent, VirtualClock,
+    Client, Clock, Commit, DocWrite, Error, MemoryStorage, Mode, Mutation, Origin, ParkReason,
+    Polling, Resolution, ResyncReason, Storage, SyncConfig, SyncEvent, VirtualClock,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -861,4 +861,81 @@ async fn a_replayed_result_behind_the_cursor_does_not_resurrect_a_deleted_docume
     assert_eq!(fetched.version, 6);
     assert_eq!(c.get("t", "a").unwrap(), None, "the delete still stands");
     assert_eq!(c.list(None).unwrap(), vec![]);
+}
+
+/// A replica is alice's on this server: a client for another user (say the
+/// same storage opened with bob's token, or alice's client handed bob's
+/// token) must not send alice's queued mutations with bob's token, and one
+/// for another server must not reuse this server's cursor.
+#[tokio::test]
+async fn a_replica_refuses_another_user_or_server() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/mutations" => {
+            let items = req.json()["mutations"].as_array().unwrap().clone();
+            let results: Vec<_> = items.iter().map(|it| item_result(it, 201, 6)).collect();
+            Response::json(200, json!({"results": results, "head": 6}))
+        }
+        _ => not_modified(req),
+    })
+    .await;
+    let storage = following(5);
+    let alice = client(&server, &clock, storage.clone(), Mode::Live, 5);
+    alice.put("t", "a", json!("alice's")).unwrap();
+    drop(alice);
+
+    let bob = support::token_for("bob", 1_764_446_580);
+    let as_bob = Client::builder(&server.url, &bob)
+        .storage(storage.clone())
+        .build();
+    if let Ok(c) = &as_bob {
+        let _ = c.flush().await;
+    }
+    let other = Client::builder("http://127.0.0.1:9", token())
+        .storage(storage.clone())
+        .build();
+    let alice = client(&server, &clock, storage.clone(), Mode::Live, 5);
+    let _ = alice.set_token(bob.clone());
+    let _ = alice.flush().await;
+
+    let posts = server.requests_to("/v1/mutations");
+    assert!(!posts.is_empty());
+    for p in &posts {
+        assert_eq!(
+            p.header("authorization"),
+            Some(format!("Bearer {}", token()).as_str()),
+            "alice's mutations go out with alice's token only"
+        );
+    }
+    assert!(
+        matches!(
+            &as_bob,
+            Err(Error::WrongUser { replica, given: Some(given) })
+                if replica == "alice" && given == "bob"
+        ),
+        "bob's token on alice's replica: {:?}",
+        as_bob.err()
+    );
+    assert!(
+        matches!(&other, Err(Error::WrongServer { replica, given })
+            if *replica == server.url && given == "http://127.0.0.1:9"),
+        "another server on this server's replica: {:?}",
+        other.err()
+    );
+    let refused = alice.set_token(bob).unwrap_err();
+    assert!(matches!(refused, Error::WrongUser { .. }), "{refused}");
+    assert!(
+        refused.to_string().contains("separate replica"),
+        "{refused}"
+    );
+    // A refreshed token for alice, and the server's URL spelled another
+    // way, are fine.
+    alice
+        .set_token(support::token_for("alice", 1_764_450_000))
+        .unwrap();
+    let spelled = server.url.replace("http://", "HTTP://") + "/";
+    Client::builder(spelled, token())
+        .storage(storage)
+        .build()
+        .unwrap();
 }

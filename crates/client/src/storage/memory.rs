@@ -45,6 +45,15 @@ impl Storage for MemoryStorage {
             .clone())
     }
 
+    fn bind(&self, server: &str, user: Option<&str>) -> Result<Meta, StorageError> {
+        let mut s = self.lock();
+        s.meta.server.get_or_insert_with(|| server.to_string());
+        if let (None, Some(user)) = (&s.meta.user, user) {
+            s.meta.user = Some(user.to_string());
+        }
+        Ok(s.meta.clone())
+    }
+
     fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StorageError> {
         Ok(self
             .lock()

@@ -53,6 +53,12 @@ pub struct Meta {
     /// A 409/410 asked for a resync that has not completed yet (so a restart
     /// resumes it instead of polling a dead cursor).
     pub needs_resync: bool,
+    /// The server this replica follows (its normalised base URL), recorded
+    /// by [`Storage::bind`] on first use.
+    pub server: Option<String>,
+    /// The user (the token's `sub`) whose documents and queue this replica
+    /// holds, recorded by [`Storage::bind`] on first use.
+    pub user: Option<String>,
 }
 
 /// A conditional document write: applied only if `version` is newer than
@@ -153,6 +159,11 @@ pub trait Storage: Send + Sync + 'static {
     fn meta(&self) -> Result<Meta, StorageError>;
     /// Set the replica id if none is stored yet; returns the stored id.
     fn init_replica_id(&self, candidate: &str) -> Result<String, StorageError>;
+    /// Record the server and the user this replica belongs to, each only if
+    /// none is recorded yet (`user: None` records nothing), atomically, and
+    /// return the metadata as stored afterwards. The client compares the
+    /// result with its own server and user and refuses a mismatch.
+    fn bind(&self, server: &str, user: Option<&str>) -> Result<Meta, StorageError>;
     /// One row (tombstones included).
     fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StorageError>;
     /// Live documents, ordered by (collection, id), optionally of one
@@ -216,6 +227,22 @@ pub(crate) mod conformance {
         let id = s.init_replica_id("r1").unwrap();
         assert_eq!(id, "r1");
         assert_eq!(s.init_replica_id("r2").unwrap(), "r1");
+
+        // Bound on first use; later calls report the binding, never move it.
+        assert_eq!((meta.server, meta.user), (None, None));
+        let m = s.bind("http://a", None).unwrap();
+        assert_eq!((m.server.as_deref(), m.user), (Some("http://a"), None));
+        let m = s.bind("http://b", Some("alice")).unwrap();
+        assert_eq!(
+            (m.server.as_deref(), m.user.as_deref()),
+            (Some("http://a"), Some("alice"))
+        );
+        let m = s.bind("http://b", Some("bob")).unwrap();
+        assert_eq!(
+            (m.server.as_deref(), m.user.as_deref()),
+            (Some("http://a"), Some("alice"))
+        );
+        assert_eq!(m.replica_id.as_deref(), Some("r1"));
 
         // Per-version application, idempotent.
         let r = s
@@ -461,6 +488,12 @@ pub(crate) mod conformance {
                 parked: 1
             }
         );
-        assert_eq!(s.meta().unwrap().replica_id.as_deref(), Some("r1"));
+        let meta = s.meta().unwrap();
+        assert_eq!(meta.replica_id.as_deref(), Some("r1"));
+        assert_eq!(
+            (meta.server.as_deref(), meta.user.as_deref()),
+            (Some("http://a"), Some("alice")),
+            "a resync keeps the binding"
+        );
     }
 }

@@ -154,6 +154,17 @@ fn meta_u64(conn: &Connection, key: &str) -> Result<Option<u64>, StorageError> {
         .transpose()
 }
 
+fn read_meta(conn: &Connection) -> Result<Meta, StorageError> {
+    Ok(Meta {
+        replica_id: get_meta(conn, "replica_id")?,
+        cursor: meta_u64(conn, "cursor")?,
+        head: meta_u64(conn, "head")?,
+        needs_resync: get_meta(conn, "needs_resync")?.as_deref() == Some("1"),
+        server: get_meta(conn, "server")?,
+        user: get_meta(conn, "user")?,
+    })
+}
+
 type DocRow = (String, String, i64, Option<String>, Option<String>);
 
 fn doc_from_row(row: &Row<'_>) -> rusqlite::Result<DocRow> {
@@ -229,13 +240,21 @@ fn pending_mutation(row: QueueRow) -> Result<(PendingMutation, Option<ParkReason
 
 impl Storage for SqliteStorage {
     fn meta(&self) -> Result<Meta, StorageError> {
-        let conn = self.conn();
-        Ok(Meta {
-            replica_id: get_meta(&conn, "replica_id")?,
-            cursor: meta_u64(&conn, "cursor")?,
-            head: meta_u64(&conn, "head")?,
-            needs_resync: get_meta(&conn, "needs_resync")?.as_deref() == Some("1"),
-        })
+        read_meta(&self.conn())
+    }
+
+    fn bind(&self, server: &str, user: Option<&str>) -> Result<Meta, StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if get_meta(&tx, "server")?.is_none() {
+            set_meta(&tx, "server", server)?;
+        }
+        if let (None, Some(user)) = (get_meta(&tx, "user")?, user) {
+            set_meta(&tx, "user", user)?;
+        }
+        let meta = read_meta(&tx)?;
+        tx.commit()?;
+        Ok(meta)
     }
 
     fn init_replica_id(&self, candidate: &str) -> Result<String, StorageError> {
@@ -465,6 +484,7 @@ mod tests {
         let meta = s.meta().unwrap();
         assert_eq!(meta.cursor, Some(3));
         assert_eq!(meta.replica_id.as_deref(), Some("r1"));
+        assert_eq!(meta.user.as_deref(), Some("alice"));
         assert_eq!(s.counts().unwrap().pending, 2);
         assert_eq!(s.parked().unwrap().len(), 1);
         let journal: String = s

@@ -264,13 +264,18 @@ fn reason(status: u16) -> &'static str {
 /// A token of realistic size: what `edgesync token --sub alice` mints
 /// (HS256 with `sub`, `iat`, `exp`).
 pub fn token() -> String {
+    token_for("alice", 1_764_446_580)
+}
+
+/// A token like [`token`] for another user, or issued at another time.
+pub fn token_for(sub: &str, iat: u64) -> String {
     let secret = [7u8; 32];
     let expect = edgesync_core::auth::Expectations {
         secret: &secret,
         audience: None,
         issuer: None,
     };
-    edgesync_core::auth::mint(&expect, "alice", 1_764_446_580, 3600)
+    edgesync_core::auth::mint(&expect, sub, iat, 3600)
 }
 
 /// Poll `cond` (real time) until true, at most ~10 s.
