@@ -13,8 +13,13 @@
 //!
 //! * `get-many` on the SQLite backend leaves missing keys out of the result:
 //!   results are matched by key, and absent keys become `None`.
-//! * `get-many` on the Redis backend sends `KEYS` and fails: on any batch
-//!   error the adapter falls back to one `get` per key.
+//! * `get-many` on the Redis backend sends `KEYS <keys...>` instead of
+//!   `MGET`. With two keys or more that is an error, and the adapter falls
+//!   back to one `get` per key (on any batch error). With exactly one key
+//!   it is a valid command: `KEYS k` scans the whole keyspace and, if `k`
+//!   exists, answers a one-element list of key names that older host
+//!   builds cannot parse as key/value pairs (the host panics). So a
+//!   one-key batch is sent as a plain `get`, and an empty one as nothing.
 //! * A `swap` on a key that was absent at `current()` is an upsert on the
 //!   SQLite backend: the adapter refuses to swap when `current()` returned
 //!   nothing or something other than the expected bytes, so the core's
@@ -110,8 +115,11 @@ impl<B: RawBucket> Kv for WasiKv<B> {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        match keys {
+            [] => return Ok(Vec::new()),
+            // Never `KEYS k` on Redis (see the crate docs).
+            [key] => return Ok(vec![self.bucket.get(key).await?]),
+            _ => {}
         }
         match self.bucket.get_many(keys.to_vec()).await {
             Ok(pairs) => {
@@ -184,5 +192,159 @@ impl<B: RawBucket> Kv for WasiKv<B> {
             },
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The adapter against a scripted bucket that records which raw calls
+    //! were made and can report a swap that happened as `cas-failed`.
+
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        let mut f = pin!(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    /// How the scripted bucket reports a swap.
+    #[derive(Clone, Copy)]
+    enum Report {
+        /// Writes when the value is unchanged; reports what happened.
+        Truthfully,
+    }
+
+    struct Scripted {
+        map: Mutex<BTreeMap<String, Vec<u8>>>,
+        calls: Mutex<Vec<String>>,
+        report: Report,
+        /// Written by the next `cas.current`, just after it reads: a
+        /// concurrent writer that gets in before the swap.
+        race: Mutex<Option<&'static [u8]>>,
+    }
+
+    impl Scripted {
+        fn new(report: Report) -> Self {
+            Self {
+                map: Mutex::new(BTreeMap::new()),
+                calls: Mutex::new(Vec::new()),
+                report,
+                race: Mutex::new(None),
+            }
+        }
+        fn log(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+        fn calls(&self) -> Vec<String> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+        fn put(&self, key: &str, value: &[u8]) {
+            self.map
+                .lock()
+                .unwrap()
+                .insert(key.to_owned(), value.to_vec());
+        }
+    }
+
+    impl RawBucket for Scripted {
+        type Cas = (String, Option<Vec<u8>>);
+
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+            self.log(format!("get {key}"));
+            Ok(self.map.lock().unwrap().get(key).cloned())
+        }
+        async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+            self.log(format!("set {key}"));
+            self.put(key, value);
+            Ok(())
+        }
+        async fn delete(&self, key: &str) -> Result<(), KvError> {
+            self.log(format!("delete {key}"));
+            self.map.lock().unwrap().remove(key);
+            Ok(())
+        }
+        async fn get_many(&self, keys: Vec<String>) -> Result<KeyValues, KvError> {
+            self.log(format!("get-many {}", keys.join(" ")));
+            let map = self.map.lock().unwrap();
+            Ok(keys
+                .into_iter()
+                .filter_map(|k| map.get(&k).cloned().map(|v| (k, Some(v))))
+                .collect())
+        }
+        async fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
+            self.log(format!("delete-many {}", keys.join(" ")));
+            let mut map = self.map.lock().unwrap();
+            for k in keys {
+                map.remove(&k);
+            }
+            Ok(())
+        }
+        async fn increment(&self, key: &str, _delta: i64) -> Result<i64, KvError> {
+            self.log(format!("increment {key}"));
+            Err(KvError::new(edgesync_core::KvErrorKind::Other, "unused"))
+        }
+        async fn cas_current(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>), KvError> {
+            self.log(format!("cas.current {key}"));
+            let seen = self.map.lock().unwrap().get(key).cloned();
+            if let Some(theirs) = self.race.lock().unwrap().take() {
+                self.put(key, theirs);
+            }
+            Ok(((key.to_owned(), seen.clone()), seen))
+        }
+        async fn cas_swap(&self, cas: Self::Cas, value: &[u8]) -> Result<(), SwapError> {
+            let (key, seen) = cas;
+            self.log(format!("swap {key}"));
+            let mut map = self.map.lock().unwrap();
+            let applied = map.get(&key) == seen.as_ref();
+            if applied {
+                map.insert(key, value.to_vec());
+            }
+            match self.report {
+                Report::Truthfully if applied => Ok(()),
+                Report::Truthfully => Err(SwapError::CasFailed),
+            }
+        }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_one_key_batch_is_a_plain_get_and_no_keys_touch_nothing() {
+        // Spin's Redis store sends `KEYS <keys...>` for get-many: one key is
+        // a valid KEYS pattern that scans the keyspace and crashes the host.
+        let kv = WasiKv::new(Scripted::new(Report::Truthfully));
+        kv.bucket().put("u/a", b"1");
+        assert_eq!(
+            block_on(kv.get_many(&strings(&["u/a"]))).unwrap(),
+            vec![Some(b"1".to_vec())]
+        );
+        assert_eq!(
+            block_on(kv.get_many(&strings(&["u/b"]))).unwrap(),
+            vec![None]
+        );
+        assert_eq!(kv.bucket().calls(), strings(&["get u/a", "get u/b"]));
+
+        assert!(block_on(kv.get_many(&[])).unwrap().is_empty());
+        assert!(kv.bucket().calls().is_empty());
+
+        // Two keys or more still go out as one batch.
+        assert_eq!(
+            block_on(kv.get_many(&strings(&["u/b", "u/a"]))).unwrap(),
+            vec![None, Some(b"1".to_vec())]
+        );
+        assert_eq!(kv.bucket().calls(), strings(&["get-many u/b u/a"]));
     }
 }

@@ -30,9 +30,11 @@ pub enum Backend {
     /// on a key absent at `current()` is an upsert, `increment` keeps 8-byte
     /// little-endian integers and panics on any other value.
     SpinSqlite,
-    /// Spin's Redis store: `get-many` fails (it sends `KEYS`), `increment`
-    /// stores decimal text (INCRBY), and a swap whose WATCH was
-    /// invalidated reports success without writing.
+    /// Spin's Redis store. `get-many` sends `KEYS <keys...>`: with two
+    /// keys or more that fails; with one it scans the keyspace and, if the
+    /// key exists, crashes the host (a list of key names is no list of
+    /// key/value pairs). `increment` stores decimal text (INCRBY), and a
+    /// swap whose WATCH was invalidated reports success without writing.
     SpinRedis,
 }
 
@@ -152,6 +154,21 @@ impl RawBucket for SimBucket {
     async fn get_many(&self, keys: Vec<String>) -> Result<Vec<(String, Option<Vec<u8>>)>, KvError> {
         if self.backend == Backend::SpinRedis {
             yield_now().await;
+            if let [key] = keys.as_slice() {
+                // `KEYS key`: a pattern (edgesync's keys have no glob
+                // characters) matched against the whole keyspace.
+                return self.store.with(|s| {
+                    if !s.map.contains_key(key) {
+                        return Ok(Vec::new());
+                    }
+                    let why = format!(
+                        "get-many of the one key {key} on Redis: `KEYS {key}` answers a list \
+                         of key names, which Spin's host cannot parse (it panics)"
+                    );
+                    s.fatal.get_or_insert(why.clone());
+                    Err(kv_err(&why))
+                });
+            }
             return Err(kv_err("ERR wrong number of arguments for 'keys' command"));
         }
         // Missing keys are left out, rows come back in key order, and (as
