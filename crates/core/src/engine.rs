@@ -145,15 +145,6 @@ pub(crate) struct Mutation {
     pub idempotency: Option<(String, String)>,
 }
 
-/// How a mutation is charged against the rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Charge {
-    /// Check that one token is available.
-    Check,
-    /// Already admitted (batch items after the batch was admitted).
-    Admitted,
-}
-
 /// Result of a mutation.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -506,10 +497,10 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
     // ---------------------------------------------------------------
 
     /// Apply a mutation, retrying lost races.
-    pub async fn mutate(&self, m: &Mutation, charge: Charge) -> Result<Outcome, Failure> {
+    pub async fn mutate(&self, m: &Mutation) -> Result<Outcome, Failure> {
         let _turn = self.host.writer_turn(self.keys.topic()).await;
         for attempt in 0..MAX_ATTEMPTS {
-            if let Step::Done(outcome) = self.try_mutate(m, charge).await? {
+            if let Step::Done(outcome) = self.try_mutate(m).await? {
                 return Ok(outcome);
             }
             if attempt >= 2 {
@@ -526,7 +517,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         Err(Problem::unavailable("too much contention on this user's log; retry").into())
     }
 
-    async fn try_mutate(&self, m: &Mutation, charge: Charge) -> Result<Step<Outcome>, Failure> {
+    async fn try_mutate(&self, m: &Mutation) -> Result<Step<Outcome>, Failure> {
         let z = self.fresh_id();
         let doc_key = self.keys.doc(&m.collection, &m.id);
         let first = self
@@ -663,8 +654,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 .unwrap_or(0);
         }
         let now = self.host.now_millis();
-        let tokens = if charge == Charge::Check { 1 } else { 0 };
-        let tat = match self.rate_check(prev_tat, now, tokens) {
+        let tat = match self.rate_check(prev_tat, now) {
             Ok(tat) => tat,
             Err(retry_after) => {
                 return Ok(Step::Done(Outcome::Refused(Problem::rate_limited(
@@ -788,8 +778,8 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
     }
 
     /// GCRA over the chained theoretical arrival time (µs): the new TAT if
-    /// `tokens` fit, else the seconds to wait.
-    fn rate_check(&self, prev_tat: u64, now_millis: u64, tokens: u64) -> Result<u64, u64> {
+    /// one more mutation fits now, else the seconds to wait.
+    fn rate_check(&self, prev_tat: u64, now_millis: u64) -> Result<u64, u64> {
         let rate = self.cfg.rate_limit_per_second;
         if rate == 0 {
             return Ok(0);
@@ -798,45 +788,11 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         let now = now_millis.saturating_mul(1000);
         let tat = prev_tat.max(now);
         let tolerance = interval.saturating_mul(self.cfg.rate_limit_burst().saturating_sub(1));
-        if tokens > 0 {
-            let last = tat.saturating_add(interval.saturating_mul(tokens - 1));
-            if last.saturating_sub(now) > tolerance {
-                let wait_us = last - now - tolerance;
-                return Err(wait_us.div_ceil(1_000_000).max(1));
-            }
+        if tat.saturating_sub(now) > tolerance {
+            let wait_us = tat - now - tolerance;
+            return Err(wait_us.div_ceil(1_000_000).max(1));
         }
         Ok(tat.saturating_add(interval))
-    }
-
-    /// Admission of a batch: whether `tokens` mutations may start now.
-    pub async fn admit(&self, tokens: u64) -> Result<Result<(), u64>, Failure> {
-        if self.cfg.rate_limit_per_second == 0 {
-            return Ok(Ok(()));
-        }
-        let hint = self.read_counter(self.keys.hint()).await?;
-        let tail = self.scan_tail(hint).await?;
-        let mut prev_tat = 0;
-        if tail.tail > 1 {
-            let prev_id = match tail.claimed.get(&(tail.tail - 1)) {
-                Some(id) => *id,
-                None => {
-                    self.read_counter(self.keys.slot(tail.tail - 1))
-                        .await?
-                        .value
-                }
-            };
-            let mut cache = HashMap::new();
-            self.load_entries(&mut cache, &[prev_id]).await?;
-            prev_tat = cache
-                .get(&prev_id)
-                .cloned()
-                .flatten()
-                .and_then(|e| e.rl)
-                .unwrap_or(0);
-        }
-        Ok(self
-            .rate_check(prev_tat, self.host.now_millis(), tokens)
-            .map(|_| ()))
     }
 
     // ---------------------------------------------------------------

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{self, Expectations};
 use crate::config::CorsOrigins;
-use crate::engine::{Action, ChangesPage, Charge, Cond, Conditions, Log, Mutation, Outcome};
+use crate::engine::{Action, ChangesPage, Cond, Conditions, Log, Mutation, Outcome};
 use crate::entry::Entry;
 use crate::host::Host;
 use crate::http_util::{
@@ -825,7 +825,7 @@ async fn doc<K: Kv, H: Host>(
         conditions,
         idempotency,
     };
-    match log.mutate(&mutation, Charge::Check).await? {
+    match log.mutate(&mutation).await? {
         Outcome::Refused(problem) => Err(problem.into()),
         Outcome::Applied { entry, replayed } => Ok(mutation_response(&entry, replayed)),
     }
@@ -855,6 +855,14 @@ fn mutation_response(entry: &Entry, replayed: bool) -> Response<Vec<u8>> {
 // -------------------------------------------------------------------
 // /v1/mutations
 // -------------------------------------------------------------------
+
+/// Whether a refused batch item may succeed when sent again later as is.
+fn is_worth_retrying(problem: &Problem) -> bool {
+    matches!(
+        problem.status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    )
+}
 
 fn parse_batch(body: &[u8]) -> Result<Vec<(Mutation, String)>, Problem> {
     let value = parse_json(body)?;
@@ -944,22 +952,23 @@ async fn mutations<K: Kv, H: Host>(
 ) -> Result<Response<Vec<u8>>, Failure> {
     require_media_type(request, "application/json")?;
     let batch = parse_batch(request.body())?;
-    if let Err(retry_after) = log.admit(batch.len() as u64).await? {
-        return Err(Problem::rate_limited(retry_after).into());
-    }
     let mut results = Vec::with_capacity(batch.len());
     for (mutation, key) in &batch {
-        // A failure worth retrying (the store failed, or the item lost too
-        // many races: 503) aborts the batch, so that no later item is
-        // applied before it: the batch is an offline queue, and its order is
-        // the user's. Retrying the whole batch is safe: the items applied
-        // so far replay. A final refusal (404, 409, 412, 422) is that
-        // item's result and the rest go on.
-        let outcome = match log.mutate(mutation, Charge::Admitted).await {
-            Ok(outcome) => outcome,
-            Err(Failure::Problem(problem)) if problem.status != StatusCode::SERVICE_UNAVAILABLE => {
-                Outcome::Refused(problem)
+        // A refusal worth retrying (429: the rate limit; 503: the store
+        // failed, or the item lost too many races) stops the batch, so that
+        // no later item is applied before it: the batch is an offline queue,
+        // and its order is the user's. Retrying the whole batch is safe and
+        // free: the items applied so far replay, and replays take no rate
+        // limit token. A final refusal (404, 409, 412, 422) is that item's
+        // result and the rest go on.
+        let outcome = match log.mutate(mutation).await {
+            Ok(Outcome::Refused(problem)) | Err(Failure::Problem(problem))
+                if is_worth_retrying(&problem) =>
+            {
+                return Err(problem.into())
             }
+            Ok(outcome) => outcome,
+            Err(Failure::Problem(problem)) => Outcome::Refused(problem),
             Err(failure) => return Err(failure),
         };
         let result = match outcome {

@@ -8,9 +8,10 @@ use super::*;
 use crate::Target;
 
 /// Exceeding the per-user mutation rate (after the burst) is 429
-/// `rate-limited` with `Retry-After` (seconds); the refused write and a
-/// refused batch change nothing; reads and other users are not limited;
-/// after `Retry-After` a write succeeds again.
+/// `rate-limited` with `Retry-After` (seconds); the refused write changes
+/// nothing; a batch applies what the rate allows, in order, then stops with
+/// 429, and resent after `Retry-After` replays and completes; reads and
+/// other users are not limited; after `Retry-After` a write succeeds again.
 pub async fn rate_limit_is_429_with_retry_after(t: &Target) -> anyhow::Result<()> {
     let api = t.api();
     let u = t.new_user();
@@ -61,27 +62,76 @@ pub async fn rate_limit_is_429_with_retry_after(t: &Target) -> anyhow::Result<()
     );
     assert_nothing_changed(&api, &u, before, Some((&c, &id, 404)), "a rate-limited PUT").await?;
 
-    // A batch needs one token per item: refused whole (five items need
-    // more tokens than can have come back since the 429).
+    // A batch takes one token per item it applies: it goes as far as the
+    // tokens that came back since the 429 allow, then stops with 429, and
+    // nothing behind the refused item is applied. Sent again after each
+    // Retry-After, it replays what was applied (replays take no token) and
+    // goes on, until every item is in, once, in order.
     let items: Vec<Value> = (0..5)
         .map(|i| json!({"id": format!("late{i}-{}", random_name(6)), "op": "put", "collection": c, "doc": format!("late{i}"), "value": i}))
         .collect();
+    let batch = json!({ "mutations": items });
+    let mut applied = 0;
+    let mut rounds = 0;
+    let results = loop {
+        rounds += 1;
+        assert!(
+            rounds <= 20,
+            "a 5-item batch still refused after {rounds} rounds"
+        );
+        let r = api
+            .post("/v1/mutations")
+            .auth(&u)
+            .json(&batch)
+            .send()
+            .await?;
+        if r.status == 200 {
+            break r.json()["results"].clone();
+        }
+        r.expect_problem(429, "rate-limited");
+        let wait: u64 = r.must_header("retry-after").trim().parse()?;
+        let now = head(&api, &u).await? - before;
+        assert!(now >= applied, "a refused batch took back applied items");
+        applied = now;
+        let page = changes_page(&api, &u, before, 10).await?;
+        let docs: Vec<&str> = page["changes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["id"].as_str()).collect())
+            .unwrap_or_default();
+        let expected: Vec<String> = (0..applied).map(|i| format!("late{i}")).collect();
+        assert_eq!(
+            docs, expected,
+            "a rate-limited batch applies a prefix, in order"
+        );
+        tokio::time::sleep(Duration::from_secs(wait.min(10)) + millis(100)).await;
+    };
+    for (i, result) in results.as_array().expect("results").iter().enumerate() {
+        assert_eq!(result["status"], 201, "{results}");
+        assert_eq!(
+            result["replayed"],
+            (i as u64) < applied,
+            "item {i}: {results}"
+        );
+    }
+    let page = changes_page(&api, &u, before, 10).await?;
+    let docs: Vec<&str> = page["changes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(docs, ["late0", "late1", "late2", "late3", "late4"]);
+    // With the bucket empty again, the whole batch once more: replays take
+    // no token, so it is answered (all replayed), not refused.
     let r = api
         .post("/v1/mutations")
         .auth(&u)
-        .json(&json!({"mutations": items}))
+        .json(&batch)
         .send()
         .await?;
-    r.expect_problem(429, "rate-limited");
-    r.must_header("retry-after");
-    assert_nothing_changed(
-        &api,
-        &u,
-        before,
-        Some((&c, "late0", 404)),
-        "a rate-limited batch",
-    )
-    .await?;
+    let again = r.expect(200).json();
+    for result in again["results"].as_array().expect("results") {
+        assert_eq!(result["replayed"], true, "{again}");
+    }
+    let before = before + 5;
 
     // Reads are never limited.
     for _ in 0..20 {
