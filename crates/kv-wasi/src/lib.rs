@@ -9,7 +9,8 @@
 //! the deterministic simulator (over a model of each backend's quirks).
 //!
 //! What the adapter corrects for (see DESIGN.md, "Platform facts", and the
-//! sources of Spin's `key-value-spin` and `key-value-redis` crates):
+//! sources of Spin's `key-value-spin`, `key-value-redis` and
+//! `key-value-aws` crates):
 //!
 //! * `get-many` on the SQLite backend leaves missing keys out of the result:
 //!   results are matched by key, and absent keys become `None`.
@@ -27,11 +28,30 @@
 //! * `increment` on the Redis backend is `INCRBY`, which refuses the 8-byte
 //!   binary counters the core writes with compare-and-swap; an increment by
 //!   zero (the core's "create if absent") on such a key returns its value.
-//! * A `swap` on the Redis backend runs `MULTI/SET/EXEC` after `WATCH`; an
-//!   aborted transaction can surface as success through the client library.
-//!   Every successful swap is therefore verified by reading the key back
-//!   (the core only swaps in values no concurrent writer can produce, so the
-//!   read-back is conclusive).
+//! * A swap's reported outcome is not trusted in either direction:
+//!   - On the Redis backend a swap runs `MULTI/SET/EXEC` after `WATCH`; an
+//!     aborted transaction can surface as success through the client
+//!     library. Every successful swap is therefore read back.
+//!   - `cas-failed` can be reported after the write happened: Spin's Redis
+//!     store sends `UNWATCH <key>` after `EXEC`, which Redis refuses
+//!     (`UNWATCH` takes no arguments), and maps that error, like an I/O
+//!     error after `EXEC` was sent, to `cas-failed`; its DynamoDB store maps
+//!     every `TransactWriteItems` error, timeouts included, to `cas-failed`.
+//!     Taking such a report at its word would make the core clean up as if
+//!     it had lost a race it won (deleting what a committed pointer names,
+//!     or applying a committed step twice). A `cas-failed` swap is
+//!     therefore read back too.
+//!
+//!   Either way the answer is "the key now holds `new`", the same check for
+//!   both reports. It is conclusive because of how the core swaps: a log
+//!   slot, a pointer or an index root only ever receives a fresh id that
+//!   no other writer can produce, and the other swaps (raising the hint,
+//!   floor or cleaned mark, clearing a deleted document's pointer to 0 in
+//!   compaction) are ones where two writers swapping in the same value have
+//!   done the same thing. Finding `new` therefore means this swap wrote it
+//!   (or an equivalent one did); not finding it means it did not take
+//!   effect, or that a later writer, which had to read `new` to replace
+//!   it, already moved the key on.
 
 use std::future::Future;
 
@@ -43,7 +63,8 @@ pub type KeyValues = Vec<(String, Option<Vec<u8>>)>;
 /// Outcome of a raw `atomics.swap`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SwapError {
-    /// `cas-failed`: the value changed since `current()`.
+    /// `cas-failed`: the backend says the value changed since `current()`
+    /// (which may not be so: see the crate docs).
     CasFailed,
     /// `store-error`: the backend failed.
     Store(KvError),
@@ -172,8 +193,14 @@ impl<B: RawBucket> Kv for WasiKv<B> {
             return Ok(false);
         }
         match self.bucket.cas_swap(cas, new).await {
-            Ok(()) => Ok(self.bucket.get(key).await?.as_deref() == Some(new)),
-            Err(SwapError::CasFailed) => Ok(false),
+            // Neither report is trusted: Redis can report success for an
+            // aborted transaction, and Redis and DynamoDB can report
+            // `cas-failed` after the write happened. The core only swaps in
+            // values unique to this writer (see the crate docs), so whether
+            // the key holds `new` now is the answer.
+            Ok(()) | Err(SwapError::CasFailed) => {
+                Ok(self.bucket.get(key).await?.as_deref() == Some(new))
+            }
             Err(SwapError::Store(e)) => Err(e),
         }
     }
@@ -223,6 +250,10 @@ mod tests {
     enum Report {
         /// Writes when the value is unchanged; reports what happened.
         Truthfully,
+        /// Writes when the value is unchanged, and reports `cas-failed`
+        /// either way (Spin's Redis store: its `UNWATCH <key>` after EXEC
+        /// is refused).
+        CasFailedAlways,
     }
 
     struct Scripted {
@@ -312,7 +343,7 @@ mod tests {
             }
             match self.report {
                 Report::Truthfully if applied => Ok(()),
-                Report::Truthfully => Err(SwapError::CasFailed),
+                Report::Truthfully | Report::CasFailedAlways => Err(SwapError::CasFailed),
             }
         }
     }
@@ -346,5 +377,33 @@ mod tests {
             vec![None, Some(b"1".to_vec())]
         );
         assert_eq!(kv.bucket().calls(), strings(&["get-many u/b u/a"]));
+    }
+
+    #[test]
+    fn a_swap_that_happened_but_reports_cas_failed_is_a_success() {
+        let kv = WasiKv::new(Scripted::new(Report::CasFailedAlways));
+        kv.bucket().put("k", b"old");
+        assert!(block_on(kv.compare_and_swap("k", b"old", b"new")).unwrap());
+        assert_eq!(block_on(kv.get("k")).unwrap().as_deref(), Some(&b"new"[..]));
+        // ...and one that did not happen is still a failure.
+        assert!(!block_on(kv.compare_and_swap("k", b"old", b"newer")).unwrap());
+        assert_eq!(block_on(kv.get("k")).unwrap().as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn a_swap_that_lost_the_race_is_read_back_and_stays_lost() {
+        let kv = WasiKv::new(Scripted::new(Report::Truthfully));
+        kv.bucket().put("k", b"old");
+        // Someone else moves the key between current() and swap().
+        *kv.bucket().race.lock().unwrap() = Some(b"theirs");
+        assert!(!block_on(kv.compare_and_swap("k", b"old", b"mine")).unwrap());
+        assert_eq!(
+            kv.bucket().calls(),
+            strings(&["cas.current k", "swap k", "get k"])
+        );
+        assert_eq!(
+            block_on(kv.get("k")).unwrap().as_deref(),
+            Some(&b"theirs"[..])
+        );
     }
 }

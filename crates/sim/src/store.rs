@@ -33,8 +33,15 @@ pub enum Backend {
     /// Spin's Redis store. `get-many` sends `KEYS <keys...>`: with two
     /// keys or more that fails; with one it scans the keyspace and, if the
     /// key exists, crashes the host (a list of key names is no list of
-    /// key/value pairs). `increment` stores decimal text (INCRBY), and a
-    /// swap whose WATCH was invalidated reports success without writing.
+    /// key/value pairs). `increment` stores decimal text (INCRBY). A swap
+    /// (WATCH, then MULTI/SET/EXEC, then `UNWATCH <key>`) writes only if
+    /// the key is unchanged since `current()`, but what it reports does
+    /// not depend on whether it wrote: Redis refuses `UNWATCH` with an
+    /// argument (so against a real Redis every swap reports `cas-failed`),
+    /// an I/O error after EXEC was sent reports `cas-failed` too, and
+    /// without either the report is EXEC's own result, success even when
+    /// the transaction was aborted. The model draws one of the two reports
+    /// per swap, so the adapter meets both lies.
     SpinRedis,
 }
 
@@ -115,6 +122,20 @@ impl MemStore {
 
 fn kv_err(message: &str) -> KvError {
     KvError::new(KvErrorKind::Other, message)
+}
+
+impl Inner {
+    /// A coin flip drawn from the store's own history (operations so far
+    /// and the key), so that a run's seed, which fixes that history,
+    /// reproduces every draw.
+    fn coin(&self, key: &str) -> bool {
+        let mut z = key.bytes().fold(self.ops ^ 0xCBF2_9CE4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+        });
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) & 1 == 1
+    }
 }
 
 /// Raw `wasi:keyvalue` over a [`MemStore`], with a [`Backend`]'s quirks.
@@ -257,12 +278,19 @@ impl RawBucket for SimBucket {
                     s.map.insert(key, value.to_vec());
                     Ok(())
                 }
-                // WATCH ... MULTI SET EXEC: an aborted EXEC looks like success.
-                (Backend::SpinRedis, _) if now == seen => {
-                    s.map.insert(key, value.to_vec());
-                    Ok(())
+                // WATCH ... MULTI SET EXEC, then `UNWATCH key`: EXEC writes
+                // only if the key is unchanged, and the report does not
+                // depend on whether it did (see `Backend::SpinRedis`).
+                (Backend::SpinRedis, _) => {
+                    if now == seen {
+                        s.map.insert(key.clone(), value.to_vec());
+                    }
+                    if s.coin(&key) {
+                        Err(SwapError::CasFailed)
+                    } else {
+                        Ok(())
+                    }
                 }
-                (Backend::SpinRedis, _) => Ok(()),
             }
         })
     }
