@@ -809,12 +809,27 @@ async fn doc<K: Kv, H: Host>(
                         "must be 1-255 visible ASCII characters",
                     )
                 })?;
-            let fp = fingerprint(&[
-                method.as_str().as_bytes(),
-                collection.as_bytes(),
-                id.as_bytes(),
-                request.body(),
-            ]);
+            // The request as it means, not as it is spelled: the parsed
+            // value (whitespace and member order do not matter) and the
+            // preconditions (the same body under another If-Match is
+            // another request).
+            let header = |name| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+            };
+            let value = match &action {
+                Action::Put(v) | Action::Patch(v) => Some(v),
+                Action::Delete => None,
+            };
+            let canonical = serde_json::to_vec(&json!({
+                "method": method.as_str(), "collection": collection, "doc": id, "value": value,
+                "if_match": header(IF_MATCH), "if_none_match": header(IF_NONE_MATCH),
+            }))
+            .expect("JSON serializes");
+            let fp = fingerprint(&[b"single", &canonical]);
             Some((key.to_owned(), fp))
         }
     };

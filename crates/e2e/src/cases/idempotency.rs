@@ -133,8 +133,9 @@ pub async fn patch_and_delete_replays(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The same key with a different body, path or method is 422
-/// `idempotency-key-mismatch` and logs nothing.
+/// The same key with a different body, path, method or precondition is 422
+/// `idempotency-key-mismatch` and logs nothing; the same request spelled
+/// differently (whitespace in the JSON) replays.
 pub async fn key_reuse_with_other_request_is_422(t: &Target) -> anyhow::Result<()> {
     let api = t.api();
     let u = t.new_user();
@@ -165,11 +166,28 @@ pub async fn key_reuse_with_other_request_is_422(t: &Target) -> anyhow::Result<(
         api.delete(doc_path(&c, &id))
             .auth(&u)
             .header("Idempotency-Key", &key),
+        // The same body under a precondition is another request.
+        api.put(doc_path(&c, &id))
+            .auth(&u)
+            .header("Idempotency-Key", &key)
+            .header("If-Match", "\"1\"")
+            .json(&json!({"v": 1})),
     ];
     for req in attempts {
         let r = req.send().await?;
         r.expect_problem(422, "idempotency-key-mismatch");
     }
+    // The same request spelled differently (whitespace) is the same
+    // request: a replay.
+    let r = api
+        .put(doc_path(&c, &id))
+        .auth(&u)
+        .header("Idempotency-Key", &key)
+        .body_with_type("application/json", " { \"v\" :  1 }\n")
+        .send()
+        .await?
+        .expect(201);
+    assert_eq!(r.header("idempotent-replayed").as_deref(), Some("true"));
     assert_nothing_changed(&api, &u, 1, Some((&c, &id, 200)), "reused idempotency keys").await?;
     let r = api.get(doc_path(&c, &other_id)).auth(&u).send().await?;
     assert_eq!(
