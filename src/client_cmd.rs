@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
 use edgesync_client::{
-    is_valid_name, ChangeEvent, Client, Document, Error, Mode, Mutation, ParkReason,
+    is_valid_name, ChangeEvent, Client, Document, Error, FlushError, Mode, Mutation, ParkReason,
     ParkedMutation, Resolution, ResyncReason, SendOutcome, Status, SyncEvent, REPLICA_FILE,
 };
 use serde_json::Value;
@@ -313,25 +313,36 @@ async fn mutate(client: Client, m: Mutation, write: &WriteArgs) -> anyhow::Resul
     }
     let what = format!("{} {}/{}", m.op.as_str(), m.collection, m.id);
     let queued = client.enqueue(m)?;
-    match client.flush().await {
-        Ok(report) => {
-            warn_parked(&report.parked, Some(&queued.key));
-            if let Some(d) = report.delivered.iter().find(|d| d.key == queued.key) {
-                if let Some(doc) = &d.document {
-                    print_json(doc)?;
-                }
-                return Ok(());
-            }
-            if let Some(p) = report.parked.iter().find(|p| p.pending.key == queued.key) {
-                // Reported here, so it need not stay parked for later.
-                client.resolve(p.pending.seq, Resolution::Discard)?;
-                return Err(anyhow!(describe_parked(p)));
-            }
-            Err(anyhow!(
-                "{what} was neither applied nor refused by the server"
-            ))
+    // A flush that stops at an error still reports what it delivered and
+    // parked before: this mutation may be among them.
+    let (report, failure) = match client.flush().await {
+        Ok(report) => (report, None),
+        Err(FlushError { report, error }) => (report, Some(error)),
+    };
+    warn_parked(&report.parked, Some(&queued.key));
+    if let Some(d) = report.delivered.iter().find(|d| d.key == queued.key) {
+        if let Some(doc) = &d.document {
+            print_json(doc)?;
         }
-        Err(e) if e.is_transient() => {
+        if let Some(e) = failure {
+            let pending = client.status().pending;
+            eprintln!(
+                "edgesync: {e}\nedgesync: {pending} earlier queued mutation(s) stay queued; \
+                 the next edgesync command that reaches the server delivers them"
+            );
+        }
+        return Ok(());
+    }
+    if let Some(p) = report.parked.iter().find(|p| p.pending.key == queued.key) {
+        // Reported here, so it need not stay parked for later.
+        client.resolve(p.pending.seq, Resolution::Discard)?;
+        return Err(anyhow!(describe_parked(p)));
+    }
+    match failure {
+        None => Err(anyhow!(
+            "{what} was neither applied nor refused by the server"
+        )),
+        Some(e) if e.is_transient() => {
             let pending = client.status().pending;
             eprintln!(
                 "edgesync: {e}\nedgesync: queued {what} ({pending} pending); the next edgesync \
@@ -339,7 +350,7 @@ async fn mutate(client: Client, m: Mutation, write: &WriteArgs) -> anyhow::Resul
             );
             Ok(())
         }
-        Err(e) => Err(anyhow!("{e} ({what} stays queued)")),
+        Some(e) => Err(anyhow!("{e} ({what} stays queued)")),
     }
 }
 
@@ -347,9 +358,11 @@ async fn get(client: Client, collection: &str, id: &str, fail_fast: bool) -> any
     // Deliver queued writes first so the read sees them; if that fails the
     // read below reports the reason.
     if client.status().pending > 0 {
-        if let Ok(report) = client.flush().await {
-            warn_parked(&report.parked, None);
-        }
+        let report = match client.flush().await {
+            Ok(report) => report,
+            Err(e) => e.report,
+        };
+        warn_parked(&report.parked, None);
     }
     match client.fetch(collection, id).await {
         Ok(Some(doc)) => print_json(&doc),

@@ -1,6 +1,6 @@
 use crate::backoff::{Backoff, Rng};
 use crate::clock::{Clock, SystemClock};
-use crate::engine::{FlushReport, SendOutcome, Shared};
+use crate::engine::{FlushError, FlushReport, SendOutcome, Shared};
 use crate::error::Error;
 use crate::location::token_subject;
 use crate::model::{
@@ -34,6 +34,8 @@ pub struct SyncConfig {
     pub idle: Backoff,
     /// Retry schedule after errors (default base 1 s, cap 60 s; in battery
     /// mode the cap is at least `idle.cap` and the poll floor applies).
+    /// Failed flushes count on their own, so writes back off without
+    /// holding up reads.
     pub retry: Backoff,
     /// Poll floor used until the server sends `X-Poll-Interval` (default 10
     /// s, the server's default advice).
@@ -513,37 +515,66 @@ impl Client {
     // --------------------------------------------------- one-shot operations
 
     /// Deliver every queued mutation now (one batch after another), without
-    /// the engine. Stops at the first error, leaving the rest queued.
-    pub async fn flush(&self) -> Result<FlushReport, Error> {
+    /// the engine.
+    ///
+    /// Stops at the first failure, leaving the rest queued: the
+    /// [`FlushError`] carries the report of what was delivered and parked
+    /// before it (those results are stored and announced either way) and the
+    /// error. A failure is not retried within the call; it sets the
+    /// engine's back-off for writes (honouring `Retry-After`, which the
+    /// error carries when the server sent one), and the caller decides when
+    /// to try again.
+    pub async fn flush(&self) -> Result<FlushReport, FlushError> {
         self.shared.wake.notify_one();
         let mut st = self.shared.gate.lock().await;
         let mut total = FlushReport::default();
         let mut idle_rounds = 0;
-        while self.shared.store.counts()?.pending > 0 {
-            let report = self.shared.flush_step(&mut st).await?;
-            if report.delivered.is_empty() && report.parked.is_empty() {
-                // A round that only narrowed the batch down to find a bad
-                // item is fine; several in a row mean items keep failing
-                // temporarily.
-                idle_rounds += 1;
-                if idle_rounds > 2 {
-                    return Err(Error::Server {
-                        status: 503,
-                        problem: crate::model::Problem {
-                            title: "mutations could not be delivered now".into(),
-                            status: 503,
-                            ..Default::default()
-                        },
-                        retry_after: None,
+        loop {
+            let pending = match self.shared.store.counts() {
+                Ok(c) => c.pending,
+                Err(e) => {
+                    return Err(FlushError {
+                        report: total,
+                        error: e.into(),
+                    })
+                }
+            };
+            if pending == 0 {
+                return Ok(total);
+            }
+            let (report, transient) = match self.shared.flush_step(&mut st).await {
+                Ok(r) => r,
+                Err(error) => {
+                    self.shared.on_flush_failure(&mut st, &error);
+                    return Err(FlushError {
+                        report: total,
+                        error,
                     });
                 }
-            } else {
-                idle_rounds = 0;
-            }
+            };
+            self.shared.after_flush(&mut st, &report);
+            let progress = !report.delivered.is_empty() || !report.parked.is_empty();
             total.delivered.extend(report.delivered);
             total.parked.extend(report.parked);
+            if let Some(error) = transient {
+                // Some items failed temporarily: they wait out the back-off
+                // just set instead of going out again at once.
+                self.shared.on_write_failure(&mut st, &error);
+                return Err(FlushError {
+                    report: total,
+                    error,
+                });
+            }
+            // A round that only narrowed a refused batch down to find the bad
+            // item is fine; several without progress in a row are not.
+            idle_rounds = if progress { 0 } else { idle_rounds + 1 };
+            if idle_rounds > 2 {
+                return Err(FlushError {
+                    report: total,
+                    error: Error::Protocol("mutation batches make no progress".into()),
+                });
+            }
         }
-        Ok(total)
     }
 
     /// Bring the replica up to date once, without the engine: bootstrap or
@@ -553,7 +584,8 @@ impl Client {
     /// error is returned afterwards).
     pub async fn sync_once(&self) -> Result<(), Error> {
         self.pull().await?;
-        self.flush().await.map(|_| ())
+        self.flush().await?;
+        Ok(())
     }
 
     async fn pull(&self) -> Result<(), Error> {

@@ -31,6 +31,32 @@ pub struct FlushReport {
     pub parked: Vec<ParkedMutation>,
 }
 
+/// A [`crate::Client::flush`] that stopped at an error: what it delivered
+/// and parked before it stopped (applied, stored and announced all the
+/// same), and the error. The mutations not in the report stay queued.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct FlushError {
+    /// What was delivered and parked before the error.
+    pub report: FlushReport,
+    /// Why the flush stopped.
+    pub error: Error,
+}
+
+impl FlushError {
+    /// Whether retrying later may succeed (see [`Error::is_transient`]);
+    /// `error.retry_after`, when the server sent one, says when.
+    pub fn is_transient(&self) -> bool {
+        self.error.is_transient()
+    }
+}
+
+impl From<FlushError> for Error {
+    fn from(e: FlushError) -> Error {
+        e.error
+    }
+}
+
 /// A mutation the server applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivered {
@@ -109,6 +135,13 @@ pub(crate) struct NetState {
     unheld: u32,
     /// No request may start before this clock time (back-off, Retry-After).
     not_before: Duration,
+    /// Consecutive failed flushes. Writes back off on their own, so that a
+    /// flush that keeps failing (a proxy's 403, long 429s, a 5xx on writes)
+    /// does not stop the replica from reading.
+    write_failures: u32,
+    /// No mutation batch may be sent before this clock time (a failed
+    /// flush's back-off or `Retry-After`); reads go on meanwhile.
+    write_not_before: Duration,
     /// Smart polling: when the next probe is due.
     next_poll: Duration,
     /// The server's last `X-Poll-Interval`.
@@ -176,6 +209,8 @@ impl Shared {
             stalls: 0,
             unheld: 0,
             not_before: Duration::ZERO,
+            write_failures: 0,
+            write_not_before: Duration::ZERO,
             next_poll: Duration::ZERO,
             server_floor: None,
             isolate_until: 0,
@@ -304,7 +339,7 @@ impl Shared {
                     self.sleep_wakeable(sleep).await;
                 }
                 Ok(None) => {}
-                Err(e) => self.on_failure(&mut st, e),
+                Err(e) => self.on_failure(&mut st, &e),
             }
         }
         self.set_status(|s| {
@@ -314,13 +349,35 @@ impl Shared {
     }
 
     /// One unit of work. `Ok(Some(d))`: nothing to do for `d`.
+    ///
+    /// Queued mutations go first, but a flush that fails while the server
+    /// is reachable does not hold up reading: the same step goes on to the
+    /// pull (still one request at a time), and writes wait for their own
+    /// back-off (`write_not_before`) while the replica keeps following.
     async fn step(&self, st: &mut NetState) -> Result<Option<Duration>, Error> {
         let counts = self.store.counts()?;
+        // When queued mutations are next due, if any are waiting.
+        let mut write_due = None;
         if counts.pending > 0 {
-            let report = self.flush_step(st).await?;
-            self.after_flush(st, &report);
-            return Ok(None);
+            if st.write_not_before <= self.clock.now() {
+                match self.flush_step(st).await {
+                    Ok((report, None)) => {
+                        self.after_flush(st, &report);
+                        return Ok(None);
+                    }
+                    Ok((report, Some(e))) => {
+                        self.after_flush(st, &report);
+                        self.on_write_failure(st, &e);
+                    }
+                    Err(e) if reads_may_work(&e) => self.on_write_failure(st, &e),
+                    Err(e) => return Err(e),
+                }
+            }
+            write_due = Some(st.write_not_before);
         }
+        // Sleep no longer than until the queue is due again.
+        let until =
+            |at: Duration, now: Duration| write_due.map_or(at, |w| w.min(at)).saturating_sub(now);
         let meta = self.store.meta()?;
         let Some(cursor) = meta.cursor.filter(|_| !meta.needs_resync) else {
             let reason = match meta.cursor {
@@ -339,16 +396,19 @@ impl Shared {
                 // long-polls again as soon as the server holds.
                 let now = self.clock.now();
                 if self.no_hold.load(Ordering::SeqCst) && st.next_poll > now {
-                    return Ok(Some(st.next_poll - now));
+                    return Ok(Some(until(st.next_poll, now)));
                 }
                 // A wake-up (enqueue, sync_now, a one-shot operation waiting
-                // for the gate) abandons the held request.
+                // for the gate), or queued mutations coming due after their
+                // back-off, abandons the held request.
+                let write_wait = write_due.map(|w| w.saturating_sub(now));
                 let abandoned = tokio::select! {
                     r = self.poll(st, cursor, meta.head, self.config.live_wait) => {
                         r?;
                         false
                     }
                     _ = self.wake.notified() => true,
+                    _ = self.clock.sleep(write_wait.unwrap_or_default()), if write_wait.is_some() => true,
                 };
                 // An abandoned probe told nothing: it is due again at once,
                 // as a long-poll would be.
@@ -360,7 +420,7 @@ impl Shared {
             Mode::Battery => {
                 let now = self.clock.now();
                 if st.next_poll > now {
-                    return Ok(Some(st.next_poll - now));
+                    return Ok(Some(until(st.next_poll, now)));
                 }
                 self.poll(st, cursor, meta.head, Duration::ZERO).await?;
                 Ok(None)
@@ -368,11 +428,12 @@ impl Shared {
         }
     }
 
-    fn on_failure(&self, st: &mut NetState, e: Error) {
-        let now = self.clock.now();
-        st.failures = st.failures.saturating_add(1);
-        let battery = self.mode() == Mode::Battery;
-        let schedule = if battery {
+    /// The wait after the `n`-th failure in a row (from 1) that ended with
+    /// `e`: full jitter on the retry schedule, never sooner than `e`'s
+    /// `Retry-After` nor, in battery mode, the server's `X-Poll-Interval`.
+    fn retry_wait(&self, st: &mut NetState, n: u32, e: &Error) -> Duration {
+        let mode = self.mode();
+        let schedule = if mode == Mode::Battery {
             // Errors must not make a battery replica poll faster than idling.
             Backoff {
                 base: self.config.retry.base,
@@ -381,30 +442,42 @@ impl Shared {
         } else {
             self.config.retry
         };
-        let mut wait = schedule.full_jitter(st.failures - 1, &mut st.rng);
-        if battery {
+        let mut wait = schedule.full_jitter(n.saturating_sub(1), &mut st.rng);
+        if mode == Mode::Battery {
             wait = wait.max(self.floor(st));
-        }
-        let mut online = true;
-        match &e {
-            Error::Unreachable(_) => online = false,
-            Error::Server {
-                status: 401,
-                problem,
-                ..
-            } if !st.auth_reported => {
-                st.auth_reported = true;
-                let _ = self.events.send(SyncEvent::AuthFailed(problem.clone()));
-            }
-            _ => {}
         }
         if let Error::Server {
             retry_after: Some(ra),
             ..
-        } = &e
+        } = e
         {
             wait = wait.max(*ra);
         }
+        wait
+    }
+
+    /// Tell the app about a 401, once per failure streak.
+    fn report_auth_failure(&self, st: &mut NetState, e: &Error) {
+        if let Error::Server {
+            status: 401,
+            problem,
+            ..
+        } = e
+        {
+            if !st.auth_reported {
+                st.auth_reported = true;
+                let _ = self.events.send(SyncEvent::AuthFailed(problem.clone()));
+            }
+        }
+    }
+
+    /// A request failed: no request of any kind until the back-off ends.
+    pub(crate) fn on_failure(&self, st: &mut NetState, e: &Error) {
+        let now = self.clock.now();
+        st.failures = st.failures.saturating_add(1);
+        let wait = self.retry_wait(st, st.failures, e);
+        self.report_auth_failure(st, e);
+        let online = !matches!(e, Error::Unreachable(_));
         st.not_before = now + wait;
         self.set_status(|s| {
             s.online = online;
@@ -412,6 +485,39 @@ impl Shared {
             s.phase = Phase::Backoff;
             s.last_error = Some(e.to_string());
         });
+    }
+
+    /// A flush failed although the server may still answer reads (anything
+    /// but an unreachable server or a local storage failure): only writes
+    /// back off, on their own count; reads go on.
+    pub(crate) fn on_write_failure(&self, st: &mut NetState, e: &Error) {
+        let now = self.clock.now();
+        st.write_failures = st.write_failures.saturating_add(1);
+        let wait = self.retry_wait(st, st.write_failures, e);
+        self.report_auth_failure(st, e);
+        st.write_not_before = now + wait;
+        self.set_status(|s| {
+            s.syncing = false;
+            s.last_error = Some(e.to_string());
+        });
+    }
+
+    /// Record a failed one-shot flush as the engine would: writes back off
+    /// (or everything, if the server cannot be reached).
+    pub(crate) fn on_flush_failure(&self, st: &mut NetState, e: &Error) {
+        if reads_may_work(e) {
+            self.on_write_failure(st, e);
+        } else {
+            self.on_failure(st, e);
+        }
+    }
+
+    fn on_write_success(&self, st: &mut NetState) {
+        if st.write_failures > 0 {
+            st.write_failures = 0;
+            st.write_not_before = Duration::ZERO;
+            self.set_status(|s| s.last_error = None);
+        }
     }
 
     /// No request before the `n`-th step of the idle back-off (full jitter,
@@ -429,9 +535,13 @@ impl Shared {
     fn on_success(&self, st: &mut NetState) {
         st.failures = 0;
         st.auth_reported = false;
+        // A failing flush's error stays visible while writes keep failing.
+        let writes_failing = st.write_failures > 0;
         self.set_status(|s| {
             s.online = true;
-            s.last_error = None;
+            if !writes_failing {
+                s.last_error = None;
+            }
         });
     }
 
@@ -754,11 +864,17 @@ impl Shared {
 
     // --------------------------------------------------------------- flush
 
-    /// Send one batch of queued mutations and settle each result.
-    pub async fn flush_step(&self, st: &mut NetState) -> Result<FlushReport, Error> {
+    /// Send one batch of queued mutations and settle each result. Besides
+    /// the report, the error of the first item that failed temporarily (it
+    /// and the items after it that failed so stay queued), if any; the
+    /// caller records it (`on_write_failure`).
+    pub async fn flush_step(
+        &self,
+        st: &mut NetState,
+    ) -> Result<(FlushReport, Option<Error>), Error> {
         let first = self.store.pending(1)?;
         let Some(first) = first.first() else {
-            return Ok(FlushReport::default());
+            return Ok((FlushReport::default(), None));
         };
         let limit = if first.seq <= st.isolate_until {
             1
@@ -773,16 +889,15 @@ impl Shared {
             Ok(resp) => {
                 self.on_success(st);
                 let (report, transient) = self.settle_batch(st, &batch, resp.results, resp.head)?;
-                if report.delivered.is_empty() && report.parked.is_empty() && !transient {
+                if report.delivered.is_empty() && report.parked.is_empty() && transient.is_none() {
                     return Err(Error::Protocol(
                         "mutation batch answered without results for its items".into(),
                     ));
                 }
-                if transient {
-                    let e = Error::Protocol("some mutations failed temporarily".into());
-                    self.on_failure(st, e);
+                if transient.is_none() {
+                    self.on_write_success(st);
                 }
-                Ok(report)
+                Ok((report, transient))
             }
             Err(Error::Server {
                 status: status @ (400 | 413 | 415),
@@ -791,11 +906,12 @@ impl Shared {
             }) => {
                 // Still reachable: the batch itself was refused.
                 self.on_success(st);
+                self.on_write_success(st);
                 if batch.len() > 1 {
                     // One bad item refuses the whole batch; send one at a
                     // time up to the end of this batch to find it.
                     st.isolate_until = batch.last().map_or(0, |p| p.seq);
-                    return Ok(FlushReport::default());
+                    return Ok((FlushReport::default(), None));
                 }
                 let parked = ParkedMutation {
                     pending: batch[0].clone(),
@@ -810,16 +926,19 @@ impl Shared {
                 })?;
                 let _ = self.events.send(SyncEvent::Rejected(parked.clone()));
                 self.refresh_status();
-                Ok(FlushReport {
-                    delivered: vec![],
-                    parked: vec![parked],
-                })
+                Ok((
+                    FlushReport {
+                        delivered: vec![],
+                        parked: vec![parked],
+                    },
+                    None,
+                ))
             }
             Err(e) => Err(e),
         }
     }
 
-    fn after_flush(&self, st: &mut NetState, report: &FlushReport) {
+    pub(crate) fn after_flush(&self, st: &mut NetState, report: &FlushReport) {
         if !report.delivered.is_empty() {
             st.schedule.activity();
             let soon = self.clock.now() + self.floor(st);
@@ -827,21 +946,22 @@ impl Shared {
         }
     }
 
-    /// Apply a batch's results in one commit. Returns the report and whether
-    /// some items failed transiently (they stay queued).
+    /// Apply a batch's results in one commit. Returns the report and, if
+    /// some items failed temporarily (they stay queued), the first one's
+    /// error.
     fn settle_batch(
         &self,
         st: &mut NetState,
         batch: &[PendingMutation],
         results: Vec<ItemResult>,
         head: Option<u64>,
-    ) -> Result<(FlushReport, bool), Error> {
+    ) -> Result<(FlushReport, Option<Error>), Error> {
         let mut commit = Commit {
             head,
             ..Default::default()
         };
         let mut report = FlushReport::default();
-        let mut transient = false;
+        let mut transient = None;
         let mut local = Vec::new();
         for (i, p) in batch.iter().enumerate() {
             let r = results
@@ -865,7 +985,9 @@ impl Shared {
                         reason,
                     });
                 }
-                Settled::Transient => transient = true,
+                Settled::Transient => {
+                    transient.get_or_insert_with(|| item_error(r));
+                }
             }
         }
         let result = self.store.commit(commit.clone())?;
@@ -941,11 +1063,7 @@ impl Shared {
                 Ok(SendOutcome::Delivered(d))
             }
             Settled::Parked(reason) => Ok(SendOutcome::Refused(ParkedMutation { pending, reason })),
-            Settled::Transient => Err(Error::Server {
-                status: r.status,
-                problem: r.problem.clone().unwrap_or_default(),
-                retry_after: None,
-            }),
+            Settled::Transient => Err(item_error(r)),
         }
     }
 }
@@ -955,6 +1073,28 @@ fn polling(mode: Mode, no_hold: bool) -> Polling {
         Polling::SmartPoll
     } else {
         Polling::LongPoll
+    }
+}
+
+/// Whether reading may still work after a flush failed with `e`: the server
+/// answered (a 403 from a proxy, a 429, a 5xx on writes, a bad answer), as
+/// opposed to not being reachable at all, or the local store failing.
+fn reads_may_work(e: &Error) -> bool {
+    !matches!(e, Error::Unreachable(_) | Error::Storage(_))
+}
+
+/// The error of a batch item that failed temporarily (an item-level 429 or
+/// 5xx: with the current server's batches a whole-response 503 instead, so
+/// this is a defence).
+fn item_error(r: &ItemResult) -> Error {
+    Error::Server {
+        status: r.status,
+        problem: r.problem.clone().unwrap_or_else(|| crate::model::Problem {
+            title: "mutation failed temporarily".into(),
+            status: r.status,
+            ..Default::default()
+        }),
+        retry_after: None,
     }
 }
 

@@ -36,7 +36,13 @@
 //!
 //! Before each poll the engine delivers queued mutations (`POST
 //! /v1/mutations`, batches ≤ 100, in queue order). Errors move it to a
-//! back-off wait (full jitter, `Retry-After` honoured) and back.
+//! back-off wait (full jitter, `Retry-After` honoured) and back. Writes back
+//! off on their own: a flush that fails while the server answers (a proxy's
+//! `403`, a long `429`, a `5xx` on writes) is followed in the same step by
+//! the poll, and the queue waits for its own back-off while the replica
+//! keeps following changes (reads are never rate limited, so a `429`'s
+//! `Retry-After` on mutations delays only the next mutation). Only an
+//! unreachable server stops both.
 //!
 //! * **Bootstrap/resync** reads every listing page (`after` = the previous
 //!   page's `next_after`), then replaces the local documents in one
@@ -158,7 +164,10 @@
 //! * 400/404/409/413/415/422: parked as a rejection ([`SyncEvent::Rejected`]).
 //!   A 400/413 for the whole batch makes the engine resend that batch one item
 //!   at a time to find the culprit.
-//! * 429/5xx (whole batch or item): stays queued, retried after back-off.
+//! * 429/5xx (whole batch or item): stays queued, retried after back-off
+//!   (writes' own; reading goes on meanwhile). [`Client::flush`] does not
+//!   retry within the call: its [`FlushError`] carries the error and the
+//!   report of what was delivered and parked before it.
 //!
 //! Later mutations keep flowing while one is parked (the server applies batch
 //! items independently too); a resolved mutation is re-queued at the end with
@@ -234,7 +243,7 @@ mod wire;
 pub use backoff::{expected_wait_secs, Backoff, PollSchedule, Rng};
 pub use client::{Client, ClientBuilder, SyncConfig};
 pub use clock::{Clock, Sleep, SystemClock, VirtualClock};
-pub use engine::{Delivered, FlushReport, SendOutcome};
+pub use engine::{Delivered, FlushError, FlushReport, SendOutcome};
 pub use error::Error;
 pub use location::{default_replica_path, default_state_dir, NoDefaultLocation, REPLICA_FILE};
 pub use model::{

@@ -409,6 +409,7 @@ pub struct Status {
     /// `head - cursor`: how many changes the replica is behind, as of the
     /// last response.
     pub lag: Option<u64>,
-    /// The last error, cleared by the next success.
+    /// The last error, cleared by the next success (a failing flush's
+    /// error stays while writes keep failing, even as reads succeed).
     pub last_error: Option<String>,
 }

@@ -207,17 +207,27 @@ async fn retry_after_on_503_and_429_is_honoured() {
     run_until_horizon(&c, &clock).await;
 
     let log = server.exchanges();
-    for pair in log.windows(2) {
-        if let Some(ra) = match pair[0].status {
-            429 => Some(30),
-            503 => Some(120),
-            _ => None,
-        } {
-            let gap = pair[1].request.at - pair[0].request.at;
+    for (i, e) in log.iter().enumerate() {
+        // A 503 on reads (the store failing) holds back every request; a
+        // 429 on mutations only the next mutation (reads are never rate
+        // limited).
+        let (ra, next) = match e.status {
+            429 => (
+                30,
+                log[i + 1..]
+                    .iter()
+                    .find(|n| n.request.path() == "/v1/mutations"),
+            ),
+            503 => (120, log.get(i + 1)),
+            _ => continue,
+        };
+        if let Some(next) = next {
+            let gap = next.request.at - e.request.at;
             assert!(
                 gap >= Duration::from_secs(ra),
-                "{} then a request after only {gap:?}",
-                pair[0].status
+                "{} then {} after only {gap:?}",
+                e.status,
+                next.request.path()
             );
         }
     }
@@ -938,4 +948,125 @@ async fn a_replica_refuses_another_user_or_server() {
         .storage(storage)
         .build()
         .unwrap();
+}
+
+/// A change on the server, seen by the first probe from `since = 5`.
+fn one_remote_change(req: &Request) -> Option<Response> {
+    (req.query("since").as_deref() == Some("5")).then(|| {
+        Response::json(
+            200,
+            json!({"changes":[{"seq":6,"op":"put","collection":"todos","id":"remote",
+                "version":6,"value":"theirs","ts":"2026-11-29T20:03:00.000Z"}],
+                "next":6,"head":6}),
+        )
+        .poll_headers(6, 10)
+    })
+}
+
+/// Writes refused for good by something in front of the server (a proxy's
+/// 403) must not stop the replica from reading: each step that fails to
+/// flush goes on to the pull, and the mutation stays queued.
+#[tokio::test]
+async fn a_failing_flush_does_not_starve_reading() {
+    let clock = VirtualClock::with_horizon(Duration::from_secs(600));
+    let server = FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/mutations" => Response::problem(403, "forbidden", "Forbidden by proxy policy"),
+        _ => one_remote_change(req).unwrap_or_else(|| not_modified(req)),
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Battery, 9);
+    c.put("todos", "mine", json!("queued")).unwrap();
+    run_until_horizon(&c, &clock).await;
+
+    assert_eq!(
+        c.get("todos", "remote").unwrap().map(|d| d.value),
+        Some(json!("theirs")),
+        "the remote change was pulled"
+    );
+    assert_eq!(c.status().cursor, Some(6));
+    assert_eq!(c.pending().unwrap().len(), 1, "the write stays queued");
+    let status = c.status();
+    assert!(status.online);
+    assert!(
+        status.last_error.unwrap().contains("Forbidden"),
+        "the write failure stays visible"
+    );
+    // Writes are retried on back-off, reads on the poll schedule: never a
+    // tight loop of either.
+    assert!(server.requests_to("/v1/mutations").len() <= 30);
+    assert!(server.requests_to("/v1/changes").len() <= 60);
+}
+
+/// A 429 on mutations (with a long `Retry-After`) delays the next write,
+/// not the next read: reads are never rate limited.
+#[tokio::test]
+async fn retry_after_on_mutations_does_not_delay_reads() {
+    let clock = VirtualClock::with_horizon(Duration::from_secs(600));
+    let clock2 = clock.clone();
+    let server = FakeServer::start(clock.clone(), move |req| match req.path() {
+        "/v1/mutations" => Response::problem(429, "rate-limited", "Too many mutations")
+            .header("retry-after", "3600"),
+        _ => one_remote_change(req).unwrap_or_else(|| held(&clock2, req, true)),
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 9);
+    c.put("todos", "mine", json!("queued")).unwrap();
+    c.start();
+    eventually("the remote change is pulled", || {
+        c.get("todos", "remote").unwrap().is_some()
+    })
+    .await;
+    eventually("a few held long-polls", || {
+        server.requests_to("/v1/changes").len() >= 5
+    })
+    .await;
+    c.stop().await;
+
+    let posts = server.requests_to("/v1/mutations");
+    assert_eq!(posts.len(), 1, "the next write waits out Retry-After");
+    let polls = server.requests_to("/v1/changes");
+    assert_eq!(polls[0].at, posts[0].at, "the read went out at once");
+    assert_eq!(c.pending().unwrap().len(), 1);
+    assert_eq!(c.status().polling, Polling::LongPoll);
+}
+
+/// One-shot flush against a server that fails one item temporarily (an
+/// item-level 503, as an older server answered): the report of what was
+/// delivered comes back with the error, and the failed item is not retried
+/// at once in the same call, ignoring the back-off just set.
+#[tokio::test]
+async fn flush_returns_what_it_delivered_with_the_error_and_does_not_retry_at_once() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| {
+        let items = req.json()["mutations"].as_array().unwrap().clone();
+        let results: Vec<_> = items
+            .iter()
+            .map(|it| {
+                if it["doc"] == "jammed" {
+                    json!({"id": it["id"], "status": 503, "replayed": false,
+                        "problem": {"type":"unavailable","title":"Unavailable","status":503}})
+                } else {
+                    item_result(it, 201, 6)
+                }
+            })
+            .collect();
+        Response::json(200, json!({"results": results, "head": 6}))
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    c.put("t", "jammed", json!(1)).unwrap();
+    let mine = c.put("t", "mine", json!(2)).unwrap();
+    let err = c.flush().await.unwrap_err();
+    assert_eq!(
+        server.requests_to("/v1/mutations").len(),
+        1,
+        "no immediate retry"
+    );
+    assert!(err.is_transient(), "{err}");
+    assert!(matches!(err.error, Error::Server { status: 503, .. }));
+    let delivered: Vec<_> = err.report.delivered.iter().map(|d| &d.key).collect();
+    assert_eq!(delivered, [&mine.key], "what was delivered is reported");
+    assert_eq!(c.get("t", "mine").unwrap().unwrap().version, 6);
+    assert_eq!(c.pending().unwrap().len(), 1);
+    assert!(c.status().last_error.is_some());
 }
