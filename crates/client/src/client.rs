@@ -33,9 +33,9 @@ pub struct SyncConfig {
     /// (default base 10 s, cap 240 s). Also paces a tight-loop back-off.
     pub idle: Backoff,
     /// Retry schedule after errors (default base 1 s, cap 60 s; in battery
-    /// mode the cap is at least `idle.cap` and the poll floor applies).
-    /// Failed flushes count on their own, so writes back off without
-    /// holding up reads.
+    /// mode the cap is at least `idle.cap`, and while smart polling the
+    /// poll floor applies). Failed flushes count on their own, so writes
+    /// back off without holding up reads.
     pub retry: Backoff,
     /// Poll floor used until the server sends `X-Poll-Interval` (default 10
     /// s, the server's default advice).

@@ -430,7 +430,8 @@ impl Shared {
 
     /// The wait after the `n`-th failure in a row (from 1) that ended with
     /// `e`: full jitter on the retry schedule, never sooner than `e`'s
-    /// `Retry-After` nor, in battery mode, the server's `X-Poll-Interval`.
+    /// `Retry-After` nor, while smart polling, the server's
+    /// `X-Poll-Interval`.
     fn retry_wait(&self, st: &mut NetState, n: u32, e: &Error) -> Duration {
         let mode = self.mode();
         let schedule = if mode == Mode::Battery {
@@ -443,7 +444,10 @@ impl Shared {
             self.config.retry
         };
         let mut wait = schedule.full_jitter(n.saturating_sub(1), &mut st.rng);
-        if mode == Mode::Battery {
+        // A smart-polling replica (battery mode, or live mode on a server
+        // that does not hold) never asks more often than X-Poll-Interval,
+        // after errors too.
+        if self.polling(mode) == Polling::SmartPoll {
             wait = wait.max(self.floor(st));
         }
         if let Error::Server {
@@ -661,8 +665,18 @@ impl Shared {
         let limit = (lag > DEFAULT_PAGE).then_some(CATCH_UP_LIMIT);
         self.set_status(|s| s.syncing = lag > 0);
         let started = self.clock.now();
-        let resp = self.wire.changes(cursor, wait, limit).await;
-        let resp = self.settle(st, resp)?;
+        let resp = match self.wire.changes(cursor, wait, limit).await {
+            Ok(resp) => resp,
+            Err(failure) => {
+                // A 429/503 carries the server's poll advice too: the retry
+                // heeds it.
+                if let Some(pi) = failure.poll_interval {
+                    st.server_floor = Some(pi);
+                }
+                return Err(failure.error);
+            }
+        };
+        self.on_success(st);
         let elapsed = self.clock.now().saturating_sub(started);
         let r = self.on_changes(st, cursor, head, resp, wait, elapsed);
         self.set_status(|s| s.syncing = false);

@@ -143,8 +143,12 @@
 //! Likewise, if the cursor of a fresh listing is refused again at once
 //! (409/410 in a loop), resyncs back off on the idle schedule.
 //! Errors back off on [`SyncConfig::retry`] (1 s doubling to 60 s, full
-//! jitter; in battery mode at least the poll floor, up to 240 s), and a
-//! `Retry-After` on 429/503 (or any response) is a minimum wait.
+//! jitter; in battery mode up to 240 s), and a `Retry-After` on 429/503 (or
+//! any response) is a minimum wait. While smart polling (battery mode, or
+//! live mode on a server that does not hold) the wait after an error is at
+//! least the poll floor as well — the latest `X-Poll-Interval`, including
+//! one sent on the error response — so errors never make the replica poll
+//! more often than the server asks.
 //!
 //! ## Offline mutations
 //!

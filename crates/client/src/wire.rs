@@ -64,6 +64,24 @@ pub(crate) struct ChangesResponse {
     pub wait_applied: Option<Duration>,
 }
 
+/// A changes request that failed, with the `X-Poll-Interval` its answer
+/// carried (every changes answer does, 429 and 503 included), so that the
+/// retry heeds it too.
+#[derive(Debug)]
+pub(crate) struct ChangesFailure {
+    pub error: Error,
+    pub poll_interval: Option<Duration>,
+}
+
+impl From<Error> for ChangesFailure {
+    fn from(error: Error) -> Self {
+        ChangesFailure {
+            error,
+            poll_interval: None,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct DocsPage {
     pub documents: Vec<Document>,
@@ -176,7 +194,7 @@ impl Wire {
         since: u64,
         wait: Duration,
         limit: Option<u32>,
-    ) -> Result<ChangesResponse, Error> {
+    ) -> Result<ChangesResponse, ChangesFailure> {
         // Only non-default parameters are sent: every byte repeats on each
         // idle probe.
         let mut q = format!("/v1/changes?since={since}");
@@ -206,7 +224,12 @@ impl Wire {
             StatusCode::OK => ChangesOutcome::Page(json_body(resp).await?),
             StatusCode::CONFLICT => ChangesOutcome::CursorAhead,
             StatusCode::GONE => ChangesOutcome::CursorExpired,
-            _ => return Err(server_error(resp).await),
+            _ => {
+                return Err(ChangesFailure {
+                    error: server_error(resp).await,
+                    poll_interval,
+                })
+            }
         };
         Ok(ChangesResponse {
             outcome,

@@ -1070,3 +1070,49 @@ async fn flush_returns_what_it_delivered_with_the_error_and_does_not_retry_at_on
     assert_eq!(c.pending().unwrap().len(), 1);
     assert!(c.status().last_error.is_some());
 }
+
+/// Live mode on a server that does not hold: after an error the retry
+/// still comes no sooner than `X-Poll-Interval` — the last one seen, or the
+/// one on the error response itself.
+#[tokio::test]
+async fn live_smart_polling_keeps_the_poll_interval_after_errors() {
+    for (name, error_interval, floor) in [
+        ("503 without X-Poll-Interval", None, 30),
+        ("503 with X-Poll-Interval", Some(90), 90),
+    ] {
+        let clock = VirtualClock::with_horizon(HOUR);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let calls2 = calls.clone();
+        let server = FakeServer::start(clock.clone(), move |req| {
+            // Every other answer fails (briefly: Retry-After 1).
+            if calls2.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                let since: u64 = req.query("since").unwrap().parse().unwrap();
+                Response::new(304)
+                    .poll_headers(since, 30)
+                    .header("preference-applied", "wait=0")
+            } else {
+                let r =
+                    Response::problem(503, "unavailable", "Unavailable").header("retry-after", "1");
+                match error_interval {
+                    Some(s) => r.header("x-poll-interval", &s.to_string()),
+                    None => r,
+                }
+            }
+        })
+        .await;
+        let c = client(&server, &clock, following(5), Mode::Live, 29);
+        run_until_horizon(&c, &clock).await;
+        assert_eq!(c.status().polling, Polling::SmartPoll, "{name}");
+        let log = server.exchanges();
+        assert!(log.len() > 10, "{name}: {}", log.len());
+        for pair in log.windows(2) {
+            if pair[0].status == 503 {
+                let gap = pair[1].request.at - pair[0].request.at;
+                assert!(
+                    gap >= Duration::from_secs(floor),
+                    "{name}: retried {gap:?} after a 503"
+                );
+            }
+        }
+    }
+}
