@@ -9,6 +9,7 @@ use edgesync_core::{KvError, KvErrorKind};
 use edgesync_kv_wasi::{RawBucket, SwapError};
 
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+use crate::store_errors::{message, StoreError};
 
 /// The store label the app's `spin.toml` grants both components.
 pub const STORE_LABEL: &str = "default";
@@ -47,13 +48,10 @@ impl SpinBucket {
 }
 
 fn store_error(op: &str, error: store::Error) -> KvError {
-    let message = match error {
-        store::Error::NoSuchStore => format!(
-            "{op}: no such store (the component needs key_value_stores = [\"{STORE_LABEL}\"] \
-             in spin.toml, and the runtime config must define it)"
-        ),
-        store::Error::AccessDenied => format!("{op}: access denied"),
-        store::Error::Other(detail) => format!("{op}: {detail}"),
+    let message = match &error {
+        store::Error::NoSuchStore => message(op, STORE_LABEL, StoreError::NoSuchStore),
+        store::Error::AccessDenied => message(op, STORE_LABEL, StoreError::AccessDenied),
+        store::Error::Other(detail) => message(op, STORE_LABEL, StoreError::Other(detail)),
     };
     // wasi:keyvalue does not say whether a backend failure is transient;
     // the core answers every kind with 503 + Retry-After anyway.

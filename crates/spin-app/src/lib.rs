@@ -78,6 +78,7 @@
 pub mod body;
 pub mod convert;
 pub mod settings;
+pub mod store_errors;
 pub mod wait;
 
 #[cfg(target_family = "wasm")]
