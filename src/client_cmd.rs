@@ -42,7 +42,9 @@ pub struct WriteArgs {
     #[arg(long, visible_alias = "no-queue")]
     pub fail_fast: bool,
     /// Only apply if the document is at this version (0: only if it does not
-    /// exist); otherwise fail with the server's current version.
+    /// exist); otherwise fail with the server's current version. Without it
+    /// the write is last-writer-wins: it replaces whatever the server holds,
+    /// an edit made meanwhile elsewhere included.
     #[arg(long, value_name = "VERSION")]
     pub if_version: Option<u64>,
 }
@@ -95,7 +97,8 @@ pub enum ClientCommand {
     },
     /// Create or replace a document; prints the stored document.
     ///
-    /// When the server is unreachable the write is queued durably (exit 0,
+    /// Last writer wins unless --if-version is given. When the server is
+    /// unreachable the write is queued durably (exit 0,
     /// a note on stderr) and sent by the next command that reaches it.
     Put {
         #[command(flatten)]

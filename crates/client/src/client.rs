@@ -393,7 +393,11 @@ impl Client {
             .ok_or_else(|| Error::Protocol("storage did not enqueue".into()))
     }
 
-    /// Queue a put.
+    /// Queue a put. Last writer wins: it carries no precondition, so it
+    /// replaces whatever the server holds when it arrives. For a conditional
+    /// write (a concurrent edit then parks it as a [`SyncEvent::Conflict`]),
+    /// [`Client::enqueue`] a [`Mutation::put`] with
+    /// [`Mutation::if_version`].
     pub fn put(
         &self,
         collection: &str,
@@ -403,7 +407,9 @@ impl Client {
         self.enqueue(Mutation::put(collection, id, value))
     }
 
-    /// Queue a merge patch.
+    /// Queue a merge patch. Last writer wins, as [`Client::put`]; use
+    /// [`Client::enqueue`] with [`Mutation::if_version`] to write
+    /// conditionally.
     pub fn patch(
         &self,
         collection: &str,
@@ -413,7 +419,9 @@ impl Client {
         self.enqueue(Mutation::patch(collection, id, patch))
     }
 
-    /// Queue a delete.
+    /// Queue a delete. Last writer wins, as [`Client::put`]; use
+    /// [`Client::enqueue`] with [`Mutation::if_version`] to delete only the
+    /// version the app saw.
     pub fn delete(&self, collection: &str, id: &str) -> Result<PendingMutation, Error> {
         self.enqueue(Mutation::delete(collection, id))
     }

@@ -164,7 +164,8 @@
 //!   [`Client::parked`]) until the app calls [`Client::resolve`] with
 //!   [`Resolution::Discard`], [`Resolution::Overwrite`] (re-queued with
 //!   `if_version` = the server's current version) or
-//!   [`Resolution::Replace`]. Nothing is overwritten or dropped silently.
+//!   [`Resolution::Replace`]. A conditional write (below) is never applied
+//!   over another edit, nor dropped, without the app deciding.
 //! * 400/404/409/413/415/422: parked as a rejection ([`SyncEvent::Rejected`]).
 //!   A 400/413 for the whole batch makes the engine resend that batch one item
 //!   at a time to find the culprit.
@@ -176,6 +177,29 @@
 //! Later mutations keep flowing while one is parked (the server applies batch
 //! items independently too); a resolved mutation is re-queued at the end with
 //! a new key.
+//!
+//! ### Last writer wins, unless the write is conditional
+//!
+//! [`Client::put`], [`Client::patch`] and [`Client::delete`] send no
+//! precondition: the server applies them to whatever version it holds when
+//! they arrive, so an edit made meanwhile on another device (or while this
+//! one was offline) is replaced without a conflict. To have concurrent edits
+//! surface as conflicts instead, write conditionally: queue the mutation with
+//! the version it is based on, [`Mutation::if_version`] (`0`: only if the
+//! document does not exist). If the document has moved on, the server
+//! answers `412` and the mutation is parked as a [`SyncEvent::Conflict`]
+//! instead of being applied. The command line's `--if-version N` does the
+//! same.
+//!
+//! ```no_run
+//! # fn demo(client: &edgesync_client::Client) -> Result<(), edgesync_client::Error> {
+//! use edgesync_client::Mutation;
+//! if let Some(doc) = client.get("todos", "a1")? {
+//!     let edited = serde_json::json!({"title": "oat milk"});
+//!     client.enqueue(Mutation::put("todos", "a1", edited).if_version(doc.version))?;
+//! }
+//! # Ok(()) }
+//! ```
 //!
 //! ## Storage
 //!
