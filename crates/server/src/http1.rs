@@ -17,11 +17,14 @@
 //! idle and write timeouts, `HEAD`, a `Date` header, and graceful shutdown.
 //! Responses always carry `Content-Length` (the core hands over complete
 //! bodies), never chunked encoding. Not supported, on purpose: upgrades
-//! (WebSocket, h2c), `CONNECT` tunnels, transfer codings other than
-//! `chunked`, HTTP/2. Those get a 400 `invalid-request` saying which, not
-//! the 501 and 505 of RFC 9110: edgesync's contract is that nothing a
-//! client sends yields a 5xx, so a 5xx always means the server or its
-//! store is at fault (what monitoring alerts on).
+//! (WebSocket, h2c: the `Upgrade` field is ignored, as RFC 9110 allows, and
+//! the request answered as HTTP/1.1), `CONNECT` tunnels (no route: 404),
+//! transfer codings other than `chunked` and HTTP versions other than 1.0
+//! and 1.1 (a 400 `invalid-request` saying which, not the 501 and 505 of
+//! RFC 9110: edgesync's contract is that nothing a client sends yields a
+//! 5xx, so a 5xx always means the server or its store is at fault, which is
+//! what monitoring alerts on). An HTTP/1.1 request without exactly one
+//! `Host` field is 400 (RFC 9112, 3.2).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -344,6 +347,10 @@ impl<H: Handler> Conn<'_, H> {
             if blank > 0 {
                 self.buf.drain(..blank);
                 scanned = 0;
+                // Empty lines are the start of a head, not activity: a
+                // client sending only those is held to the head timeout,
+                // not given a fresh idle timeout each time.
+                deadline.get_or_insert_with(|| Instant::now() + opts.header_timeout);
             }
             if !self.buf.is_empty() {
                 let deadline =
@@ -898,6 +905,15 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Fail> {
             .map_err(|_| bad("malformed header field value"))?;
         headers.append(name, value);
     }
+    // RFC 9112, 3.2: a server MUST answer 400 to an HTTP/1.1 request
+    // without a Host field, and to any request with more than one.
+    match headers.get_all(header::HOST).iter().count() {
+        0 if version == Version::HTTP_11 => {
+            return Err(bad("an HTTP/1.1 request needs a Host header field"))
+        }
+        0 | 1 => {}
+        _ => return Err(bad("more than one Host header field")),
+    }
     Ok(Some(Head {
         method,
         uri,
@@ -1395,21 +1411,33 @@ mod unit_tests {
             Ok(Some(_)) => 200,
             _ => 0,
         };
+        // Host: exactly one on HTTP/1.1, at most one on HTTP/1.0.
+        assert_eq!(status(b"GET / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.0\r\n\r\n"), 200);
+        assert_eq!(status(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 400);
         assert_eq!(status(b"GET /\r\n\r\n"), 400);
-        assert_eq!(status(b"GET  / HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(status(b"G@T / HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), 400);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nx: a\x01b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n"), 400);
+        assert_eq!(status(b"G@T / HTTP/1.1\r\nHost: t\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: t\r\nx: a\x01b\r\n\r\n"),
+            400
+        );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
         assert_eq!(
-            status(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            status(format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes()),
             431
         );
         assert_eq!(
-            status(b"GET http://example.com/v1/head HTTP/1.1\r\n\r\n"),
+            status(b"GET http://example.com/v1/head HTTP/1.1\r\nHost: t\r\n\r\n"),
             200
         );
-        assert_eq!(status(b"OPTIONS * HTTP/1.1\r\n\r\n"), 200);
+        assert_eq!(status(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n"), 200);
     }
 }

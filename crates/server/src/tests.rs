@@ -319,7 +319,11 @@ impl Reply {
 
 /// Read one response from a keep-alive connection (`carry` holds bytes
 /// read past the previous one). Interim (1xx) responses are returned too.
-async fn read_reply(stream: &mut TcpStream, carry: &mut Vec<u8>, head_request: bool) -> Reply {
+async fn read_reply(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    carry: &mut Vec<u8>,
+    head_request: bool,
+) -> Reply {
     loop {
         if let Some(end) = carry.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8(carry[..end].to_vec()).unwrap();
@@ -446,7 +450,7 @@ async fn pipelined_requests_are_answered_in_order() {
         );
         if i % 3 == 0 {
             all.extend_from_slice(
-                b"POST /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nc\r\n0\r\n\r\n",
+                b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nc\r\n0\r\n\r\n",
             );
         }
     }
@@ -496,12 +500,12 @@ async fn chunked_bodies_with_extensions_and_trailers_are_decoded() {
     assert_eq!(reply.body, "hello 0123456789");
     // The connection stays usable: the body was read to its end.
     stream
-        .write_all(b"POST /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .write_all(b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(read_reply(&mut stream, &mut carry, false).await.body, "");
     // Chunked data sent a byte at a time.
-    let req: &[u8] = b"POST /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    let req: &[u8] = b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
     for b in req {
         stream.write_all(&[*b]).await.unwrap();
     }
@@ -515,26 +519,26 @@ async fn chunked_bodies_with_extensions_and_trailers_are_decoded() {
 async fn bad_framing_is_400_and_closes() {
     let server = start(1024).await;
     let cases: &[&[u8]] = &[
-        b"POST /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
-        b"POST /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n",
-        b"POST /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
-        b"POST /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
-        b"POST /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n12345678901234567\r\n",
-        b"POST /body HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        b"POST /body HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-        b"POST /body HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
-        b"POST /body HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc",
-        b"POST /body HTTP/1.1\r\nContent-Length: -3\r\n\r\nabc",
-        b"POST /body HTTP/1.1\r\nContent-Length: 0x3\r\n\r\nabc",
-        b"POST /body HTTP/1.1\r\nContent-Length: 100000000000000000000\r\n\r\n",
-        b"POST /body HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n12345678901234567\r\n",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\nabc",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: -3\r\n\r\nabc",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 0x3\r\n\r\nabc",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000000000000000\r\n\r\n",
+        b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
         b"POST /body HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        b"GET /in valid HTTP/1.1\r\n\r\n",
+        b"GET /in valid HTTP/1.1\r\nHost: t\r\n\r\n",
         b"GET\r\n\r\n",
-        b"G\x01T / HTTP/1.1\r\n\r\n",
-        b"GET / HTTP/1.1\r\nNo Colon\r\n\r\n",
-        b"GET / HTTP/1.1\r\n: empty-name\r\n\r\n",
-        b"GET / HTTP/1.1\r\nX: bad\x7fvalue\r\n\r\n",
+        b"G\x01T / HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nNo Colon\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\n: empty-name\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nX: bad\x7fvalue\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
     ];
     for case in cases {
@@ -563,7 +567,7 @@ async fn bad_framing_is_400_and_closes() {
     // fault, saying which: never a 5xx for what a client sent.
     for (case, detail) in [
         (
-            &b"POST /body HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            &b"POST /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
             "only the chunked transfer coding is supported",
         ),
         (
@@ -588,20 +592,20 @@ async fn oversized_heads_are_431_and_long_request_lines_414() {
     let big = "x".repeat(20 * 1024);
     let reply = exchange(
         server.addr,
-        format!("GET / HTTP/1.1\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+        format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n").as_bytes(),
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 431 "), "{}", &reply[..80]);
     let reply = exchange(
         server.addr,
-        format!("GET /{big} HTTP/1.1\r\n\r\n").as_bytes(),
+        format!("GET /{big} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 414 "), "{}", &reply[..80]);
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     let reply = exchange(
         server.addr,
-        format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes(),
+        format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(),
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 431 "), "{reply}");
@@ -609,14 +613,15 @@ async fn oversized_heads_are_431_and_long_request_lines_414() {
     let fits = "x".repeat(15 * 1024);
     let reply = exchange(
         server.addr,
-        format!("GET /info HTTP/1.1\r\nConnection: close\r\nX-Big: {fits}\r\n\r\n").as_bytes(),
+        format!("GET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Big: {fits}\r\n\r\n")
+            .as_bytes(),
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
     // Leading empty lines before a request line are ignored.
     let reply = exchange(
         server.addr,
-        b"\r\n\r\nGET /info HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"\r\n\r\nGET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
@@ -642,7 +647,7 @@ async fn expect_100_continue_is_honoured() {
     // Chunked too.
     stream
         .write_all(
-            b"PUT /body HTTP/1.1\r\nExpect: 100-Continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"PUT /body HTTP/1.1\r\nHost: t\r\nExpect: 100-Continue\r\nTransfer-Encoding: chunked\r\n\r\n",
         )
         .await
         .unwrap();
@@ -651,7 +656,7 @@ async fn expect_100_continue_is_honoured() {
     assert_eq!(read_reply(&mut stream, &mut carry, false).await.body, "ok");
     // Too long a body is refused without a 100 and without being read.
     stream
-        .write_all(b"PUT /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n")
+        .write_all(b"PUT /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n")
         .await
         .unwrap();
     let reply = read_reply(&mut stream, &mut carry, false).await;
@@ -661,7 +666,7 @@ async fn expect_100_continue_is_honoured() {
     // Unknown expectations are 417.
     let reply = exchange(
         server.addr,
-        b"PUT /body HTTP/1.1\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\nhi",
+        b"PUT /body HTTP/1.1\r\nHost: t\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\nhi",
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 417 "), "{reply}");
@@ -716,7 +721,7 @@ async fn head_answers_carry_headers_only_and_bodiless_statuses_no_length() {
     assert_eq!(reply.status, 200);
     for status in [204, 304] {
         stream
-            .write_all(format!("GET /status/{status} HTTP/1.1\r\n\r\n").as_bytes())
+            .write_all(format!("GET /status/{status} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let reply = read_reply(&mut stream, &mut carry, false).await;
@@ -725,11 +730,11 @@ async fn head_answers_carry_headers_only_and_bodiless_statuses_no_length() {
     }
     // Still in sync: nothing stray was written.
     stream
-        .write_all(b"GET /info HTTP/1.1\r\n\r\n")
+        .write_all(b"GET /info HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
     let reply = read_reply(&mut stream, &mut carry, false).await;
-    assert_eq!(reply.body, "GET /info HTTP/1.1 0");
+    assert_eq!(reply.body, "GET /info HTTP/1.1 1");
     assert!(carry.is_empty());
 }
 
@@ -744,7 +749,10 @@ async fn slow_clients_are_cut_off_by_the_timeouts() {
     let server = start_with(1024, options).await;
     // Half a head.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    stream.write_all(b"GET /info HTTP/1.1\r\nHo").await.unwrap();
+    stream
+        .write_all(b"GET /info HTTP/1.1\r\nHost: t\r\nHo")
+        .await
+        .unwrap();
     assert!(closed(&mut stream).await);
     // Nothing at all.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
@@ -752,27 +760,51 @@ async fn slow_clients_are_cut_off_by_the_timeouts() {
     // Half a body.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
-        .write_all(b"PUT /body HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        .write_all(b"PUT /body HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
         .await
         .unwrap();
     assert!(closed(&mut stream).await);
     // Half a chunked body.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
-        .write_all(b"PUT /body HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+        .write_all(b"PUT /body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
         .await
         .unwrap();
     assert!(closed(&mut stream).await);
     // An idle keep-alive connection, after one answer.
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
-        .write_all(b"GET /info HTTP/1.1\r\n\r\n")
+        .write_all(b"GET /info HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
     let mut carry = Vec::new();
     assert_eq!(read_reply(&mut stream, &mut carry, false).await.status, 200);
     assert!(closed(&mut stream).await);
-    assert_eq!(server.handler.handled.load(Ordering::SeqCst), 1);
+    // One kept open with empty lines only, each well within the idle
+    // timeout: they are the start of a head, held to the head timeout.
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write
+        .write_all(b"GET /info HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut read, &mut carry, false).await.status, 200);
+    let padding = tokio::spawn(async move {
+        for _ in 0..300 {
+            if write.write_all(b"\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(25), read.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection sending only empty lines stayed open: {ended:?}"
+    );
+    padding.abort();
+    assert_eq!(server.handler.handled.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -780,7 +812,7 @@ async fn a_client_leaving_a_held_long_poll_releases_it() {
     let server = start(1024).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
-        .write_all(b"GET /wait HTTP/1.1\r\n\r\n")
+        .write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
     while server.handler.host.hub().waiting_users() < 1 {
@@ -843,7 +875,7 @@ async fn garbage_never_panics_the_server() {
     // Still serving.
     let reply = exchange(
         server.addr,
-        b"GET /info HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
@@ -873,7 +905,9 @@ async fn shutdown_answers_held_waits_and_finishes_in_flight_requests() {
     // An idle keep-alive connection (one answered request) and one that
     // never sent anything.
     let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET /info HTTP/1.1\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /info HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
     let mut carry = Vec::new();
     read_reply(&mut idle, &mut carry, false).await;
     let mut silent = TcpStream::connect(addr).await.unwrap();
