@@ -17,12 +17,14 @@
 //!   entropy and long-poll waiting; `log_changed` does nothing, because
 //!   another instance cannot be woken.
 //! * **Settings** from the Spin variables named in
-//!   [`edgesync_core::config::SETTING_NAMES`] (see [`settings`]). If they do
-//!   not form a valid configuration (for example `jwt_secret` is missing or
-//!   shorter than 32 bytes), every request, `/v1/health` included, is
-//!   answered `500` with an `application/problem+json` body of type
-//!   `misconfigured`, and the reason is written to stderr (Spin's component
-//!   log): it is the operator's mistake, not the client's.
+//!   [`edgesync_core::config::SETTING_NAMES`] (see [`settings`]). The
+//!   manifest marks `jwt_secret` `required`, so without one `spin up`
+//!   refuses to start the app. If the values do not form a valid
+//!   configuration (for example `jwt_secret` is shorter than 32 bytes),
+//!   every request, `/v1/health` included, is answered `500` with an
+//!   `application/problem+json` body of type `misconfigured`, and the
+//!   reason is written to stderr (Spin's component log): it is the
+//!   operator's mistake, not the client's.
 //! * **HTTP glue** between spin-sdk's wasi:http types and the
 //!   `http::Request<Vec<u8>>` / `http::Response<Vec<u8>>` the core speaks
 //!   (see [`convert`]). The body is streamed in and reading stops after
