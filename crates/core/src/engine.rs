@@ -36,6 +36,10 @@ const MAX_CLEAN_PER_REQUEST: u64 = 64;
 /// Largest collection index blob; beyond it creates are refused (409
 /// `collection-full`). Half of the 1 MB value limit of managed hosts.
 pub(crate) const INDEX_MAX_BYTES: usize = 512 * 1024;
+/// Most collections a user may have (their names are one KV value, read by
+/// every unfiltered listing); creating a document in one more is refused
+/// (409 `too-many-collections`). 1,000 names of 128 bytes fit in 131 KB.
+pub(crate) const MAX_COLLECTIONS: usize = 1000;
 /// Largest seq a cursor may name (2^53, exact in every JSON parser). No
 /// user's log gets anywhere near it; larger cursors are simply ahead.
 pub(crate) const MAX_SEQ: u64 = 1 << 53;
@@ -1120,7 +1124,9 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         for _ in 0..MAX_ATTEMPTS {
             let (root, mut names) = self.read_blob_root(self.keys.index(collection)).await?;
             if names.is_empty() {
-                self.collection_add(collection).await?;
+                if let Some(problem) = self.collection_add(collection).await? {
+                    return Ok(Some(problem));
+                }
             }
             if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(id)) {
                 names.insert(at, id.to_owned());
@@ -1137,16 +1143,20 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
     }
 
     /// Add a collection name to the user's list (names are never removed:
-    /// a user has few collections, and an empty one costs one empty blob).
-    async fn collection_add(&self, collection: &str) -> Result<(), Failure> {
+    /// an empty collection costs one empty blob), unless the user has
+    /// [`MAX_COLLECTIONS`] already: then the problem to answer.
+    async fn collection_add(&self, collection: &str) -> Result<Option<Problem>, Failure> {
         for _ in 0..MAX_ATTEMPTS {
             let (root, mut names) = self.read_blob_root(self.keys.collections()).await?;
             match names.binary_search_by(|n| n.as_str().cmp(collection)) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(None),
+                Err(_) if names.len() >= MAX_COLLECTIONS => {
+                    return Ok(Some(Problem::too_many_collections(MAX_COLLECTIONS)))
+                }
                 Err(at) => names.insert(at, collection.to_owned()),
             }
             if self.replace_blob(root, &names).await? {
-                return Ok(());
+                return Ok(None);
             }
         }
         Err(Problem::unavailable("too much contention on the collection list; retry").into())

@@ -196,7 +196,8 @@
 //!   least one entry), whatever its `limit`.
 //! * A collection's index blob is capped at 512 KiB (tens of thousands of
 //!   documents with short ids); beyond it, creates get 409
-//!   `collection-full`.
+//!   `collection-full`; a user has at most 1,000 collections (409
+//!   `too-many-collections`).
 //! * Idempotency keys are remembered while their entry is above the floor:
 //!   at least `retention_entries` later changes.
 //! * Storage is bounded by retention, the current documents, and a little

@@ -144,6 +144,14 @@ impl Problem {
             format!("the index of collection {collection:?} would exceed {max_bytes} bytes"),
         )
     }
+    pub fn too_many_collections(limit: usize) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "too-many-collections",
+            "Too many collections",
+            format!("this user already has {limit} collections, the most a user may have"),
+        )
+    }
     pub fn precondition_failed(current_version: Option<u64>) -> Self {
         Self::new(
             StatusCode::PRECONDITION_FAILED,

@@ -76,3 +76,32 @@ fn a_full_collection_refuses_creates_and_nothing_else() {
     );
     assert_eq!(api.head(), head + 2);
 }
+
+#[test]
+fn a_user_with_the_most_collections_can_fill_them_but_not_add_one() {
+    let api = api();
+    for n in 0..1000 {
+        let (status, body) = call(
+            &api,
+            "PUT",
+            &format!("/v1/docs/c{n}/first"),
+            Some(&json!(n)),
+        );
+        assert_eq!(status, 201, "collection {n}: {body}");
+    }
+    let head = api.head();
+    let (status, problem) = call(&api, "PUT", "/v1/docs/one-more/first", Some(&json!(0)));
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["type"], "too-many-collections");
+    assert_eq!(api.head(), head, "a refused create logs nothing");
+    assert_eq!(
+        call(&api, "GET", "/v1/docs?collection=one-more", None).1["documents"],
+        json!([])
+    );
+    // The collections there are can still grow.
+    assert_eq!(
+        call(&api, "PUT", "/v1/docs/c999/second", Some(&json!(1))).0,
+        201
+    );
+    assert_eq!(api.head(), head + 1);
+}
