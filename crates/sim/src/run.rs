@@ -863,6 +863,43 @@ fn check<K: Kv + 'static>(
             }
         }
         let refused_but_logged = |tag: &str| tags.contains_key(tag) && issued.get(tag) == Some(&1);
+        // A batch is an ordered queue: its items are logged in its order,
+        // and none is logged while an earlier unconditional put of it is
+        // not (a put can only be refused by a stop: 429 or 503), whatever
+        // the batch was answered. Only for batches sent once: a refusal
+        // is not remembered, so an item refused for good (a patch of an
+        // absent document: 404) may apply when the batch is sent again,
+        // after the items behind it.
+        for r in &mine {
+            let Kind::Batch { items } = &r.kind else {
+                continue;
+            };
+            let sent_once = items
+                .iter()
+                .all(|item| tag_of(&item["value"]).is_none_or(|t| issued.get(&t) == Some(&1)));
+            if !sent_once {
+                continue;
+            }
+            let mut last: Option<(u64, usize)> = None;
+            let mut missing_put: Option<usize> = None;
+            for (i, item) in items.iter().enumerate() {
+                match tag_of(&item["value"]).and_then(|t| tags.get(&t).copied()) {
+                    Some(seq) => {
+                        if let Some((before, j)) = last.filter(|(before, _)| *before > seq) {
+                            return Err(format!("user {user}: batch item {i} logged at {seq}, before item {j} at {before}: {items:?}"));
+                        }
+                        if let Some(j) = missing_put.filter(|_| floor == 0) {
+                            return Err(format!("user {user}: batch item {i} logged at {seq} but the put before it (item {j}) is not: {items:?}"));
+                        }
+                        last = Some((seq, i));
+                    }
+                    None if item["op"] == "put" => {
+                        missing_put.get_or_insert(i);
+                    }
+                    None => {}
+                }
+            }
+        }
         let mut acked_versions: Vec<(usize, String, String, u64, bool)> = Vec::new();
         for (i, r) in records.iter().enumerate() {
             if r.user != user {
