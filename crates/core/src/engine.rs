@@ -628,7 +628,18 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         let (state, dead_intent, doc_pending_here) = match resolution {
             Step::Retry => return Ok(Step::Retry),
             Step::Done(Resolution::Nothing) => (DocState::default(), None, false),
-            Step::Done(Resolution::Committed(id, e)) => (DocState::from_entry(id, e), None, false),
+            Step::Done(Resolution::Committed(id, e)) => {
+                // A pointer naming an intent that another writer took over
+                // (its entry committed at the intent's slot instead) is
+                // about to move on: the intent's entry is then garbage no
+                // one can find, unless an idempotency pointer names it.
+                let taken_over = (id != doc_ptr.value)
+                    .then(|| cache.get(&doc_ptr.value).cloned().flatten())
+                    .flatten()
+                    .filter(|x| x.ik.is_none())
+                    .map(|_| doc_ptr.value);
+                (DocState::from_entry(id, e), taken_over, false)
+            }
             Step::Done(Resolution::Open { intent, x, pending }) => {
                 let dead = (!pending && x.ik.is_none()).then_some(intent);
                 (DocState::before(&x), dead, pending)
@@ -732,10 +743,24 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 }
                 return Ok(Step::Retry);
             }
+            if let Some(dead) = dead_intent {
+                // The pointer moved off an intent that will never commit
+                // (or that another writer's entry committed for): nothing
+                // names it any more. Now, not after our commit: if we lose
+                // the slot, no one else would know to.
+                self.kv.delete_many(&[self.keys.entry(dead)]).await?;
+            }
         }
 
         let slot = self.ensure(tail.tail_slot.clone()).await?;
         if slot.value != 0 || !self.swap(&slot, z).await? {
+            // A pointer naming our entry makes it a dead intent that a later
+            // writer deletes; with both pointers taken over (naming another
+            // writer's intent), nothing names it: delete it now.
+            let named = !doc_pending_here || (m.idempotency.is_some() && !idem_pending_here);
+            if !named {
+                self.kv.delete_many(&[self.keys.entry(z)]).await?;
+            }
             return Ok(Step::Retry);
         }
 
@@ -750,7 +775,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         // after a claimed one as the head.
         let _ = self.kv.increment(&self.keys.slot(t + 1), 0).await;
         self.host.log_changed(self.keys.topic(), t);
-        self.after_commit(t, &tail.hint, dead_intent).await;
+        self.after_commit(t, &tail.hint).await;
         Ok(Step::Done(Outcome::Applied {
             entry,
             replayed: false,
@@ -759,22 +784,16 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
 
     /// Housekeeping after the commit of `t`, each step on its own and each
     /// resumable by any later writer: move the hint up (every
-    /// [`HINT_EVERY`] seqs; it is only where tail scans start), delete a
-    /// dead intent, compact (every [`COMPACT_STEP`] seqs; it resumes from
-    /// the persisted floor and cleaned mark). Failures are dropped: see the
-    /// caller.
-    async fn after_commit(&self, t: u64, hint: &Counter, dead_intent: Option<u64>) {
+    /// [`HINT_EVERY`] seqs; it is only where tail scans start) and compact
+    /// (every [`COMPACT_STEP`] seqs; it resumes from the persisted floor and
+    /// cleaned mark). Failures are dropped: see the caller.
+    async fn after_commit(&self, t: u64, hint: &Counter) {
         if t.is_multiple_of(HINT_EVERY) && hint.value < t {
             if let Ok(hint) = self.ensure(hint.clone()).await {
                 if hint.value < t {
                     let _ = self.swap(&hint, t).await;
                 }
             }
-        }
-        if let Some(dead) = dead_intent {
-            // Nothing points at a dead intent without an idempotency key
-            // once its document pointer moved on.
-            let _ = self.kv.delete_many(&[self.keys.entry(dead)]).await;
         }
         if t.is_multiple_of(COMPACT_STEP) {
             let _ = self.compact(t).await;

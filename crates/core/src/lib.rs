@@ -89,14 +89,17 @@
 //! 7. Swap the idempotency pointer, then the document pointer, to `z` —
 //!    unless it already holds a pending intent for `t`, which we take over
 //!    without a swap (any of those entries committing at `t` is valid, since
-//!    they share the same predecessor).
+//!    they share the same predecessor). Having moved the document pointer
+//!    off an intent that is dead or was committed for by another entry,
+//!    delete that intent's entry (nothing names it any more).
 //! 8. **Commit**: swap slot `t` from 0 to `z`. Exactly one entry can ever
 //!    take a slot; losing this swap means someone else committed at `t`:
-//!    start over.
-//! 9. Housekeeping anyone could do: pre-create slot `t + 1` (so "anything
-//!    new after t?" is one read of an existing zero), notify waiters
-//!    ([`Host::log_changed`]), advance the hint every 8 seqs, compact every
-//!    16.
+//!    start over (deleting `z` first if no pointer names it).
+//! 9. Housekeeping anyone could do, whose failure no longer matters to
+//!    this request (it is acknowledged): pre-create slot `t + 1` (so
+//!    "anything new after t?" is one read of an existing zero), notify
+//!    waiters ([`Host::log_changed`]), advance the hint every 8 seqs,
+//!    compact every 16.
 //!
 //! # Reading
 //!
@@ -201,10 +204,17 @@
 //! * Idempotency keys are remembered while their entry is above the floor:
 //!   at least `retention_entries` later changes.
 //! * Storage is bounded by retention, the current documents, and a little
-//!   garbage no one can find to delete: entries of intents that died
-//!   *and* carry an idempotency key (their pointer may still name them),
-//!   and tombstones of deletes committed by taking over another writer's
-//!   intent. Both come only from lost races or crashes.
+//!   garbage no one can find to delete: entries of writers that crashed
+//!   before a pointer named them (or before deleting them), entries of
+//!   intents that died *and* carry an idempotency key (their pointer may
+//!   still name them), and tombstones of deletes committed by taking over
+//!   another writer's intent. The first come only from crashes, the others
+//!   from lost races or crashes. A writer deletes its own entry when it
+//!   loses a race before anything names it, and a dead intent (never to
+//!   commit, or committed for by another writer's entry) as soon as it has
+//!   moved the document pointer off it; the simulation checks that a run
+//!   without crashes leaves no entry that nothing names, idempotent ones
+//!   aside.
 
 pub mod auth;
 pub mod config;
