@@ -60,6 +60,11 @@ const BODY_READ: usize = 16 * 1024;
 
 /// Longest chunk-size line (size plus extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
+/// Most chunk-extension bytes (`;name=value`, which carry nothing edgesync
+/// reads) accepted in one body: without a total, a client could send
+/// megabytes of them around a few bytes of data for as long as the body
+/// timeout lets it.
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 
 /// How long, and for how many bytes, a closing connection keeps reading
 /// (and discarding) what the client still sends, so that closing with
@@ -1057,6 +1062,7 @@ enum ChunkState {
 /// only, 1–16 hex digits, extensions and trailers read and dropped.
 struct ChunkedDecoder {
     state: ChunkState,
+    extension_bytes: usize,
     trailer_bytes: usize,
     max_trailer_bytes: usize,
 }
@@ -1065,6 +1071,7 @@ impl ChunkedDecoder {
     fn new(max_trailer_bytes: usize) -> Self {
         Self {
             state: ChunkState::Size,
+            extension_bytes: 0,
             trailer_bytes: 0,
             max_trailer_bytes,
         }
@@ -1087,6 +1094,12 @@ impl ChunkedDecoder {
                         return Ok((pos, Progress::NeedMore));
                     };
                     pos += line.len() + 2;
+                    if let Some(at) = line.iter().position(|&b| b == b';') {
+                        self.extension_bytes += line.len() - at;
+                        if self.extension_bytes > MAX_CHUNK_EXTENSIONS {
+                            return Err("too many chunk-extension bytes");
+                        }
+                    }
                     let size = parse_chunk_size(line)?;
                     self.state = if size == 0 {
                         ChunkState::Trailers
@@ -1289,6 +1302,12 @@ mod unit_tests {
         }
         // A size line that never ends is cut off.
         assert!(decode_all(&[b'1'; MAX_CHUNK_LINE + 10], 1000).is_err());
+        // So are extensions past their total, each line within its limit.
+        let line = format!("1;{}\r\nx\r\n", "e".repeat(4000));
+        let fits = line.repeat(MAX_CHUNK_EXTENSIONS / 4001) + "0\r\n\r\n";
+        assert!(decode_all(fits.as_bytes(), 1000).is_ok());
+        let over = line.repeat(MAX_CHUNK_EXTENSIONS / 4001 + 1) + "0\r\n\r\n";
+        assert!(decode_all(over.as_bytes(), 1000).is_err());
         // Biggest representable size is fine (the cap stops reading).
         let (_, _, progress) = decode_all(b"ffffffffffffffff\r\nab", 1).unwrap();
         assert_eq!(progress, Progress::Full);
