@@ -7,13 +7,18 @@
 //! optional `executor = { type = "http" }`; `[component.<id>]` with `source`
 //! (a local path, relative to the manifest's directory), `key_value_stores`,
 //! `variables` (templates), `environment` and `allowed_outbound_hosts`.
-//! `[component.<id>.build]`, `description` and `exclude_files` are ignored.
+//! `[component.<id>.build]`, `description`, `exclude_files`, `tool`,
+//! `profile` and the application's `description`, `authors`, `targets`,
+//! `trigger` and `tool` are read and ignored.
 //!
+//! A field Spin's v2 schema does not know is an error, as in Spin (a
+//! misspelt `key-value-stores` must not pass here and fail on a real host).
 //! Rejected with an error rather than silently mis-served: other manifest
 //! versions, other trigger types, inline trigger components, non-http
 //! executors, static responses, remote/registry `source`s, `files`,
-//! component dependencies, and a variable that is both `required` and has a
-//! `default` (or neither, which Spin also rejects).
+//! `sqlite_databases`, `ai_models`, component dependencies, and a variable
+//! that is both `required` and has a `default` (or neither, which Spin also
+//! rejects).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -119,7 +124,12 @@ pub struct Manifest {
     pub components: BTreeMap<String, ComponentManifest>,
 }
 
+// The raw shapes refuse unknown fields where Spin's manifest schema (v2)
+// does, and list every field it knows, so that a manifest the harness runs
+// is one `spin up` would load: a misspelt field fails here as it fails
+// there. Fields the harness has no use for are read and ignored.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawManifest {
     spin_manifest_version: toml::Value,
     application: RawApplication,
@@ -132,10 +142,22 @@ struct RawManifest {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct RawApplication {
     name: String,
     #[serde(default)]
     version: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    authors: Vec<String>,
+    #[serde(default)]
+    targets: Vec<toml::Value>,
+    #[serde(default)]
+    trigger: Option<toml::Table>,
+    #[serde(default)]
+    tool: Option<toml::Table>,
 }
 
 #[derive(Deserialize)]
@@ -167,20 +189,40 @@ struct RawTrigger {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct RawComponent {
     source: toml::Value,
-    #[serde(default, alias = "key-value-stores")]
+    #[serde(default)]
     key_value_stores: Vec<String>,
     #[serde(default)]
     variables: BTreeMap<String, String>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
-    #[serde(default, alias = "allowed-outbound-hosts")]
+    #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
     #[serde(default)]
     files: Vec<toml::Value>,
     #[serde(default)]
     dependencies: Option<toml::Table>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    exclude_files: Vec<String>,
+    #[serde(default)]
+    allowed_http_hosts: Vec<String>,
+    #[serde(default)]
+    sqlite_databases: Vec<String>,
+    #[serde(default)]
+    ai_models: Vec<String>,
+    #[serde(default)]
+    build: Option<toml::Table>,
+    #[serde(default)]
+    tool: Option<toml::Table>,
+    #[serde(default)]
+    dependencies_inherit_configuration: bool,
+    #[serde(default)]
+    profile: Option<toml::Table>,
 }
 
 impl Manifest {
@@ -252,6 +294,11 @@ impl Manifest {
             if !c.files.is_empty() {
                 return Err(ManifestError::Unsupported(format!(
                     "component {id:?}: `files` (no file mounts)"
+                )));
+            }
+            if !c.sqlite_databases.is_empty() || !c.ai_models.is_empty() {
+                return Err(ManifestError::Unsupported(format!(
+                    "component {id:?}: `sqlite_databases` / `ai_models`"
                 )));
             }
             if c.dependencies.as_ref().is_some_and(|d| !d.is_empty()) {
@@ -482,6 +529,37 @@ source = "read.wasm"
             "{HEAD}[component.c]\nsource = \"c.wasm\"\nfiles = [\"a/*\"]\n"
         ))
         .contains("files"));
+        assert!(err(&format!(
+            "{HEAD}[component.c]\nsource = \"c.wasm\"\nsqlite_databases = [\"default\"]\n"
+        ))
+        .contains("sqlite_databases"));
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_as_in_spin() {
+        for text in [
+            format!("{HEAD}[component.c]\nsource = \"c.wasm\"\nkey-value-stores = [\"default\"]\n"),
+            format!("{HEAD}[component.c]\nsource = \"c.wasm\"\nallowed-outbound-hosts = []\n"),
+            format!("{HEAD}[component.c]\nsource = \"c.wasm\"\nkey_value_store = [\"default\"]\n"),
+            format!("{HEAD}colour = \"blue\"\n"),
+            "spin_manifest_version = 2\n[application]\nname = \"x\"\nnmae = \"y\"\n".to_owned(),
+        ] {
+            assert!(
+                err(&text).contains("unknown field"),
+                "{text}: {}",
+                err(&text)
+            );
+        }
+        // What Spin knows and the harness ignores is fine.
+        Manifest::parse(
+            &format!(
+                "{HEAD}description = \"d\"\nauthors = [\"a\"]\n[application.tool.x]\ny = 1\n\
+                 [component.c]\nsource = \"c.wasm\"\ndescription = \"c\"\nexclude_files = []\n\
+                 [component.c.tool.lint]\nlevel = 1\n"
+            ),
+            Path::new("."),
+        )
+        .unwrap();
     }
 
     #[test]
