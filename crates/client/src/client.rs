@@ -319,7 +319,12 @@ impl Client {
         self.shared.mode()
     }
 
-    /// Replace the bearer token (e.g. after refreshing it); retries at once.
+    /// Replace the bearer token (e.g. after refreshing it); the next
+    /// request carries it, and a sync is asked for at once ([`sync_now`]).
+    /// A back-off already running after failed requests (a 401 included)
+    /// runs out first.
+    ///
+    /// [`sync_now`]: Client::sync_now
     ///
     /// The new token must be for the replica's user (the same `sub`): a
     /// token for another user is refused with [`Error::WrongUser`] and the
