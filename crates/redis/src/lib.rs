@@ -124,6 +124,28 @@ impl RedisKv {
     }
 }
 
+/// Whether a command failed because the connection broke under it (the
+/// server closed an idle client, a network blip): the connection manager
+/// reconnects on such an error but does not resend, so the first command
+/// after every drop would fail.
+fn connection_broke(e: &RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error()
+}
+
+/// Run `command` on a clone of `conn`, and once more after the connection
+/// broke under it. Only for commands that may run twice: reads, `SET` of
+/// an immutable value, `DEL`, an increment by zero.
+async fn once_more<T, F, Fut>(conn: &ConnectionManager, command: F) -> Result<T, RedisError>
+where
+    F: Fn(ConnectionManager) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RedisError>>,
+{
+    match command(conn.clone()).await {
+        Err(e) if connection_broke(&e) => command(conn.clone()).await,
+        done => done,
+    }
+}
+
 /// A counter as `INCRBY` stores it (ASCII decimal) or as the core writes it
 /// (8-byte little-endian).
 fn decode_i64(bytes: &[u8]) -> Option<i64> {
@@ -133,26 +155,36 @@ fn decode_i64(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
+impl RedisKv {
+    async fn swap_script(&self, key: &str, current: &[u8], new: &[u8]) -> Result<i64, RedisError> {
+        let mut conn = self.conn.clone();
+        self.cas
+            .key(key)
+            .arg(current)
+            .arg(new)
+            .invoke_async(&mut conn)
+            .await
+    }
+}
+
 impl Kv for RedisKv {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| kv_error("GET", e))
+        once_more(&self.conn, |mut conn| async move {
+            redis::cmd("GET").arg(key).query_async(&mut conn).await
+        })
+        .await
+        .map_err(|e| kv_error("GET", e))
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| kv_error("MGET", e))?;
+        let values: Vec<Option<Vec<u8>>> = once_more(&self.conn, |mut conn| async move {
+            redis::cmd("MGET").arg(keys).query_async(&mut conn).await
+        })
+        .await
+        .map_err(|e| kv_error("MGET", e))?;
         if values.len() != keys.len() {
             return Err(KvError::new(
                 KvErrorKind::Other,
@@ -163,26 +195,30 @@ impl Kv for RedisKv {
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| kv_error("SET", e))
+        once_more(&self.conn, |mut conn| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+        .map_err(|e| kv_error("SET", e))
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| kv_error("DEL", e))
+        once_more(&self.conn, |mut conn| async move {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| kv_error("DEL", e))
     }
 
     async fn compare_and_swap(
@@ -191,27 +227,42 @@ impl Kv for RedisKv {
         current: &[u8],
         new: &[u8],
     ) -> Result<bool, KvError> {
-        let mut conn = self.conn.clone();
-        let swapped: i64 = self
-            .cas
-            .key(key)
-            .arg(current)
-            .arg(new)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| kv_error("compare-and-swap script", e))?;
-        Ok(swapped == 1)
+        let err = match self.swap_script(key, current, new).await {
+            Ok(swapped) => return Ok(swapped == 1),
+            Err(e) if connection_broke(&e) => e,
+            Err(e) => return Err(kv_error("compare-and-swap script", e)),
+        };
+        // The connection broke: the script may or may not have run. The
+        // key tells (the core only swaps in values no other writer
+        // produces): `new` means it ran, `current` that it did not (send it
+        // again), anything else that another writer moved the key on.
+        match self.get(key).await {
+            Ok(Some(now)) if now == new => Ok(true),
+            Ok(Some(now)) if now == current => self
+                .swap_script(key, current, new)
+                .await
+                .map(|swapped| swapped == 1)
+                .map_err(|e| kv_error("compare-and-swap script", e)),
+            Ok(_) => Ok(false),
+            Err(_) => Err(kv_error("compare-and-swap script", err)),
+        }
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        let mut conn = self.conn.clone();
-        let value: Value = self
-            .increment
-            .key(key)
-            .arg(delta)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| kv_error("increment script", e))?;
+        let run = |mut conn: ConnectionManager| async move {
+            self.increment
+                .key(key)
+                .arg(delta)
+                .invoke_async::<Value>(&mut conn)
+                .await
+        };
+        // An increment by zero (the core's "create if absent") may run twice.
+        let value = if delta == 0 {
+            once_more(&self.conn, run).await
+        } else {
+            run(self.conn.clone()).await
+        }
+        .map_err(|e| kv_error("increment script", e))?;
         match value {
             Value::Int(n) => Ok(n),
             Value::BulkString(bytes) => decode_i64(&bytes).ok_or_else(|| {
@@ -400,7 +451,14 @@ async fn publish_loop(
                 .arg(encode_message(instance, &user, seq))
                 .ignore();
         }
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        // Once more after the connection broke (the connection manager
+        // reconnects but does not resend): an announcement lost here
+        // leaves waiters on other instances asleep until their deadline.
+        let sent = match pipe.query_async::<()>(&mut conn).await {
+            Err(e) if connection_broke(&e) => pipe.query_async::<()>(&mut conn).await,
+            sent => sent,
+        };
+        if let Err(e) = sent {
             tracing::warn!(error = %e, "could not publish change announcements");
         }
     }

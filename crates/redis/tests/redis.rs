@@ -148,3 +148,76 @@ async fn change_bus_needs_a_reachable_server() {
     let err = ChangeBus::start(&url, |_| {}).await.unwrap_err();
     assert_eq!(err.kind, KvErrorKind::Unavailable, "{err}");
 }
+
+/// Close every normal client connection of `url`'s server (as its idle
+/// `timeout` or a network blip would), pub/sub subscriptions aside.
+async fn drop_clients(url: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed > 0, "no connection to drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_command_after_a_dropped_connection_succeeds() {
+    let server = RedisServer::start();
+    let url = server.url(0);
+    let kv = RedisKv::connect(&url).await.unwrap();
+    kv.set("k", b"v1").await.unwrap();
+    kv.increment("n", 0).await.unwrap();
+
+    drop_clients(&url).await;
+    assert_eq!(kv.get("k").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    drop_clients(&url).await;
+    assert_eq!(
+        kv.get_many(&["k".into(), "absent".into()]).await.unwrap(),
+        vec![Some(b"v1".to_vec()), None]
+    );
+    drop_clients(&url).await;
+    assert!(kv.compare_and_swap("k", b"v1", b"v2").await.unwrap());
+    assert_eq!(kv.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
+    drop_clients(&url).await;
+    assert!(!kv.compare_and_swap("k", b"v1", b"v3").await.unwrap());
+    drop_clients(&url).await;
+    assert_eq!(kv.increment("n", 0).await.unwrap(), 0);
+    drop_clients(&url).await;
+    kv.set("k2", b"x").await.unwrap();
+    drop_clients(&url).await;
+    kv.delete_many(&["k2".into()]).await.unwrap();
+    assert_eq!(kv.get("k2").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_after_a_dropped_connection_still_arrives() {
+    let server = RedisServer::start();
+    let url = server.url(0);
+    let (a, _) = bus(&url, Arc::default()).await;
+    let b_notify = Arc::<tokio::sync::Notify>::default();
+    let (_b, b_seen) = bus(&url, b_notify.clone()).await;
+    a.publish("u/alice", 1);
+    let heard = |n: usize| {
+        let (seen, notify) = (b_seen.clone(), b_notify.clone());
+        async move {
+            while seen.lock().unwrap().len() < n {
+                notify.notified().await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), heard(1))
+        .await
+        .expect("b hears a");
+    drop_clients(&url).await;
+    a.publish("u/alice", 2);
+    tokio::time::timeout(Duration::from_secs(30), heard(2))
+        .await
+        .expect("b hears a's announcement sent over a dropped connection");
+    assert_eq!(b_seen.lock().unwrap()[1], ("u/alice".to_owned(), 2));
+}
