@@ -112,8 +112,8 @@ impl std::fmt::Debug for RedisKv {
 }
 
 impl RedisKv {
-    /// Connect to `url` (`redis://host:port/db`, `rediss://` for TLS if the
-    /// build supports it). Fails if the server cannot be reached now.
+    /// Connect to `url` (`redis://host:port/db`; this build has no TLS, so
+    /// not `rediss://`). Fails if the server cannot be reached now.
     pub async fn connect(url: &str) -> Result<Self, KvError> {
         let client = open_client(url)?;
         Ok(Self {

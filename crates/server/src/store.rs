@@ -17,14 +17,21 @@ pub enum StoreKind {
     #[default]
     Sqlite,
     /// A Redis/Valkey server shared by any number of instances
-    /// (`redis://host:port/db`, or `rediss://` / `valkey://` forms).
+    /// (`redis://host:port/db`, `valkey://…`, `redis+unix://…`; not TLS).
     Redis(String),
 }
 
-/// `--store` was neither `sqlite` nor a Redis URL.
+/// `--store` was neither `sqlite` nor a Redis URL this build can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown store {0:?}: expected `sqlite` or a URL like redis://127.0.0.1:6379/0")]
-pub struct ParseStoreError(pub String);
+pub enum ParseStoreError {
+    #[error("unknown store {0:?}: expected `sqlite` or a URL like redis://127.0.0.1:6379/0")]
+    Unknown(String),
+    #[error(
+        "TLS to Redis ({0}) is not supported by this build: reach a TLS-only server through a \
+         local TLS tunnel (stunnel, a sidecar) and give its redis:// address"
+    )]
+    Tls(&'static str),
+}
 
 impl FromStr for StoreKind {
     type Err = ParseStoreError;
@@ -35,20 +42,18 @@ impl FromStr for StoreKind {
             return Ok(Self::Sqlite);
         }
         let lower = s.to_ascii_lowercase();
-        if [
-            "redis://",
-            "rediss://",
-            "valkey://",
-            "valkeys://",
-            "redis+unix://",
-            "unix://",
-        ]
-        .iter()
-        .any(|scheme| lower.starts_with(scheme))
+        for tls in ["rediss://", "valkeys://"] {
+            if lower.starts_with(tls) {
+                return Err(ParseStoreError::Tls(tls));
+            }
+        }
+        if ["redis://", "valkey://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| lower.starts_with(scheme))
         {
             return Ok(Self::Redis(s.to_owned()));
         }
-        Err(ParseStoreError(s.to_owned()))
+        Err(ParseStoreError::Unknown(s.to_owned()))
     }
 }
 
@@ -185,5 +190,12 @@ mod tests {
         );
         assert!("postgres://x".parse::<StoreKind>().is_err());
         assert!("".parse::<StoreKind>().is_err());
+        // TLS is refused up front, saying what to do, not at connect time
+        // as an "unparsable" URL.
+        for url in ["rediss://cache:6380/0", "VALKEYS://cache/0"] {
+            let refused = url.parse::<StoreKind>().unwrap_err();
+            assert!(matches!(refused, ParseStoreError::Tls(_)), "{url}");
+            assert!(refused.to_string().contains("tunnel"), "{refused}");
+        }
     }
 }
