@@ -29,8 +29,11 @@ pub struct ServeArgs {
 
 /// Load the configuration the way `serve` and `token` both do, logging
 /// where the secret came from (never the secret).
-pub fn load_config(data_dir: &std::path::Path) -> anyhow::Result<edgesync_core::Config> {
-    let (config, source) = settings::load_config(data_dir, settings::process_env)?;
+pub fn load_config(
+    data_dir: &std::path::Path,
+    missing: settings::MissingSecret,
+) -> anyhow::Result<edgesync_core::Config> {
+    let (config, source) = settings::load_config(data_dir, settings::process_env, missing)?;
     match source {
         SecretSource::Environment => tracing::debug!("JWT secret from EDGESYNC_JWT_SECRET"),
         SecretSource::File(path) => {
@@ -46,7 +49,17 @@ pub fn load_config(data_dir: &std::path::Path) -> anyhow::Result<edgesync_core::
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.data_dir)?;
+    let missing = match args.store {
+        // The one instance on its own store: a generated secret just works.
+        StoreKind::Sqlite => settings::MissingSecret::Generate,
+        // Instances sharing a store must share the secret too, or a token
+        // from one is refused by the others.
+        StoreKind::Redis(_) => settings::MissingSecret::Refuse(
+            "With a shared store, set EDGESYNC_JWT_SECRET to the same value (32+ characters) on \
+             every instance.",
+        ),
+    };
+    let config = load_config(&args.data_dir, missing)?;
     let sqlite = SqliteOptions {
         synchronous: settings::sqlite_synchronous(settings::process_env)?,
         ..SqliteOptions::default()

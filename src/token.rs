@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use edgesync_core::auth::{mint, Expectations};
-use edgesync_server::settings;
+use edgesync_server::settings::{self, MissingSecret};
 
 /// Whom the token is for and how long it lasts.
 #[derive(Debug, Args)]
@@ -58,7 +58,14 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
             edgesync_core::auth::MAX_SUB_BYTES
         );
     }
-    let config = crate::serve::load_config(&args.data_dir)?;
+    // Never a new secret here: no server would accept what it signs.
+    let config = crate::serve::load_config(
+        &args.data_dir,
+        MissingSecret::Refuse(
+            "Start `edgesync serve` once (it generates the secret), or pass the server's \
+             --data-dir, or set EDGESYNC_JWT_SECRET to the server's secret.",
+        ),
+    )?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let expect = Expectations {
         secret: &config.jwt_secret,

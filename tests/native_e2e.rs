@@ -541,3 +541,45 @@ async fn first_run_generates_a_secret_and_logs_each_request_without_the_token() 
     }
     server.kill_9();
 }
+
+/// A secret is generated only where it helps: `edgesync token` with no
+/// secret to be found (the wrong `--data-dir`, say) fails instead of
+/// signing with a new secret no server knows, and instances on a shared
+/// store refuse to start each with a secret of its own.
+#[test]
+fn no_secret_is_generated_where_it_would_not_be_shared() {
+    let dir = data_dir("no-secret");
+    let _ = std::fs::remove_dir_all(&dir);
+    let token = Command::new(env!("CARGO_BIN_EXE_edgesync"))
+        .args(["token", "--sub", "alice", "--data-dir"])
+        .arg(&dir)
+        .env_remove("EDGESYNC_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        !token.status.success(),
+        "minted with a secret no server has"
+    );
+    assert!(token.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&token.stderr);
+    assert!(stderr.contains("edgesync serve"), "{stderr}");
+    assert!(!dir.join("jwt_secret").exists(), "a secret was written");
+
+    let serve = Command::new(env!("CARGO_BIN_EXE_edgesync"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "redis://127.0.0.1:1/0",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env_remove("EDGESYNC_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(stderr.contains("same value"), "{stderr}");
+    assert!(!dir.join("jwt_secret").exists(), "a secret was written");
+}

@@ -50,14 +50,25 @@ pub enum SettingsError {
     /// message already includes it, and error chains would repeat it.)
     #[error("{0} (environment variable {var})", var = setting_var(.0))]
     Config(edgesync_core::ConfigError),
-    /// The secret file could not be read or written.
-    #[error("JWT secret file {path}: {source}")]
+    /// The secret file could not be read or written. (The cause is the
+    /// source, not repeated in the message.)
+    #[error("JWT secret file {path}")]
     SecretFile {
         /// The file.
         path: PathBuf,
         /// What went wrong.
         #[source]
         source: std::io::Error,
+    },
+    /// There is no secret, and generating one would not help: `token`
+    /// (a secret no server uses signs tokens every server refuses), or a
+    /// store shared by several instances (each would generate its own).
+    #[error("no JWT secret: EDGESYNC_JWT_SECRET is not set and {path} does not exist. {advice}")]
+    NoSecret {
+        /// The secret file looked for.
+        path: PathBuf,
+        /// What to do.
+        advice: &'static str,
     },
     /// The secret file exists but does not hold a usable secret.
     #[error("JWT secret file {0} is empty or shorter than 32 characters; fix or delete it (deleting it invalidates every token issued so far)")]
@@ -87,17 +98,28 @@ fn setting_var(err: &edgesync_core::ConfigError) -> String {
     }
 }
 
+/// What to do when there is no secret at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSecret {
+    /// Generate one into the data directory (`serve` on its own store).
+    Generate,
+    /// Refuse, with this advice.
+    Refuse(&'static str),
+}
+
 /// Build the core [`Config`] from `env` (a lookup of environment variables
 /// by full name, e.g. [`process_env`]), taking the secret from
-/// `EDGESYNC_JWT_SECRET` or from (or into) `data_dir`'s secret file.
+/// `EDGESYNC_JWT_SECRET` or from `data_dir`'s secret file, or else doing
+/// what `missing` says.
 pub fn load_config(
     data_dir: &Path,
     env: impl Fn(&str) -> Option<String>,
+    missing: MissingSecret,
 ) -> Result<(Config, SecretSource), SettingsError> {
     let from_env = env(&env_name("jwt_secret")).filter(|s| !s.trim().is_empty());
     let (secret, source) = match from_env {
         Some(secret) => (secret, SecretSource::Environment),
-        None => load_or_generate_secret(data_dir)?,
+        None => load_or_generate_secret(data_dir, missing)?,
     };
     let config = Config::from_lookup(|name| {
         if name == "jwt_secret" {
@@ -133,7 +155,10 @@ pub fn ensure_data_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-fn load_or_generate_secret(data_dir: &Path) -> Result<(String, SecretSource), SettingsError> {
+fn load_or_generate_secret(
+    data_dir: &Path,
+    missing: MissingSecret,
+) -> Result<(String, SecretSource), SettingsError> {
     let path = data_dir.join(SECRET_FILE);
     let io_err = |source| SettingsError::SecretFile {
         path: path.clone(),
@@ -143,6 +168,9 @@ fn load_or_generate_secret(data_dir: &Path) -> Result<(String, SecretSource), Se
         Ok(secret) => return Ok((secret?, SecretSource::File(path))),
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
+    }
+    if let MissingSecret::Refuse(advice) = missing {
+        return Err(SettingsError::NoSecret { path, advice });
     }
     ensure_data_dir(data_dir).map_err(io_err)?;
     let mut bytes = [0u8; 32];
@@ -210,7 +238,7 @@ mod tests {
     fn secret_is_generated_once_privately_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("nested/data");
-        let (first, source) = load_config(&data, env(&[])).unwrap();
+        let (first, source) = load_config(&data, env(&[]), MissingSecret::Generate).unwrap();
         let path = data.join(SECRET_FILE);
         assert_eq!(source, SecretSource::Generated(path.clone()));
         assert_eq!(first.jwt_secret.len(), 64, "32 random bytes, hex");
@@ -222,7 +250,7 @@ mod tests {
             let mode = fs::metadata(&data).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700);
         }
-        let (second, source) = load_config(&data, env(&[])).unwrap();
+        let (second, source) = load_config(&data, env(&[]), MissingSecret::Generate).unwrap();
         assert_eq!(source, SecretSource::File(path));
         assert_eq!(first.jwt_secret, second.jwt_secret);
         // Nothing else was left in the directory.
@@ -235,8 +263,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let secret = "s".repeat(40);
-        let (config, source) =
-            load_config(&data, env(&[("EDGESYNC_JWT_SECRET", &secret)])).unwrap();
+        let (config, source) = load_config(
+            &data,
+            env(&[("EDGESYNC_JWT_SECRET", &secret)]),
+            MissingSecret::Generate,
+        )
+        .unwrap();
         assert_eq!(source, SecretSource::Environment);
         assert_eq!(config.jwt_secret, secret.as_bytes());
         assert!(!data.exists());
@@ -259,6 +291,7 @@ mod tests {
                 ("EDGESYNC_JWT_AUDIENCE", "aud"),
                 ("EDGESYNC_JWT_ISSUER", "iss"),
             ]),
+            MissingSecret::Generate,
         )
         .unwrap();
         assert_eq!(config.max_wait_seconds, 7);
@@ -274,13 +307,18 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable() {
         let dir = tempfile::tempdir().unwrap();
-        let err = load_config(dir.path(), env(&[("EDGESYNC_MAX_WAIT_SECONDS", "soon")]))
-            .unwrap_err()
-            .to_string();
+        let err = load_config(
+            dir.path(),
+            env(&[("EDGESYNC_MAX_WAIT_SECONDS", "soon")]),
+            MissingSecret::Generate,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("EDGESYNC_MAX_WAIT_SECONDS"), "{err}");
         let err = load_config(
             dir.path(),
             env(&[("EDGESYNC_JWT_SECRET", "tiny-secret-xyz")]),
+            MissingSecret::Generate,
         )
         .unwrap_err()
         .to_string();
@@ -298,10 +336,30 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_secret_can_be_refused_instead_of_generated() {
+        let dir = tempfile::tempdir().unwrap();
+        let refuse = MissingSecret::Refuse("start the server first");
+        let err = load_config(dir.path(), env(&[]), refuse).unwrap_err();
+        assert!(matches!(err, SettingsError::NoSecret { .. }), "{err}");
+        assert!(err.to_string().contains("start the server first"), "{err}");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
+        // An existing secret, or one in the environment, is used as ever.
+        let secret = "s".repeat(40);
+        load_config(dir.path(), env(&[("EDGESYNC_JWT_SECRET", &secret)]), refuse).unwrap();
+        load_config(dir.path(), env(&[]), MissingSecret::Generate).unwrap();
+        let (_, source) = load_config(dir.path(), env(&[]), refuse).unwrap();
+        assert!(matches!(source, SecretSource::File(_)));
+    }
+
+    #[test]
     fn a_truncated_secret_file_is_an_error_not_a_new_secret() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(SECRET_FILE), "abc\n").unwrap();
-        let err = load_config(dir.path(), env(&[])).unwrap_err();
+        let err = load_config(dir.path(), env(&[]), MissingSecret::Generate).unwrap_err();
         assert!(matches!(err, SettingsError::BadSecretFile(_)), "{err}");
     }
 }
