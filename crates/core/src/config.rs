@@ -78,7 +78,7 @@ pub enum ConfigError {
         /// The raw value.
         value: String,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -125,7 +125,8 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "jwt_secret",
                 value: "<redacted>".into(),
-                reason: "must be at least 32 bytes (HS256 keys shorter than the hash are weak)",
+                reason: "must be at least 32 bytes (HS256 keys shorter than the hash are weak)"
+                    .into(),
             });
         }
         let mut config = Config::with_secret(secret.into_bytes());
@@ -153,7 +154,7 @@ impl Config {
                 parse_u64("max_body_bytes", &v, 1024, 16 * 1024 * 1024)? as usize;
         }
         if let Some(v) = get("cors_origins") {
-            config.cors_origins = parse_origins(&v);
+            config.cors_origins = parse_origins(&v)?;
         }
         Ok(config)
     }
@@ -166,34 +167,40 @@ impl Config {
 }
 
 fn parse_u64(name: &'static str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let parsed: u64 = value.trim().parse().map_err(|_| ConfigError::Invalid {
-        name,
-        value: value.to_owned(),
-        reason: "not a non-negative integer",
-    })?;
-    if parsed < min || parsed > max {
-        return Err(ConfigError::Invalid {
+    value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| ConfigError::Invalid {
             name,
             value: value.to_owned(),
-            reason: "out of range",
-        });
-    }
-    Ok(parsed)
+            reason: format!("must be a whole number from {min} to {max}"),
+        })
 }
 
-fn parse_origins(value: &str) -> CorsOrigins {
+fn parse_origins(value: &str) -> Result<CorsOrigins, ConfigError> {
     let list: Vec<String> = value
         .split(',')
         .map(|s| s.trim().trim_end_matches('/').to_owned())
         .filter(|s| !s.is_empty())
         .collect();
-    if list.iter().any(|s| s == "*") {
+    // An origin never contains whitespace: a list separated by spaces
+    // would silently match nothing.
+    if list.iter().any(|s| s.contains(char::is_whitespace)) {
+        return Err(ConfigError::Invalid {
+            name: "cors_origins",
+            value: value.to_owned(),
+            reason: "separate origins with commas (an origin has no spaces)".into(),
+        });
+    }
+    Ok(if list.iter().any(|s| s == "*") {
         CorsOrigins::Any
     } else if list.is_empty() {
         CorsOrigins::None
     } else {
         CorsOrigins::List(list)
-    }
+    })
 }
 
 #[cfg(test)]
@@ -258,6 +265,14 @@ mod tests {
                 ..
             }
         ));
+        // The message says what would do, for a value out of range and for
+        // one too large to read alike.
+        for value in ["0", "99999999999999999999999"] {
+            let err =
+                Config::from_lookup(lookup(&[("jwt_secret", SECRET), ("max_body_bytes", value)]))
+                    .unwrap_err();
+            assert!(err.to_string().contains("from 1024 to 16777216"), "{err}");
+        }
     }
 
     #[test]
@@ -274,5 +289,12 @@ mod tests {
         let c =
             Config::from_lookup(lookup(&[("jwt_secret", SECRET), ("cors_origins", "*")])).unwrap();
         assert_eq!(c.cors_origins, CorsOrigins::Any);
+        // Separated by spaces, they would silently match nothing.
+        let err = Config::from_lookup(lookup(&[
+            ("jwt_secret", SECRET),
+            ("cors_origins", "https://a.example https://b.example"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("commas"), "{err}");
     }
 }

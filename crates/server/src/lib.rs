@@ -99,8 +99,10 @@ impl ServerOptions {
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// Listening socket or data directory trouble.
-    #[error("{context}: {source}")]
+    /// Listening socket or data directory trouble. (The cause is the
+    /// error's source, not repeated in its message: error chains print
+    /// both.)
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
