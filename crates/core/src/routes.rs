@@ -352,7 +352,7 @@ async fn dispatch<K: Kv, H: Host>(
             )
         }
     };
-    let user_hash = Some(user_hash(&claims.sub));
+    let user_hash = Some(user_hash(&service.config.jwt_secret, &claims.sub));
     let log = Log::new(&service.kv, &service.host, &service.config, &claims.sub);
     let result = match route {
         Route::Head => head(service, &log, &request).await,
@@ -372,10 +372,24 @@ async fn dispatch<K: Kv, H: Host>(
     (template, user_hash, Dispatched::Respond(result))
 }
 
-/// A short, non-reversible id for logs.
-fn user_hash(sub: &str) -> String {
-    let digest = Sha256::digest(sub.as_bytes());
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+/// A short id of the user for logs: the same for a user on every request
+/// and instance (sharing the secret), and not reversible by whoever reads
+/// the logs. Keyed, because an unkeyed hash of an email address or a
+/// numeric id is reversed by hashing candidates; the key is derived from
+/// the secret under a label of its own, so nothing here is ever a token
+/// signature.
+pub(crate) fn user_hash(secret: &[u8], sub: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let keyed = |key: &[u8], data: &[u8]| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(data);
+        mac.finalize().into_bytes()
+    };
+    let key = keyed(secret, b"edgesync: user ids in logs");
+    keyed(&key, sub.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn header_value(s: &str) -> HeaderValue {
@@ -1012,6 +1026,21 @@ async fn mutations<K: Kv, H: Host>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_hashes_are_stable_short_and_keyed() {
+        let a = user_hash(b"secret-one", "dave@example.com");
+        assert_eq!(a, user_hash(b"secret-one", "dave@example.com"));
+        assert_eq!(a.len(), 12);
+        assert_ne!(a, user_hash(b"secret-one", "erin@example.com"));
+        assert_ne!(a, user_hash(b"secret-two", "dave@example.com"));
+        // Not the unkeyed digest anyone can compute from a guess.
+        let unkeyed: String = Sha256::digest(b"dave@example.com")[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(a, unkeyed);
+    }
 
     #[test]
     fn routes_match_the_public_table() {

@@ -8,13 +8,14 @@ use crate::kv::Kv;
 pub use crate::routes::{Handled, Parked};
 
 /// Attached to every response's extensions so hosts can log without
-/// re-parsing the request: the matched route template and a short,
-/// non-reversible hash of the user id (never the token).
+/// re-parsing the request: the matched route template and a short keyed
+/// hash of the user id (never the token or the id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestInfo {
     /// Route template such as `/v1/docs/{collection}/{id}`, or `unmatched`.
     pub route: &'static str,
-    /// First 12 hex digits of SHA-256 of the user id, when authenticated.
+    /// When authenticated, 12 hex digits of an HMAC-SHA256 of the user id
+    /// under a key derived from the JWT secret.
     pub user_hash: Option<String>,
     /// Why the store failed, when the response is a 503 caused by it (for
     /// the host's logs; never sent to the client).
