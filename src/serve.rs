@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use edgesync_server::settings::{self, SecretSource};
-use edgesync_server::{ServerOptions, SqliteOptions, StoreKind};
+use edgesync_server::{Server, ServerOptions, SqliteOptions, StoreKind};
 
 /// Where the server listens and keeps its data.
 #[derive(Debug, Args)]
@@ -49,6 +49,9 @@ pub fn load_config(
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Installed first, so that a signal during start-up (a slow store, say)
+    // is not lost: it stops the start at once.
+    let mut signals = Signals::install()?;
     let missing = match args.store {
         // The one instance on its own store: a generated secret just works.
         StoreKind::Sqlite => settings::MissingSecret::Generate,
@@ -69,24 +72,55 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     options.data_dir = args.data_dir;
     options.store = args.store;
     options.sqlite = sqlite;
-    edgesync_server::run(options, shutdown_signal()?)
+    let server = tokio::select! {
+        bound = Server::bind(options) => bound.context("server failed")?,
+        () = signals.next() => {
+            tracing::info!("shutdown requested during start-up");
+            return Ok(());
+        }
+    };
+    server
+        .run(async move {
+            signals.next().await;
+            tracing::info!("shutdown requested");
+            // A second signal stops the drain: the operator means now.
+            // Nothing acknowledged is lost (an acknowledgement follows its
+            // commit); requests in flight get no answer.
+            tokio::spawn(async move {
+                signals.next().await;
+                tracing::warn!(
+                    "second shutdown signal: exiting without waiting for requests in flight"
+                );
+                std::process::exit(1);
+            });
+        })
         .await
         .context("server failed")
 }
 
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+/// SIGINT (Ctrl-C) and SIGTERM, as often as they come.
+struct Signals {
     #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    Ok(async move {
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    async fn next(&mut self) {
         #[cfg(unix)]
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
+            _ = self.term.recv() => {},
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown requested");
-    })
+    }
 }

@@ -194,6 +194,16 @@ impl Server {
     /// Wait (at most 30 s) for the process to exit after a SIGTERM, and
     /// require status 0.
     async fn expect_clean_exit(&mut self) {
+        let status = self.exit_status().await;
+        assert!(
+            status.success(),
+            "the server must exit 0 after SIGTERM, got {status}; log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// How the server exits (it must, within 30 s).
+    async fn exit_status(&mut self) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -206,11 +216,7 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         unregister(self.child.id());
-        assert!(
-            status.success(),
-            "the server must exit 0 after SIGTERM, got {status}; log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
+        status
     }
 
     fn kill_9(mut self) {
@@ -434,6 +440,60 @@ async fn sigterm_finishes_in_flight_writes_and_restart_keeps_them() {
         acked.len(),
         entries.len()
     );
+    server.kill_9();
+}
+
+/// A second SIGTERM during the drain stops the server at once (exit 1)
+/// instead of waiting for a request that is still arriving; a restart finds
+/// every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_the_drain() {
+    use tokio::io::AsyncWriteExt;
+    let dir = data_dir("sigterm-twice");
+    let settings = common::standard();
+    let mut server = start(&settings, &dir);
+    let target = server.target.clone();
+    let user = target.new_user();
+    let api = target.api();
+    let first = edgesync_e2e::cases::put(&api, &user, "c", "kept", &json!(1))
+        .await
+        .unwrap()
+        .expect(201);
+    // A PUT whose body is still on its way holds the drain (up to 10 s).
+    let mut slow = tokio::net::TcpStream::connect(target.base_url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /v1/docs/c/slow HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n[1,",
+        user.token
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id();
+    sigterm(pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the drain waits for the PUT"
+    );
+    sigterm(pid);
+    let status = server.exit_status().await;
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("second shutdown signal"), "{log}");
+    drop(slow);
+
+    let server = start(&settings, &dir);
+    let api = server.target.api();
+    let got = api
+        .get("/v1/docs/c/kept")
+        .auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .expect(200);
+    assert_eq!(got.json()["version"], first.json()["version"]);
     server.kill_9();
 }
 
