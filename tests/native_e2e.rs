@@ -497,6 +497,49 @@ async fn a_second_sigterm_stops_the_drain() {
     server.kill_9();
 }
 
+/// A client leaving a held long-poll is logged as an aborted request with
+/// its route and user hash, like any other request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_long_poll_is_logged_with_its_route_and_user() {
+    use tokio::io::AsyncWriteExt;
+    let dir = data_dir("abandoned");
+    let server = start(&common::standard(), &dir);
+    let user = server.target.new_user();
+    let mut held =
+        tokio::net::TcpStream::connect(server.target.base_url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+    let request = format!(
+        "GET /v1/changes?since=0&wait=4 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+        user.token
+    );
+    held.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("status=\"aborted\"")) {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no aborted request in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.contains("route=\"/v1/changes\""), "{line}");
+    let user_field = line
+        .split("user=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next());
+    assert!(
+        user_field.is_some_and(|u| u.len() == 12 && u.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{line}"
+    );
+    server.kill_9();
+}
+
 /// The README's quickstart at the binary level, with no secret configured:
 /// `serve` generates one and says where, `edgesync token` mints with it,
 /// and the log has one line per request with its method, route, status and

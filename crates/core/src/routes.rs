@@ -140,6 +140,16 @@ impl Parked {
     pub fn deadline_millis(&self) -> u64 {
         self.waiting.deadline
     }
+
+    /// What a host logs about this request should it end unanswered (its
+    /// client gone): its route and user hash.
+    pub fn info(&self) -> crate::RequestInfo {
+        crate::RequestInfo {
+            route: self.finish.route,
+            user_hash: self.finish.user_hash.clone(),
+            store_error: None,
+        }
+    }
 }
 
 /// The first step of answering a request.

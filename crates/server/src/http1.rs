@@ -128,6 +128,9 @@ pub(crate) trait Handler: Send + Sync + 'static {
         &'a self,
         parked: &'a Self::Parked,
     ) -> impl Future<Output = Option<Response<Vec<u8>>>> + Send + 'a;
+
+    /// What to log about `parked` if its client leaves before the answer.
+    fn info(&self, parked: &Self::Parked) -> Option<RequestInfo>;
 }
 
 // ------------------------------------------------------------ shutdown
@@ -499,7 +502,7 @@ impl<H: Handler> Conn<'_, H> {
                 return Err(After::Close(true));
             }
             Err(Fail::Drop(why)) => {
-                log_aborted(&head.method, started, why);
+                log_aborted(&head.method, started, None, why);
                 return Err(After::Close(false));
             }
         };
@@ -618,7 +621,13 @@ impl<H: Handler> Conn<'_, H> {
             Some(response) => Box::pin(self.respond(&begun.meta, *response)).await,
             None => {
                 let meta = &begun.meta;
-                log_aborted(&meta.method, meta.started, "client closed the connection");
+                let info = self.shared.handler.info(parked);
+                log_aborted(
+                    &meta.method,
+                    meta.started,
+                    info.as_ref(),
+                    "client closed the connection",
+                );
                 After::Close(false)
             }
         }
@@ -1225,11 +1234,18 @@ fn log_request(method: &Method, started: std::time::Instant, response: &Response
     );
 }
 
-fn log_aborted(method: &Method, started: std::time::Instant, why: &str) {
+/// A request that ended without an answer; `info` when the core had
+/// already routed it (a parked long-poll).
+fn log_aborted(
+    method: &Method,
+    started: std::time::Instant,
+    info: Option<&RequestInfo>,
+    why: &str,
+) {
     tracing::info!(
         method = %method,
-        route = "unmatched",
-        user = "-",
+        route = info.map_or("unmatched", |i| i.route),
+        user = info.and_then(|i| i.user_hash.as_deref()).unwrap_or("-"),
         status = "aborted",
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         error = why,

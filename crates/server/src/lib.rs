@@ -42,7 +42,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgesync_core::{Config, Handled, Host, Parked, Service};
+use edgesync_core::{Config, Handled, Host, Parked, RequestInfo, Service};
 use http::{Request, Response};
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -266,6 +266,10 @@ impl Handler for EdgeService {
         parked: &'a Parked,
     ) -> impl Future<Output = Option<Response<Vec<u8>>>> + Send + 'a {
         Service::resume(self, parked)
+    }
+
+    fn info(&self, parked: &Parked) -> Option<RequestInfo> {
+        Some(parked.info())
     }
 }
 

@@ -223,6 +223,10 @@ impl Handler for TestHandler {
             None
         }
     }
+
+    fn info(&self, _: &()) -> Option<edgesync_core::RequestInfo> {
+        None
+    }
 }
 
 struct Running {
