@@ -574,6 +574,16 @@ fn item_result(it: &serde_json::Value, status: u16, version: u64) -> serde_json:
     r
 }
 
+/// A batch answered with every item applied (201) at `version`, the head.
+fn all_applied(req: &Request, version: u64) -> Response {
+    let items = req.json()["mutations"].as_array().unwrap().clone();
+    let results: Vec<_> = items
+        .iter()
+        .map(|it| item_result(it, 201, version))
+        .collect();
+    Response::json(200, json!({"results": results, "head": version}))
+}
+
 #[tokio::test]
 async fn conflicts_are_parked_until_the_app_resolves_them() {
     let clock = VirtualClock::new();
@@ -671,8 +681,7 @@ async fn a_batch_refused_whole_is_split_to_find_the_bad_item() {
         if items.iter().any(bad) {
             return Response::problem(400, "invalid-body", "Invalid item");
         }
-        let results: Vec<_> = items.iter().map(|it| item_result(it, 201, 7)).collect();
-        Response::json(200, json!({"results": results, "head": 7}))
+        all_applied(req, 7)
     })
     .await;
     let c = client(&server, &clock, following(5), Mode::Live, 5);
@@ -751,11 +760,7 @@ async fn own_mutation_echoed_by_the_feed_is_applied_once() {
 async fn enqueue_interrupts_an_idle_long_poll_and_flushes_promptly() {
     let clock = VirtualClock::new();
     let server = FakeServer::start(clock.clone(), |req| match req.path() {
-        "/v1/mutations" => {
-            let items = req.json()["mutations"].as_array().unwrap().clone();
-            let results: Vec<_> = items.iter().map(|it| item_result(it, 201, 6)).collect();
-            Response::json(200, json!({"results": results, "head": 6}))
-        }
+        "/v1/mutations" => all_applied(req, 6),
         _ => {
             // Hold like a real long-poll (real time), then nothing new.
             std::thread::sleep(Duration::from_millis(200));
@@ -881,11 +886,7 @@ async fn a_replayed_result_behind_the_cursor_does_not_resurrect_a_deleted_docume
 async fn a_replica_refuses_another_user_or_server() {
     let clock = VirtualClock::new();
     let server = FakeServer::start(clock.clone(), |req| match req.path() {
-        "/v1/mutations" => {
-            let items = req.json()["mutations"].as_array().unwrap().clone();
-            let results: Vec<_> = items.iter().map(|it| item_result(it, 201, 6)).collect();
-            Response::json(200, json!({"results": results, "head": 6}))
-        }
+        "/v1/mutations" => all_applied(req, 6),
         _ => not_modified(req),
     })
     .await;

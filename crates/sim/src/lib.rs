@@ -22,13 +22,15 @@
 //!     # a failing seed also prints the store and every request's answer
 //! ```
 //!
-//! Two small modules serve tests and the benchmark tool that drive the
+//! Three small modules serve tests and the benchmark tool that drive the
 //! core one request at a time: [`counting`] counts the KV calls a request
-//! makes (at the `Kv` trait or at the raw `wasi:keyvalue` calls), and
-//! [`direct`] runs a request without the scheduler.
+//! makes (at the `Kv` trait or at the raw `wasi:keyvalue` calls),
+//! [`direct`] runs a request without the scheduler, and [`faults`] fails
+//! chosen KV operations.
 
 pub mod counting;
 pub mod direct;
+pub mod faults;
 pub mod run;
 pub mod sched;
 pub mod store;

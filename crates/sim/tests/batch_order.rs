@@ -6,70 +6,46 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use edgesync_core::{Config, Kv, KvError};
+use edgesync_core::Config;
 use edgesync_sim::direct::Api;
+use edgesync_sim::faults::{Faulty, Op, Verdict};
 use edgesync_sim::store::{MemStore, StrictKv};
 use serde_json::{json, Value};
 
 const NOW: u64 = 1_800_000_000_000;
 
-/// A store on which, while the mutation of `todos/jammed` runs (from the
-/// first read of its document key to the first read of another document's
-/// key) and `jam` is on, every compare-and-swap loses, as it would to a
-/// crowd of other writers that always win.
-struct JammedKv {
-    inner: StrictKv,
-    jam: AtomicBool,
-    in_jammed: AtomicBool,
-}
-
-impl JammedKv {
-    fn saw(&self, key: &str) {
-        if let Some((_, doc)) = key.split_once("/d/") {
-            self.in_jammed
-                .store(doc == "todos/jammed", Ordering::SeqCst);
-        }
-    }
-}
-
-impl Kv for JammedKv {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.saw(key);
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        keys.iter().for_each(|k| self.saw(k));
-        self.inner.get_many(keys).await
-    }
-    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.inner.set(key, value).await
-    }
-    async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
-        self.inner.delete_many(keys).await
-    }
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        current: &[u8],
-        new: &[u8],
-    ) -> Result<bool, KvError> {
-        if self.jam.load(Ordering::SeqCst) && self.in_jammed.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
-        self.inner.compare_and_swap(key, current, new).await
-    }
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        self.inner.increment(key, delta).await
-    }
+/// `(id, value)` of each change `answer` (a page of `/v1/changes`) holds.
+fn logged(answer: &Value) -> Vec<(&str, &Value)> {
+    answer["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), &e["value"]))
+        .collect()
 }
 
 #[test]
 fn an_item_that_loses_every_race_stops_the_batch_and_the_retry_keeps_its_order() {
-    let kv = JammedKv {
-        inner: StrictKv::new(MemStore::new()),
-        jam: AtomicBool::new(true),
-        in_jammed: AtomicBool::new(false),
-    };
+    // While the mutation of `todos/jammed` runs (from the first read of its
+    // document key to the first read of another document's key) and `jam`
+    // is on, every compare-and-swap loses, as it would to a crowd of other
+    // writers that always win.
+    let jam = AtomicBool::new(true);
+    let in_jammed = AtomicBool::new(false);
+    let kv = Faulty::new(StrictKv::new(MemStore::new()), |op: Op<'_>| {
+        if let Op::Get(_) | Op::GetMany(_) = op {
+            for key in op.keys() {
+                if let Some((_, doc)) = key.split_once("/d/") {
+                    in_jammed.store(doc == "todos/jammed", Ordering::SeqCst);
+                }
+            }
+        }
+        let jammed = jam.load(Ordering::SeqCst) && in_jammed.load(Ordering::SeqCst);
+        match op {
+            Op::CompareAndSwap(_) if jammed => Verdict::Lose,
+            _ => Verdict::Pass,
+        }
+    });
     let mut config = Config::with_secret(Vec::new());
     config.rate_limit_per_second = 0;
     let api = Api::new(config, &kv, NOW, "queue");
@@ -89,18 +65,12 @@ fn an_item_that_loses_every_race_stops_the_batch_and_the_retry_keeps_its_order()
     assert!(retry_after.is_some(), "503 without Retry-After");
     // The item before the jam stands; nothing behind it was applied.
     let (_, _, changes) = call("GET", "/v1/changes?since=0", None);
-    let logged: Vec<(&str, &Value)> = changes["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["id"].as_str().unwrap(), &e["value"]))
-        .collect();
-    assert_eq!(logged, [("a", &json!(1))], "{changes}");
+    assert_eq!(logged(&changes), [("a", &json!(1))], "{changes}");
     assert_eq!(call("GET", "/v1/docs/todos/jammed", None).0, 404);
 
     // The races are over: the same batch again replays m1 and applies the
     // rest in order, so `a` ends at the value the user gave it last.
-    kv.jam.store(false, Ordering::SeqCst);
+    jam.store(false, Ordering::SeqCst);
     let (status, _, body) = call("POST", "/v1/mutations", Some(&batch));
     assert_eq!(status, 200, "{body}");
     let results: Vec<(u64, bool)> = body["results"]
@@ -116,14 +86,8 @@ fn an_item_that_loses_every_race_stops_the_batch_and_the_retry_keeps_its_order()
         .collect();
     assert_eq!(results, [(201, true), (201, false), (200, false)], "{body}");
     let (_, _, changes) = call("GET", "/v1/changes?since=0", None);
-    let logged: Vec<(&str, &Value)> = changes["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["id"].as_str().unwrap(), &e["value"]))
-        .collect();
     assert_eq!(
-        logged,
+        logged(&changes),
         [("a", &json!(1)), ("jammed", &json!(2)), ("a", &json!(3))],
         "{changes}"
     );

@@ -6,75 +6,35 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use edgesync_core::{Config, Kv, KvError, KvErrorKind};
+use edgesync_core::Config;
 use edgesync_sim::direct::Api;
+use edgesync_sim::faults::{Faulty, Op, Verdict};
 use edgesync_sim::store::{MemStore, StrictKv};
 use serde_json::json;
 
 const NOW: u64 = 1_800_000_000_000;
 
-/// A store whose housekeeping operations fail while `broken` is on: swaps
-/// of the hint (`…/h`), reads of the compaction mark (`…/g`), and deletions
-/// of entries and slots (`…/e/…`, `…/s/…`: dead intents, compaction's
-/// garbage).
-struct FailingHousekeeping {
-    inner: StrictKv,
-    broken: AtomicBool,
-}
-
-impl FailingHousekeeping {
-    fn fail(&self, what: &str) -> Result<(), KvError> {
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(KvError::new(
-                KvErrorKind::Other,
-                format!("{what}: injected"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Kv for FailingHousekeeping {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        if keys.iter().any(|k| k.ends_with("/g")) {
-            self.fail("get_many of the compaction mark")?;
-        }
-        self.inner.get_many(keys).await
-    }
-    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.inner.set(key, value).await
-    }
-    async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
-        if keys.iter().any(|k| k.contains("/e/") || k.contains("/s/")) {
-            self.fail("delete_many of entries or slots")?;
-        }
-        self.inner.delete_many(keys).await
-    }
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        current: &[u8],
-        new: &[u8],
-    ) -> Result<bool, KvError> {
-        if key.ends_with("/h") {
-            self.fail("swap of the hint")?;
-        }
-        self.inner.compare_and_swap(key, current, new).await
-    }
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        self.inner.increment(key, delta).await
-    }
-}
-
 #[test]
 fn failed_housekeeping_never_fails_a_committed_write() {
-    let kv = FailingHousekeeping {
-        inner: StrictKv::new(MemStore::new()),
-        broken: AtomicBool::new(true),
-    };
+    // While `broken` is on, the housekeeping operations fail: swaps of the
+    // hint (`…/h`), reads of the compaction mark (`…/g`), and deletions of
+    // entries and slots (`…/e/…`, `…/s/…`: dead intents, compaction's
+    // garbage).
+    let broken = AtomicBool::new(true);
+    let kv = Faulty::new(StrictKv::new(MemStore::new()), |op: Op<'_>| {
+        let any = |f: fn(&str) -> bool| op.keys().into_iter().any(f);
+        let housekeeping = match op {
+            Op::CompareAndSwap(key) => key.ends_with("/h"),
+            Op::GetMany(_) => any(|k| k.ends_with("/g")),
+            Op::DeleteMany(_) => any(|k| k.contains("/e/") || k.contains("/s/")),
+            _ => false,
+        };
+        if housekeeping && broken.load(Ordering::SeqCst) {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        }
+    });
     let mut config = Config::with_secret(Vec::new());
     config.rate_limit_per_second = 0;
     config.retention_entries = 16;
@@ -108,7 +68,7 @@ fn failed_housekeeping_never_fails_a_committed_write() {
 
     // The store recovers: later writers catch the housekeeping up
     // (compaction moves the floor past the old cursors).
-    kv.broken.store(false, Ordering::SeqCst);
+    broken.store(false, Ordering::SeqCst);
     for n in 41..=64 {
         put(n);
     }
