@@ -93,14 +93,10 @@ pub async fn rate_limit_is_429_with_retry_after(t: &Target) -> anyhow::Result<()
         let now = head(&api, &u).await? - before;
         assert!(now >= applied, "a refused batch took back applied items");
         applied = now;
-        let page = changes_page(&api, &u, before, 10).await?;
-        let docs: Vec<&str> = page["changes"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|e| e["id"].as_str()).collect())
-            .unwrap_or_default();
         let expected: Vec<String> = (0..applied).map(|i| format!("late{i}")).collect();
         assert_eq!(
-            docs, expected,
+            ids_logged_after(&api, &u, before).await?,
+            expected,
             "a rate-limited batch applies a prefix, in order"
         );
         tokio::time::sleep(Duration::from_secs(wait.min(10)) + millis(100)).await;
@@ -113,12 +109,10 @@ pub async fn rate_limit_is_429_with_retry_after(t: &Target) -> anyhow::Result<()
             "item {i}: {results}"
         );
     }
-    let page = changes_page(&api, &u, before, 10).await?;
-    let docs: Vec<&str> = page["changes"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|e| e["id"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(docs, ["late0", "late1", "late2", "late3", "late4"]);
+    assert_eq!(
+        ids_logged_after(&api, &u, before).await?,
+        ["late0", "late1", "late2", "late3", "late4"]
+    );
     // With the bucket empty again, the whole batch once more: replays take
     // no token, so it is answered (all replayed), not refused.
     let r = api
@@ -155,4 +149,17 @@ pub async fn rate_limit_is_429_with_retry_after(t: &Target) -> anyhow::Result<()
     tokio::time::sleep(Duration::from_secs(retry_after.min(10)) + millis(100)).await;
     put(&api, &u, &c, "after", &json!(1)).await?.expect(201);
     Ok(())
+}
+
+/// The document ids of `user`'s first changes after `since`, in log order.
+async fn ids_logged_after(api: &Api<'_>, user: &User, since: u64) -> anyhow::Result<Vec<String>> {
+    let page = changes_page(api, user, since, 10).await?;
+    Ok(page["changes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
 }
