@@ -362,7 +362,7 @@ async fn dispatch<K: Kv, H: Host>(
             )
         }
     };
-    let user_hash = Some(user_hash(&service.config.jwt_secret, &claims.sub));
+    let user_hash = Some(user_hash(&service.log_key, &claims.sub));
     let log = Log::new(&service.kv, &service.host, &service.config, &claims.sub);
     let result = match route {
         Route::Head => head(service, &log, &request).await,
@@ -382,24 +382,29 @@ async fn dispatch<K: Kv, H: Host>(
     (template, user_hash, Dispatched::Respond(result))
 }
 
+/// The key of [`user_hash`], derived once per service from the secret
+/// under a label of its own, so that nothing hashed with it is ever a
+/// token signature.
+pub(crate) fn log_key(secret: &[u8]) -> [u8; 32] {
+    hmac_sha256(secret, b"edgesync: user ids in logs").into()
+}
+
 /// A short id of the user for logs: the same for a user on every request
 /// and instance (sharing the secret), and not reversible by whoever reads
 /// the logs. Keyed, because an unkeyed hash of an email address or a
-/// numeric id is reversed by hashing candidates; the key is derived from
-/// the secret under a label of its own, so nothing here is ever a token
-/// signature.
-pub(crate) fn user_hash(secret: &[u8], sub: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let keyed = |key: &[u8], data: &[u8]| {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-        mac.update(data);
-        mac.finalize().into_bytes()
-    };
-    let key = keyed(secret, b"edgesync: user ids in logs");
-    keyed(&key, sub.as_bytes())[..6]
+/// numeric id is reversed by hashing candidates.
+pub(crate) fn user_hash(log_key: &[u8; 32], sub: &str) -> String {
+    hmac_sha256(log_key, sub.as_bytes())[..6]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> sha2::digest::Output<Sha256> {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(data);
+    mac.finalize().into_bytes()
 }
 
 fn header_value(s: &str) -> HeaderValue {
@@ -1039,11 +1044,12 @@ mod tests {
 
     #[test]
     fn user_hashes_are_stable_short_and_keyed() {
-        let a = user_hash(b"secret-one", "dave@example.com");
-        assert_eq!(a, user_hash(b"secret-one", "dave@example.com"));
+        let (one, two) = (log_key(b"secret-one"), log_key(b"secret-two"));
+        let a = user_hash(&one, "dave@example.com");
+        assert_eq!(a, user_hash(&log_key(b"secret-one"), "dave@example.com"));
         assert_eq!(a.len(), 12);
-        assert_ne!(a, user_hash(b"secret-one", "erin@example.com"));
-        assert_ne!(a, user_hash(b"secret-two", "dave@example.com"));
+        assert_ne!(a, user_hash(&one, "erin@example.com"));
+        assert_ne!(a, user_hash(&two, "dave@example.com"));
         // Not the unkeyed digest anyone can compute from a guess.
         let unkeyed: String = Sha256::digest(b"dave@example.com")[..6]
             .iter()
