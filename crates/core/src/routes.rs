@@ -1,5 +1,6 @@
 //! Routing and the HTTP face of every route.
 
+use hmac::{Hmac, Mac};
 use http::header::{
     HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
@@ -362,7 +363,7 @@ async fn dispatch<K: Kv, H: Host>(
             )
         }
     };
-    let user_hash = Some(user_hash(&service.log_key, &claims.sub));
+    let user_hash = Some(user_hash(&service.log_hasher, &claims.sub));
     let log = Log::new(&service.kv, &service.host, &service.config, &claims.sub);
     let result = match route {
         Route::Head => head(service, &log, &request).await,
@@ -382,29 +383,26 @@ async fn dispatch<K: Kv, H: Host>(
     (template, user_hash, Dispatched::Respond(result))
 }
 
-/// The key of [`user_hash`], derived once per service from the secret
-/// under a label of its own, so that nothing hashed with it is ever a
-/// token signature.
-pub(crate) fn log_key(secret: &[u8]) -> [u8; 32] {
-    hmac_sha256(secret, b"edgesync: user ids in logs").into()
+/// The keyed hash behind [`user_hash`], set up once per service: keyed with
+/// a key derived from the secret under a label of its own, so that nothing
+/// hashed with it is ever a token signature.
+pub(crate) fn log_hasher(secret: &[u8]) -> Hmac<Sha256> {
+    let mut derive = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    derive.update(b"edgesync: user ids in logs");
+    Hmac::new_from_slice(&derive.finalize().into_bytes()).expect("HMAC takes any key length")
 }
 
 /// A short id of the user for logs: the same for a user on every request
 /// and instance (sharing the secret), and not reversible by whoever reads
 /// the logs. Keyed, because an unkeyed hash of an email address or a
 /// numeric id is reversed by hashing candidates.
-pub(crate) fn user_hash(log_key: &[u8; 32], sub: &str) -> String {
-    hmac_sha256(log_key, sub.as_bytes())[..6]
+pub(crate) fn user_hash(hasher: &Hmac<Sha256>, sub: &str) -> String {
+    let mut mac = hasher.clone();
+    mac.update(sub.as_bytes());
+    mac.finalize().into_bytes()[..6]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> sha2::digest::Output<Sha256> {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(data);
-    mac.finalize().into_bytes()
 }
 
 fn header_value(s: &str) -> HeaderValue {
@@ -1044,9 +1042,9 @@ mod tests {
 
     #[test]
     fn user_hashes_are_stable_short_and_keyed() {
-        let (one, two) = (log_key(b"secret-one"), log_key(b"secret-two"));
+        let (one, two) = (log_hasher(b"secret-one"), log_hasher(b"secret-two"));
         let a = user_hash(&one, "dave@example.com");
-        assert_eq!(a, user_hash(&log_key(b"secret-one"), "dave@example.com"));
+        assert_eq!(a, user_hash(&log_hasher(b"secret-one"), "dave@example.com"));
         assert_eq!(a.len(), 12);
         assert_ne!(a, user_hash(&one, "erin@example.com"));
         assert_ne!(a, user_hash(&two, "dave@example.com"));

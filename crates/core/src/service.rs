@@ -29,14 +29,14 @@ pub struct Service<K, H> {
     pub(crate) host: H,
     pub(crate) tokens: crate::auth::VerifiedTokens,
     /// Keys the user hash in [`RequestInfo`] (derived from the secret).
-    pub(crate) log_key: [u8; 32],
+    pub(crate) log_hasher: hmac::Hmac<sha2::Sha256>,
 }
 
 impl<K: Kv, H: Host> Service<K, H> {
     /// A service with the given settings, store and host.
     pub fn new(config: Config, kv: K, host: H) -> Self {
         Self {
-            log_key: crate::routes::log_key(&config.jwt_secret),
+            log_hasher: crate::routes::log_hasher(&config.jwt_secret),
             config,
             kv,
             host,
