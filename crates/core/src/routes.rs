@@ -739,14 +739,28 @@ fn check_names(collection: &str, id: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-fn fingerprint(parts: &[&[u8]]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    hasher
-        .finalize()
+/// What an idempotency key is bound to: the mutation as it means, not as
+/// it was spelled (the parsed value, so whitespace and member order do not
+/// matter; the preconditions, so the same body under another `If-Match` is
+/// another request), whether it came as a single-document request or as a
+/// batch item.
+fn fingerprint(collection: &str, id: &str, action: &Action, conditions: &Conditions) -> String {
+    let (op, value) = match action {
+        Action::Put(v) => ("put", Some(v)),
+        Action::Patch(v) => ("patch", Some(v)),
+        Action::Delete => ("delete", None),
+    };
+    let cond = |c: &Option<Cond>| match c {
+        None => Value::Null,
+        Some(Cond::Any) => json!("*"),
+        Some(Cond::Versions(versions)) => json!(versions),
+    };
+    let canonical = serde_json::to_vec(&json!({
+        "op": op, "collection": collection, "doc": id, "value": value,
+        "if_match": cond(&conditions.if_match), "if_none_match": cond(&conditions.if_none_match),
+    }))
+    .expect("JSON serializes");
+    Sha256::digest(canonical)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -836,27 +850,7 @@ async fn doc<K: Kv, H: Host>(
                         "must be 1-255 visible ASCII characters",
                     )
                 })?;
-            // The request as it means, not as it is spelled: the parsed
-            // value (whitespace and member order do not matter) and the
-            // preconditions (the same body under another If-Match is
-            // another request).
-            let header = |name| {
-                request
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::trim)
-            };
-            let value = match &action {
-                Action::Put(v) | Action::Patch(v) => Some(v),
-                Action::Delete => None,
-            };
-            let canonical = serde_json::to_vec(&json!({
-                "method": method.as_str(), "collection": collection, "doc": id, "value": value,
-                "if_match": header(IF_MATCH), "if_none_match": header(IF_NONE_MATCH),
-            }))
-            .expect("JSON serializes");
-            let fp = fingerprint(&[b"single", &canonical]);
+            let fp = fingerprint(&collection, &id, &action, &conditions);
             Some((key.to_owned(), fp))
         }
     };
@@ -968,12 +962,7 @@ fn parse_batch(body: &[u8]) -> Result<Vec<(Mutation, String)>, Problem> {
                 None => return Err(bad("\"if_version\" must be a non-negative integer")),
             },
         };
-        let canonical = serde_json::to_vec(&json!({
-            "op": text("op"), "collection": collection, "doc": id,
-            "value": value, "if_version": obj.get("if_version"),
-        }))
-        .expect("JSON serializes");
-        let fp = fingerprint(&[b"batch", &canonical]);
+        let fp = fingerprint(collection, id, &action, &conditions);
         out.push((
             Mutation {
                 collection: collection.to_owned(),
