@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::mutations::post_batch;
 use super::*;
 use crate::Target;
 
@@ -79,12 +80,7 @@ pub async fn rate_limit_is_429_with_retry_after(t: &Target) -> anyhow::Result<()
             rounds <= 20,
             "a 5-item batch still refused after {rounds} rounds"
         );
-        let r = api
-            .post("/v1/mutations")
-            .auth(&u)
-            .json(&batch)
-            .send()
-            .await?;
+        let r = post_batch(&api, &u, &batch).await?;
         if r.status == 200 {
             break r.json()["results"].clone();
         }
@@ -115,13 +111,7 @@ pub async fn rate_limit_is_429_with_retry_after(t: &Target) -> anyhow::Result<()
     );
     // With the bucket empty again, the whole batch once more: replays take
     // no token, so it is answered (all replayed), not refused.
-    let r = api
-        .post("/v1/mutations")
-        .auth(&u)
-        .json(&batch)
-        .send()
-        .await?;
-    let again = r.expect(200).json();
+    let again = post_batch(&api, &u, &batch).await?.expect(200).json();
     for result in again["results"].as_array().expect("results") {
         assert_eq!(result["replayed"], true, "{again}");
     }
