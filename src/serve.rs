@@ -59,7 +59,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // from one is refused by the others.
         StoreKind::Redis(_) => settings::MissingSecret::Refuse(
             "With a shared store, set EDGESYNC_JWT_SECRET to the same value (32+ characters) on \
-             every instance.",
+             every instance, or give every instance the same jwt_secret file in its data \
+             directory.",
         ),
     };
     let config = load_config(&args.data_dir, missing)?;

@@ -183,7 +183,7 @@
 //! | `DELETE` | 5 | ~15 | 4 |
 //! | `PUT` with `Idempotency-Key` | 5 | ~16 | 6 |
 //! | replay of an `Idempotency-Key` | 4 | ~15 | 0 |
-//! | `POST /v1/mutations`, per item | as the single-document route | | |
+//! | `POST /v1/mutations`, per item | as the single-document route with an `Idempotency-Key` (every item has one) | | |
 //!
 //! The four writes of an update are: the entry, the document pointer, the
 //! slot (the commit), and pre-creating the next slot. Creates add the
