@@ -696,6 +696,16 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 Some(current)
             }
         };
+        // Every log entry carries the whole value, and pages, listings and
+        // the host's value limit (1 MB on managed hosts) are sized for
+        // values no larger than a body: without this, patch after patch
+        // grows one document without bound.
+        let max = self.cfg.max_body_bytes;
+        if value.as_ref().is_some_and(|v| json_len(v) > max) {
+            return Ok(Step::Done(Outcome::Refused(Problem::document_too_large(
+                max,
+            ))));
+        }
         let entry = Entry {
             k: t,
             op: if value.is_some() { Op::Put } else { Op::Delete },
@@ -1303,4 +1313,23 @@ fn check_conditions(conditions: &Conditions, state: &DocState) -> Option<Problem
         }
     }
     None
+}
+
+/// Bytes `value` takes as compact JSON (as stored), counted without
+/// building the string.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` into a sink that cannot fail cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }

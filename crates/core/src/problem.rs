@@ -173,6 +173,17 @@ impl Problem {
         )
         .with("max_body_bytes", json!(max))
     }
+    /// A write whose resulting value (a merge patch can grow a document
+    /// past any one request body) would be larger than a body may be.
+    pub fn document_too_large(max: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "document-too-large",
+            "Document too large",
+            format!("a document's value is limited to {max} bytes of JSON"),
+        )
+        .with("max_document_bytes", json!(max))
+    }
     pub fn unsupported_media_type(expected: &str) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -485,6 +485,7 @@ registry! { $;
     input::bad_json_is_400 => BASIC,
     input::values_nested_too_deep_are_400 => BASIC,
     input::oversized_bodies_are_413 => BASIC,
+    input::documents_cannot_outgrow_the_body_limit => BASIC,
     input::content_length_games_change_nothing => BASIC,
     // Limits.
     limits::rate_limit_is_429_with_retry_after => Requires { rate_limit: true, ..BASIC },

@@ -333,6 +333,82 @@ pub async fn oversized_bodies_are_413(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A merge patch cannot grow a document past `max_body_bytes` of JSON,
+/// alone or in a batch: 413 `document-too-large` (with
+/// `max_document_bytes`), nothing changed, and a batch goes on with its
+/// next item. Without the limit, patch after patch grows one document (and
+/// every log entry that carries it) without bound.
+pub async fn documents_cannot_outgrow_the_body_limit(t: &Target) -> anyhow::Result<()> {
+    let api = t.api();
+    let u = t.new_user();
+    let c = coll();
+    let id = doc_id();
+    let path = doc_path(&c, &id);
+    let max = t.settings.max_body_bytes;
+    let half = "x".repeat(max / 2);
+    api.put(path.clone())
+        .auth(&u)
+        .json(&json!({ "a": half }))
+        .send()
+        .await?
+        .expect(201);
+
+    // Each patch fits in a body; the document it would make does not.
+    let grow = json!({ "b": half });
+    let r = api
+        .patch(path.clone())
+        .auth(&u)
+        .merge_patch(&grow)
+        .send()
+        .await?;
+    let prob = r.expect_problem(413, "document-too-large");
+    assert_eq!(prob["max_document_bytes"], json!(max), "{prob}");
+    assert_nothing_changed(&api, &u, 1, Some((&c, &id, 200)), "a patch past the limit").await?;
+
+    let small = doc_id();
+    let body = json!({"mutations": [
+        {"id": format!("g-{}", random_name(8)), "op": "patch", "collection": c, "doc": id, "value": grow},
+        {"id": format!("s-{}", random_name(8)), "op": "put", "collection": c, "doc": small, "value": 1},
+    ]});
+    let r = mutations::post_batch(&api, &u, &body).await?.expect(200);
+    let results = r.json()["results"].clone();
+    assert_eq!(results[0]["status"], json!(413), "{results}");
+    assert_eq!(
+        results[0]["problem"]["type"],
+        json!("document-too-large"),
+        "{results}"
+    );
+    assert_eq!(
+        results[1]["status"],
+        json!(201),
+        "the batch goes on: {results}"
+    );
+    assert_eq!(head(&api, &u).await?, 2, "only the small put was logged");
+
+    // The document is where the first PUT left it, and a patch that keeps
+    // it within the limit still applies.
+    let doc = api
+        .get(path.clone())
+        .auth(&u)
+        .send()
+        .await?
+        .expect(200)
+        .json();
+    assert_eq!(doc["version"], json!(1), "{doc}");
+    assert_eq!(
+        doc["value"]["b"],
+        Value::Null,
+        "the refused patch left no trace"
+    );
+    api.patch(path)
+        .auth(&u)
+        .merge_patch(&json!({ "a": "short", "b": half }))
+        .send()
+        .await?
+        .expect(200);
+    Ok(())
+}
+
 /// Content-Length games: a body shorter than announced (then half-close),
 /// conflicting Content-Length headers, both Content-Length and chunked —
 /// answered with a 4xx or a closed connection, never a 5xx, never a change.
