@@ -31,6 +31,38 @@ pub(crate) fn percent_decode(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A path segment with the percent-encoded octets that stand for
+/// unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded, as RFC 3986
+/// §6.2.2.2 has it: `a%7Eb` and `a~b` name the same document. Every other
+/// escape stays as sent, so it still fails name validation: `%2F` never
+/// becomes a separator (and `%2E%2E` decodes to `..`, which is no name).
+pub(crate) fn normalize_segment(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains('%') {
+        return raw.into();
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let decoded = rest
+            .get(at + 1..at + 3)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        match decoded {
+            Some(b) => {
+                out.push(char::from(b));
+                rest = &rest[at + 3..];
+            }
+            None => {
+                out.push('%');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out.into()
+}
+
 /// The first value of each query parameter, decoded. Parameters that fail
 /// to decode are reported by name.
 pub(crate) fn query_params(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
@@ -182,6 +214,27 @@ mod tests {
 
     fn hv(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn segments_decode_only_unreserved_escapes() {
+        for (raw, normal) in [
+            ("a~b", "a~b"),
+            ("a%7Eb", "a~b"),
+            ("a%7eb", "a~b"),
+            ("%61%2D%5F%2e", "a-_."),
+            ("a%2Fb", "a%2Fb"),
+            ("%2E%2E", ".."),
+            ("a%20b", "a%20b"),
+            ("a%25b", "a%25b"),
+            ("a%257E", "a%257E"),
+            ("a%", "a%"),
+            ("a%7", "a%7"),
+            ("a%zz", "a%zz"),
+            ("caf%C3%A9", "caf%C3%A9"),
+        ] {
+            assert_eq!(normalize_segment(raw), normal, "{raw}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::engine::{Action, ChangesPage, Cond, Conditions, Log, Mutation, Outcom
 use crate::entry::Entry;
 use crate::host::Host;
 use crate::http_util::{
-    media_type, parse_etag_list, parse_u64, prefer_wait, query_params, ETagList,
+    media_type, normalize_segment, parse_etag_list, parse_u64, prefer_wait, query_params, ETagList,
 };
 use crate::kv::Kv;
 use crate::names::{is_valid_idempotency_key, is_valid_name};
@@ -106,8 +106,8 @@ fn match_route(path: &str) -> Option<Route> {
         return None;
     }
     Some(Route::Doc {
-        collection: collection.to_owned(),
-        id: id.to_owned(),
+        collection: normalize_segment(collection).into_owned(),
+        id: normalize_segment(id).into_owned(),
     })
 }
 

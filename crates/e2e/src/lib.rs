@@ -431,6 +431,7 @@ registry! { $;
     documents::put_accepts_any_json_value => BASIC,
     documents::put_recreates_deleted_document_with_201 => BASIC,
     documents::get_has_etag_and_cache_control => BASIC,
+    documents::escaped_unreserved_characters_name_the_same_document => BASIC,
     documents::get_if_none_match_is_304 => BASIC,
     documents::patch_applies_json_merge_patch => BASIC,
     documents::patch_absent_document_is_404 => BASIC,

@@ -156,6 +156,46 @@ pub async fn get_has_etag_and_cache_control(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A name is the same whether its unreserved characters come plain or
+/// percent-encoded (RFC 3986 §6.2.2.2): some URL encoders send `~` as
+/// `%7E`. The document is stored, logged and listed under the plain name.
+pub async fn escaped_unreserved_characters_name_the_same_document(
+    t: &Target,
+) -> anyhow::Result<()> {
+    let api = t.api();
+    let u = t.new_user();
+    let (c, id) = (format!("{}~x", coll()), format!("{}~y", doc_id()));
+    let escaped = doc_path(&c.replace('~', "%7E"), &id.replace('~', "%7e"));
+    let r = api
+        .put(escaped.clone())
+        .auth(&u)
+        .json(&json!(1))
+        .send()
+        .await?
+        .expect(201);
+    assert_eq!(r.json()["collection"], json!(c), "{}", r.text());
+    assert_eq!(r.json()["id"], json!(id), "{}", r.text());
+    assert_eq!(r.header("location"), Some(doc_path(&c, &id)));
+    api.get(doc_path(&c, &id))
+        .auth(&u)
+        .send()
+        .await?
+        .expect(200);
+    let changes = all_changes(&api, &u, 0).await?;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        (&changes[0]["collection"], &changes[0]["id"]),
+        (&json!(c), &json!(id))
+    );
+    api.delete(escaped).auth(&u).send().await?.expect(204);
+    api.get(doc_path(&c, &id))
+        .auth(&u)
+        .send()
+        .await?
+        .expect(404);
+    Ok(())
+}
+
 /// `If-None-Match` (weak comparison, lists, `*`) → 304 with the ETag and
 /// no body; a non-matching tag → 200.
 pub async fn get_if_none_match_is_304(t: &Target) -> anyhow::Result<()> {
