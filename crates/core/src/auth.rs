@@ -2,7 +2,9 @@
 //! pure-Rust crypto so the same code runs in a wasm component.
 //!
 //! Rules (DESIGN.md, "HTTP contract"):
-//! * the header must say `"alg":"HS256"` (no `none`, no algorithm confusion);
+//! * the header must say `"alg":"HS256"` (no `none`, no algorithm confusion)
+//!   and carry no `crit`: this verifier understands no JWS extension, and
+//!   RFC 7515 §4.1.11 has it refuse a token that needs one;
 //! * `sub` (a non-empty string of at most [`MAX_SUB_BYTES`]) is the user;
 //! * `exp` is required; `nbf` is honoured when present; both with
 //!   [`LEEWAY_SECONDS`] of clock leeway;
@@ -42,6 +44,10 @@ pub enum AuthError {
     /// Header algorithm other than HS256.
     #[error("unsupported token algorithm (only HS256 is accepted)")]
     Algorithm,
+    /// The header lists `crit` extensions, none of which this verifier
+    /// implements.
+    #[error("token requires JWS extensions this server does not understand (crit)")]
+    Critical,
     /// Signature does not match.
     #[error("invalid token signature")]
     Signature,
@@ -90,6 +96,8 @@ pub struct Expectations<'a> {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    // Present at all is enough to refuse: its members name extensions.
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +146,9 @@ pub fn verify(
     let header: Header = serde_json::from_slice(&header_bytes).map_err(|_| AuthError::Malformed)?;
     if header.alg != "HS256" {
         return Err(AuthError::Algorithm);
+    }
+    if header.crit.is_some() {
+        return Err(AuthError::Critical);
     }
     let signature = URL_SAFE_NO_PAD
         .decode(sig_b64)
@@ -366,6 +377,14 @@ mod tests {
                     SECRET,
                 ),
                 AuthError::Algorithm,
+            ),
+            (
+                sign(
+                    r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+                    &format!(r#"{{"sub":"a","exp":{exp}}}"#),
+                    SECRET,
+                ),
+                AuthError::Critical,
             ),
             (
                 sign(
