@@ -309,6 +309,16 @@ async fn dispatch<K: Kv, H: Host>(
             )),
         );
     }
+    if request.body().len() > service.config.max_body_bytes {
+        return (
+            template,
+            None,
+            Dispatched::Respond(Ok(Problem::payload_too_large(
+                service.config.max_body_bytes,
+            )
+            .into_response())),
+        );
+    }
     if method == Method::OPTIONS {
         let mut r = empty(StatusCode::NO_CONTENT);
         let allow = route.allow();
@@ -327,16 +337,6 @@ async fn dispatch<K: Kv, H: Host>(
             h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
         }
         return (template, None, Dispatched::Respond(Ok(r)));
-    }
-    if request.body().len() > service.config.max_body_bytes {
-        return (
-            template,
-            None,
-            Dispatched::Respond(Ok(Problem::payload_too_large(
-                service.config.max_body_bytes,
-            )
-            .into_response())),
-        );
     }
     if route == Route::Health {
         return (

@@ -227,7 +227,7 @@ pub async fn values_nested_too_deep_are_400(t: &Target) -> anyhow::Result<()> {
 }
 
 /// Bodies over `max_body_bytes` are 413 `payload-too-large` (with the
-/// `max_body_bytes` member) on every writing route — sent whole, announced
+/// `max_body_bytes` member) on every writing route and on `OPTIONS` — sent whole, announced
 /// by Content-Length without being sent, or chunked — and change nothing; a
 /// body of exactly the limit is accepted.
 pub async fn oversized_bodies_are_413(t: &Target) -> anyhow::Result<()> {
@@ -251,6 +251,8 @@ pub async fn oversized_bodies_are_413(t: &Target) -> anyhow::Result<()> {
         ("PUT", path.clone(), "application/json"),
         ("PATCH", path.clone(), "application/merge-patch+json"),
         ("POST", "/v1/mutations".to_string(), "application/json"),
+        // The limit is on every request body, even where none is used.
+        ("OPTIONS", path.clone(), "application/json"),
     ];
     for (method, p, ct) in &targets {
         // Whole body.
