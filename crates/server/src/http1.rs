@@ -24,7 +24,8 @@
 //! RFC 9110: edgesync's contract is that nothing a client sends yields a
 //! 5xx, so a 5xx always means the server or its store is at fault, which is
 //! what monitoring alerts on). An HTTP/1.1 request without exactly one
-//! `Host` field is 400 (RFC 9112, 3.2).
+//! `Host` field, or with one that is not `host[:port]`, is 400 (RFC 9112,
+//! 3.2).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -877,6 +878,26 @@ fn too_large(buf: &[u8], max: usize) -> Fail {
 
 /// Parse a complete head (`bytes` ends with its empty line). `None` if
 /// httparse does not see a complete head there after all.
+
+/// `uri-host [":" port]` (RFC 9110, 7.2): no userinfo, digits after the
+/// colon (the `http` crate's authority parser takes any port text).
+fn is_host_and_port(value: &[u8]) -> bool {
+    if value.contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = http::uri::Authority::try_from(value) else {
+        return false;
+    };
+    let text = authority.as_str();
+    match text.get(authority.host().len()..) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
 fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Fail> {
     let bad = |detail| Fail::Reject(StatusCode::BAD_REQUEST, detail);
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -920,13 +941,21 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Fail> {
         headers.append(name, value);
     }
     // RFC 9112, 3.2: a server MUST answer 400 to an HTTP/1.1 request
-    // without a Host field, and to any request with more than one.
-    match headers.get_all(header::HOST).iter().count() {
-        0 if version == Version::HTTP_11 => {
+    // without a Host field, and to any request with more than one or with
+    // an invalid one (empty is valid: a target without an authority).
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => {
             return Err(bad("an HTTP/1.1 request needs a Host header field"))
         }
-        0 | 1 => {}
-        _ => return Err(bad("more than one Host header field")),
+        (None, _) => {}
+        (Some(host), None) => {
+            let valid = host.is_empty() || is_host_and_port(host.as_bytes());
+            if !valid {
+                return Err(bad("the Host header field is not a host[:port]"));
+            }
+        }
+        (Some(_), Some(_)) => return Err(bad("more than one Host header field")),
     }
     Ok(Some(Head {
         method,
@@ -1452,6 +1481,14 @@ mod unit_tests {
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.0\r\n\r\n"), 200);
         assert_eq!(status(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        // ... and a valid one: host[:port], or empty.
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a b/c\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a:x\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a:8787\r\n\r\n"), 200);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: [::1]:8787\r\n\r\n"), 200);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"), 200);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"), 200);
         assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 400);
         assert_eq!(status(b"GET /\r\n\r\n"), 400);
         assert_eq!(status(b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n"), 400);
