@@ -38,6 +38,9 @@ pub enum AuthError {
     /// No `Authorization: Bearer ...` header.
     #[error("missing bearer token")]
     Missing,
+    /// More than one `Authorization` field.
+    #[error("more than one Authorization header")]
+    Ambiguous,
     /// Not three base64url parts of JSON, or too long.
     #[error("malformed token")]
     Malformed,
@@ -269,13 +272,20 @@ pub fn mint(expect: &Expectations<'_>, sub: &str, now_seconds: u64, ttl_seconds:
     format!("{header}.{payload}.{signature}")
 }
 
-/// Extract the token from an `Authorization` header value (`Bearer <t>`,
-/// scheme case-insensitive per RFC 9110 §11.1).
-pub fn bearer(header: Option<&http::HeaderValue>) -> Result<&str, AuthError> {
-    let value = header
-        .ok_or(AuthError::Missing)?
-        .to_str()
-        .map_err(|_| AuthError::Malformed)?;
+/// Extract the token from the request's one `Authorization` field
+/// (`Bearer <t>`, scheme case-insensitive per RFC 9110 §11.1).
+pub fn bearer(headers: &http::HeaderMap) -> Result<&str, AuthError> {
+    let mut fields = headers.get_all(http::header::AUTHORIZATION).iter();
+    let (Some(value), None) = (fields.next(), fields.next()) else {
+        // None, or several: which one a proxy in front checked is anyone's
+        // guess, so no token is taken from an ambiguous request.
+        return Err(if headers.contains_key(http::header::AUTHORIZATION) {
+            AuthError::Ambiguous
+        } else {
+            AuthError::Missing
+        });
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(AuthError::Missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Missing);
@@ -489,11 +499,22 @@ mod tests {
     #[test]
     fn bearer_header_parsing() {
         let hv = |s: &str| http::HeaderValue::from_str(s).unwrap();
-        assert_eq!(bearer(Some(&hv("Bearer abc"))), Ok("abc"));
-        assert_eq!(bearer(Some(&hv("bearer  abc "))), Ok("abc"));
-        assert_eq!(bearer(Some(&hv("Basic abc"))), Err(AuthError::Missing));
-        assert_eq!(bearer(Some(&hv("Bearer"))), Err(AuthError::Missing));
-        assert_eq!(bearer(None), Err(AuthError::Missing));
+        let map = |values: &[&str]| {
+            let mut m = http::HeaderMap::new();
+            for v in values {
+                m.append(http::header::AUTHORIZATION, hv(v));
+            }
+            m
+        };
+        assert_eq!(bearer(&map(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer(&map(&["bearer  abc "])), Ok("abc"));
+        assert_eq!(bearer(&map(&["Basic abc"])), Err(AuthError::Missing));
+        assert_eq!(bearer(&map(&["Bearer"])), Err(AuthError::Missing));
+        assert_eq!(bearer(&map(&[])), Err(AuthError::Missing));
+        assert_eq!(
+            bearer(&map(&["Bearer abc", "Bearer abc"])),
+            Err(AuthError::Ambiguous)
+        );
     }
 
     proptest! {

@@ -4,8 +4,8 @@ use hmac::{Hmac, Mac};
 use http::header::{
     HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_METHOD, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH,
-    CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LOCATION, ORIGIN, VARY,
+    ACCESS_CONTROL_REQUEST_METHOD, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG,
+    IF_MATCH, IF_NONE_MATCH, LOCATION, ORIGIN, VARY,
 };
 use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -351,7 +351,7 @@ async fn dispatch<K: Kv, H: Host>(
         issuer: service.config.jwt_issuer.as_deref(),
     };
     let now_seconds = service.host.now_millis() / 1000;
-    let claims = match auth::bearer(request.headers().get(AUTHORIZATION))
+    let claims = match auth::bearer(request.headers())
         .and_then(|token| service.tokens.verify(token, &expect, now_seconds))
     {
         Ok(claims) => claims,

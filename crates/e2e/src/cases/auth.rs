@@ -77,7 +77,7 @@ pub async fn missing_token_is_401_on_every_route(t: &Target) -> anyhow::Result<(
     refuse_everywhere(t, None, &victim, "no Authorization header").await
 }
 
-/// Garbage in the `Authorization` header → 401.
+/// Garbage in the `Authorization` header, or more than one such header → 401.
 pub async fn malformed_tokens_are_401(t: &Target) -> anyhow::Result<()> {
     let victim = t.new_user();
     let good = victim.token.clone();
@@ -100,6 +100,18 @@ pub async fn malformed_tokens_are_401(t: &Target) -> anyhow::Result<()> {
         let label = format!("Authorization: {}", &a[..a.len().min(60)]);
         refuse_everywhere(t, Some(a), &victim, &label).await?;
     }
+    // Two Authorization fields, even two good ones: which one a proxy in
+    // front checked is unknowable, so neither is taken.
+    let api = t.api();
+    let r = api
+        .put(doc_path(&coll(), &doc_id()))
+        .auth(&victim)
+        .auth(&victim)
+        .json(&json!(1))
+        .send()
+        .await?;
+    assert_401(&r);
+    assert_nothing_changed(&api, &victim, 0, None, "two Authorization fields").await?;
     Ok(())
 }
 
