@@ -876,9 +876,6 @@ fn too_large(buf: &[u8], max: usize) -> Fail {
     }
 }
 
-/// Parse a complete head (`bytes` ends with its empty line). `None` if
-/// httparse does not see a complete head there after all.
-
 /// `uri-host [":" port]` (RFC 9110, 7.2): no userinfo, digits after the
 /// colon (the `http` crate's authority parser takes any port text).
 fn is_host_and_port(value: &[u8]) -> bool {
@@ -898,6 +895,8 @@ fn is_host_and_port(value: &[u8]) -> bool {
     }
 }
 
+/// Parse a complete head (`bytes` ends with its empty line). `None` if
+/// httparse does not see a complete head there after all.
 fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Fail> {
     let bad = |detail| Fail::Reject(StatusCode::BAD_REQUEST, detail);
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
