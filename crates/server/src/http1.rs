@@ -922,8 +922,11 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Fail> {
         .method
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
         .ok_or_else(|| bad("malformed method"))?;
+    // A fragment is never part of a request target (RFC 9112, 3.2); the
+    // URI parser would quietly drop it.
     let uri = parsed
         .path
+        .filter(|p| !p.contains('#'))
         .and_then(|p| p.parse::<Uri>().ok())
         .ok_or_else(|| bad("malformed request target"))?;
     let version = match parsed.version {
@@ -1492,6 +1495,11 @@ mod unit_tests {
         assert_eq!(status(b"GET /\r\n\r\n"), 400);
         assert_eq!(status(b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n"), 400);
         assert_eq!(status(b"G@T / HTTP/1.1\r\nHost: t\r\n\r\n"), 400);
+        assert_eq!(status(b"GET /v1/health#x HTTP/1.1\r\nHost: t\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"GET /v1/health?a#x HTTP/1.1\r\nHost: t\r\n\r\n"),
+            400
+        );
         assert_eq!(
             status(b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n"),
             400
