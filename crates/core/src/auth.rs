@@ -20,6 +20,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::http_util::single_field;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
@@ -275,17 +277,11 @@ pub fn mint(expect: &Expectations<'_>, sub: &str, now_seconds: u64, ttl_seconds:
 /// Extract the token from the request's one `Authorization` field
 /// (`Bearer <t>`, scheme case-insensitive per RFC 9110 §11.1).
 pub fn bearer(headers: &http::HeaderMap) -> Result<&str, AuthError> {
-    let mut fields = headers.get_all(http::header::AUTHORIZATION).iter();
-    let (Some(value), None) = (fields.next(), fields.next()) else {
-        // None, or several: which one a proxy in front checked is anyone's
-        // guess, so no token is taken from an ambiguous request.
-        return Err(if headers.contains_key(http::header::AUTHORIZATION) {
-            AuthError::Ambiguous
-        } else {
-            AuthError::Missing
-        });
-    };
-    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let value = single_field(headers, &http::header::AUTHORIZATION)
+        .map_err(|_| AuthError::Ambiguous)?
+        .ok_or(AuthError::Missing)?
+        .to_str()
+        .map_err(|_| AuthError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(AuthError::Missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Missing);

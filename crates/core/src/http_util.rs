@@ -31,6 +31,25 @@ pub(crate) fn percent_decode(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The value of a field that a request may carry once (`Authorization`,
+/// `Content-Type`, `Idempotency-Key`); `Err(Repeated)` when it carries
+/// more: which of them an intermediary acted on is unknowable, so none is
+/// taken.
+pub(crate) fn single_field<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'a HeaderValue>, Repeated> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (first, None) => Ok(first),
+        (Some(_), Some(_)) | (None, Some(_)) => Err(Repeated),
+    }
+}
+
+/// A singleton header field appeared more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Repeated;
+
 /// A path segment with the percent-encoded octets that stand for
 /// unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded, as RFC 3986
 /// §6.2.2.2 has it: `a%7Eb` and `a~b` name the same document. Every other

@@ -17,7 +17,8 @@ use crate::engine::{Action, ChangesPage, Cond, Conditions, Log, Mutation, Outcom
 use crate::entry::Entry;
 use crate::host::Host;
 use crate::http_util::{
-    media_type, normalize_segment, parse_etag_list, parse_u64, prefer_wait, query_params, ETagList,
+    media_type, normalize_segment, parse_etag_list, parse_u64, prefer_wait, query_params,
+    single_field, ETagList,
 };
 use crate::kv::Kv;
 use crate::names::{is_valid_idempotency_key, is_valid_name};
@@ -792,7 +793,9 @@ fn shallow_enough(value: Value, what: &str) -> Result<Value, Problem> {
 }
 
 fn require_media_type<T>(request: &Request<T>, expected: &str) -> Result<(), Problem> {
-    if media_type(request.headers().get(CONTENT_TYPE)).as_deref() == Some(expected) {
+    // Two Content-Type fields name no one type: 415 like a wrong one.
+    let content_type = single_field(request.headers(), &CONTENT_TYPE).unwrap_or(None);
+    if media_type(content_type).as_deref() == Some(expected) {
         Ok(())
     } else {
         Err(Problem::unsupported_media_type(expected))
@@ -837,23 +840,25 @@ async fn doc<K: Kv, H: Host>(
         if_match: if_match(request)?.map(|l| l.to_cond(true)),
         if_none_match: if_none_match(request)?.map(|l| l.to_cond(false)),
     };
-    let idempotency = match request.headers().get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| is_valid_idempotency_key(k))
-                .ok_or_else(|| {
-                    Problem::invalid_parameter(
-                        "Idempotency-Key",
-                        "must be 1-255 visible ASCII characters",
-                    )
-                })?;
-            let fp = fingerprint(&collection, &id, &action, &conditions);
-            Some((key.to_owned(), fp))
-        }
+    let bad_key = || {
+        Problem::invalid_parameter(
+            "Idempotency-Key",
+            "must be one field of 1-255 visible ASCII characters",
+        )
     };
+    let idempotency =
+        match single_field(request.headers(), &IDEMPOTENCY_KEY).map_err(|_| bad_key())? {
+            None => None,
+            Some(v) => {
+                let key = v
+                    .to_str()
+                    .ok()
+                    .filter(|k| is_valid_idempotency_key(k))
+                    .ok_or_else(bad_key)?;
+                let fp = fingerprint(&collection, &id, &action, &conditions);
+                Some((key.to_owned(), fp))
+            }
+        };
     let mutation = Mutation {
         collection,
         id,

@@ -415,8 +415,8 @@ pub async fn delete_is_204_then_404(t: &Target) -> anyhow::Result<()> {
 }
 
 /// `PUT` needs `application/json`, `PATCH` needs
-/// `application/merge-patch+json`; anything else (or none) is 415 and
-/// changes nothing.
+/// `application/merge-patch+json`; anything else (or none, or two
+/// `Content-Type` fields) is 415 and changes nothing.
 pub async fn content_types_are_enforced_with_415(t: &Target) -> anyhow::Result<()> {
     let api = t.api();
     let u = t.new_user();
@@ -439,6 +439,15 @@ pub async fn content_types_are_enforced_with_415(t: &Target) -> anyhow::Result<(
         let r = req.send().await?;
         r.expect_problem(415, "unsupported-media-type");
     }
+    // Two Content-Type fields name no one type, even when they agree.
+    let r = api
+        .put(path.clone())
+        .auth(&u)
+        .header("Content-Type", "application/json")
+        .body_with_type("application/json", "{}")
+        .send()
+        .await?;
+    r.expect_problem(415, "unsupported-media-type");
     assert_nothing_changed(
         &api,
         &u,

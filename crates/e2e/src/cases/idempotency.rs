@@ -197,7 +197,7 @@ pub async fn key_reuse_with_other_request_is_422(t: &Target) -> anyhow::Result<(
     Ok(())
 }
 
-/// Keys must be 1–255 visible ASCII characters, else 400
+/// Keys must be one field of 1–255 visible ASCII characters, else 400
 /// `invalid-parameter` naming `Idempotency-Key`; 255 characters are fine.
 pub async fn bad_keys_are_400(t: &Target) -> anyhow::Result<()> {
     let api = t.api();
@@ -211,6 +211,8 @@ pub async fn bad_keys_are_400(t: &Target) -> anyhow::Result<()> {
         b"tab\there".to_vec(),
         "caf\u{e9}".as_bytes().to_vec(),
         vec![b'k', 0xff, b'k'],
+        // Two fields, even with one value: which one counts is ambiguous.
+        b"k1\r\nIdempotency-Key: k1".to_vec(),
     ];
     for key in bad {
         // Send raw bytes: some keys are not valid for an HTTP library.
