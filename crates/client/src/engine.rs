@@ -676,9 +676,14 @@ impl Shared {
                 return Err(failure.error);
             }
         };
-        self.on_success(st);
         let elapsed = self.clock.now().saturating_sub(started);
         let r = self.on_changes(st, cursor, head, resp, wait, elapsed);
+        // Only an answer the replica could use is a success: a page that
+        // breaks the protocol counts as a failure, backed off from like an
+        // unreadable one (else every retry would be the first).
+        if r.is_ok() {
+            self.on_success(st);
+        }
         self.set_status(|s| s.syncing = false);
         r
     }
@@ -710,10 +715,16 @@ impl Shared {
                 (false, false, false)
             }
             ChangesOutcome::Page(page) => {
-                if page.next < since || page.changes.iter().any(|c| c.seq <= since) {
+                let ordered = page.changes.windows(2).all(|w| w[0].seq < w[1].seq);
+                let within = page
+                    .changes
+                    .iter()
+                    .all(|c| c.seq > since && c.seq <= page.next);
+                if page.next < since || page.next > page.head || !ordered || !within {
                     return Err(Error::Protocol(format!(
-                        "changes since {since} returned next {} or entries at or before it",
-                        page.next
+                        "changes since {since} answered a page that breaks the protocol \
+                         (next {}, head {}, entries out of order or outside since..=next)",
+                        page.next, page.head
                     )));
                 }
                 let writes: Vec<DocWrite> = page

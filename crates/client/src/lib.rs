@@ -44,6 +44,15 @@
 //! `Retry-After` on mutations delays only the next mutation). Only an
 //! unreachable server stops both.
 //!
+//! What counts as an error is strict, because a broken or hostile server
+//! must not be able to make the client spin, hoard memory or lose a write:
+//! a page of changes that breaks the protocol (`next` behind `since` or past
+//! `head`, entries out of order or outside `since..=next`), a body over
+//! 32 MiB, and any redirect (edgesync never redirects: following one would
+//! hand a queued mutation to another host and count its answer as
+//! delivery) are errors like an unreachable server: backed off from, the
+//! queue untouched.
+//!
 //! * **Bootstrap/resync** reads every listing page (`after` = the previous
 //!   page's `next_after`), then replaces the local documents in one
 //!   transaction and follows changes from the *first* page's `cursor`. Until

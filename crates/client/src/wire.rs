@@ -150,6 +150,11 @@ impl Wire {
             // per probe; the server may still close it sooner.
             .pool_idle_timeout(Duration::from_secs(300))
             .pool_max_idle_per_host(1)
+            // edgesync never redirects. Following one would send a queued
+            // mutation (body and all) to whatever host the answer names and
+            // take that host's 200 as delivery, or fill the replica with its
+            // "changes": a 3xx is an error, and the mutation stays queued.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::InvalidUrl(e.to_string()))?;
         Ok(Wire {
@@ -381,17 +386,45 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-async fn json_body<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error> {
-    let bytes = resp
-        .bytes()
+/// Largest response body read: a page of changes or documents holds at
+/// most 1 MiB of values, and one document at most the server's largest
+/// body (16 MiB), so this is room to spare for any edgesync answer, and a
+/// bound on what a broken or hostile server can make the client hold.
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Largest error body read (a problem document is a few hundred bytes).
+const MAX_PROBLEM_BYTES: usize = 64 * 1024;
+
+/// The body, or an error once it passes `max` bytes (read no further).
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Error> {
+    let too_large = || Error::Protocol(format!("response body larger than {max} bytes"));
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| Error::Unreachable(describe(&e)))?;
+        .map_err(|e| Error::Unreachable(describe(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error> {
+    let bytes = read_capped(resp, MAX_RESPONSE_BYTES).await?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("bad response body: {e}")))
 }
 
 async fn problem_of(resp: reqwest::Response) -> (u16, Problem) {
     let status = resp.status();
-    let bytes = resp.bytes().await.unwrap_or_default();
+    let bytes = read_capped(resp, MAX_PROBLEM_BYTES)
+        .await
+        .unwrap_or_default();
     let problem = serde_json::from_slice::<Problem>(&bytes)
         .ok()
         .filter(|p| !p.title.is_empty() || !p.kind.is_empty())

@@ -1117,3 +1117,106 @@ async fn live_smart_polling_keeps_the_poll_interval_after_errors() {
         }
     }
 }
+
+/// Pages that parse but break the protocol (a `next` going backwards or
+/// past the head, entries out of order or at or before `since`) are errors
+/// the engine backs off from, not successes it retries at once.
+#[tokio::test]
+async fn pages_that_break_the_protocol_are_backed_off_from() {
+    let entry = |seq: u64| {
+        json!({"seq": seq, "op": "put", "collection": "c", "id": "x", "version": seq,
+               "value": seq, "ts": "2026-11-29T20:03:00.000Z"})
+    };
+    let broken = [
+        (
+            "next behind since",
+            json!({"changes": [], "next": 2, "head": 20}),
+        ),
+        (
+            "next past head",
+            json!({"changes": [entry(6)], "next": 1000, "head": 6}),
+        ),
+        (
+            "entry at since",
+            json!({"changes": [entry(5), entry(6)], "next": 6, "head": 6}),
+        ),
+        (
+            "out of order",
+            json!({"changes": [entry(7), entry(6)], "next": 7, "head": 7}),
+        ),
+        (
+            "entry past next",
+            json!({"changes": [entry(9)], "next": 6, "head": 9}),
+        ),
+    ];
+    for (name, page) in broken {
+        let clock = VirtualClock::with_horizon(HOUR);
+        let server = FakeServer::start(clock.clone(), move |_| {
+            Response::json(200, page.clone()).poll_headers(5, 10)
+        })
+        .await;
+        let c = client(&server, &clock, following(5), Mode::Live, 3);
+        run_until_horizon(&c, &clock).await;
+        // The error back-off: full jitter up to 60 s, ~120 an hour (a
+        // retry "as the first" each time would be thousands).
+        let polls = server.requests_to("/v1/changes").len();
+        assert!(polls <= 150, "{name}: {polls} requests in a simulated hour");
+        assert_eq!(c.status().cursor, Some(5), "{name}: the cursor stays");
+        assert!(
+            c.get("c", "x").unwrap().is_none(),
+            "{name}: nothing applied"
+        );
+    }
+}
+
+/// edgesync never redirects: a 3xx is an error, so a queued mutation is
+/// never handed to (and counted as delivered by) the host a redirect names,
+/// and that host's "changes" never reach the replica.
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let clock = VirtualClock::new();
+    let elsewhere = FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/mutations" => all_applied(req, 6),
+        _ => one_remote_change(req).unwrap_or_else(|| not_modified(req)),
+    })
+    .await;
+    let target = elsewhere.url.clone();
+    let server = FakeServer::start(clock.clone(), move |req| {
+        Response::new(307).header("location", &format!("{target}{}", req.target))
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 1);
+    c.put("todos", "mine", json!("queued")).unwrap();
+    assert!(
+        c.flush().await.is_err(),
+        "a redirected write is not delivered"
+    );
+    assert!(
+        c.sync_once().await.is_err(),
+        "a redirected read is an error"
+    );
+    assert!(
+        elsewhere.exchanges().is_empty(),
+        "nothing went to the other host"
+    );
+    assert_eq!(c.pending().unwrap().len(), 1, "the write stays queued");
+    assert!(c.get("todos", "remote").unwrap().is_none());
+}
+
+/// A response body is read up to a bound (well above any page edgesync
+/// sends), so a broken server cannot make the client hold what it sends.
+#[tokio::test]
+async fn oversized_response_bodies_are_refused() {
+    let clock = VirtualClock::new();
+    let huge = Arc::new(vec![b' '; 33 * 1024 * 1024]);
+    let server = FakeServer::start(clock.clone(), move |_| {
+        Response::new(200)
+            .header("content-type", "application/json")
+            .body(huge.to_vec())
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 1);
+    let err = c.sync_once().await.unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert_eq!(c.status().cursor, Some(5));
+}
