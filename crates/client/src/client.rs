@@ -11,7 +11,7 @@ use crate::names;
 use crate::storage::{Commit, MemoryStorage, Meta, NewMutation, SqliteStorage, Storage};
 use crate::wire::Wire;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
@@ -162,11 +162,8 @@ impl ClientBuilder {
         // queue with another user's token.
         let server = crate::wire::normalize_url(&self.url)?;
         let user = token_subject(&self.token);
-        check_binding(
-            &store.bind(&server, user.as_deref())?,
-            &server,
-            user.as_deref(),
-        )?;
+        let meta = store.bind(&server, user.as_deref())?;
+        check_binding(&meta, &server, user.as_deref())?;
         let wire = Wire::new(&self.url, self.token, self.config.request_timeout)?;
         let mut rng = Rng::from_entropy();
         let candidate = format!("{:016x}", rng.next_u64());
@@ -179,6 +176,7 @@ impl ClientBuilder {
         Ok(Client {
             shared,
             server,
+            user_known: AtomicBool::new(meta.user.is_some()),
             task: Mutex::new(None),
         })
     }
@@ -194,6 +192,8 @@ pub struct Client {
     shared: Arc<Shared>,
     /// The server's normalised URL, as the replica records it.
     server: String,
+    /// The replica is bound to a user (queued mutations are someone's).
+    user_known: AtomicBool,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -335,6 +335,9 @@ impl Client {
         let user = token_subject(&token);
         let meta = self.shared.store.bind(&self.server, user.as_deref())?;
         check_binding(&meta, &self.server, user.as_deref())?;
+        if user.is_some() {
+            self.user_known.store(true, Ordering::Release);
+        }
         self.shared.wire.set_token(token);
         self.sync_now();
         Ok(())
@@ -381,6 +384,9 @@ impl Client {
     /// fixed now, so every later retry is recognised by the server.
     pub fn enqueue(&self, mutation: Mutation) -> Result<PendingMutation, Error> {
         validate(&mutation)?;
+        if !self.user_known.load(Ordering::Acquire) {
+            return Err(Error::UnknownUser);
+        }
         let result = self.shared.store.commit(Commit {
             enqueue: vec![NewMutation {
                 key: new_key(&self.shared.replica_id),

@@ -77,6 +77,14 @@ pub enum Error {
         /// The token's `sub` (`None`: unreadable).
         given: Option<String>,
     },
+    /// A mutation was to be queued while the replica knows no user (the
+    /// token has no readable `sub`): it would later go out with whichever
+    /// user's token came next. Every edgesync token names its user.
+    #[error(
+        "cannot queue a mutation: the token is not a JWT with a `sub`, so the replica \
+         does not know whose mutation it is"
+    )]
+    UnknownUser,
 }
 
 impl Error {

@@ -951,6 +951,56 @@ async fn a_replica_refuses_another_user_or_server() {
         .unwrap();
 }
 
+/// A replica that does not know its user (the token has no readable
+/// `sub`) queues nothing: the mutation would otherwise wait there and go
+/// out with whichever user's token came next. Once a token names the user,
+/// queueing works.
+#[tokio::test]
+async fn no_mutation_is_queued_for_an_unknown_user() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/mutations" => all_applied(req, 6),
+        _ => not_modified(req),
+    })
+    .await;
+    let storage = following(5);
+    let nobody = Client::builder(&server.url, "garbage")
+        .storage(storage.clone())
+        .build()
+        .unwrap();
+    let refused = nobody.put("t", "x", json!("whose?")).unwrap_err();
+    assert!(matches!(refused, Error::UnknownUser), "{refused}");
+    assert!(nobody.pending().unwrap().is_empty());
+    drop(nobody);
+
+    let bob = Client::builder(&server.url, support::token_for("bob", 1_764_446_580))
+        .storage(storage.clone())
+        .build()
+        .unwrap();
+    bob.put("t", "y", json!("bob's")).unwrap();
+    bob.flush().await.unwrap();
+    let posts = server.requests_to("/v1/mutations");
+    let docs: Vec<_> = posts
+        .iter()
+        .flat_map(|p| {
+            p.json()["mutations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|m| m["doc"].clone())
+        .collect();
+    assert_eq!(docs, vec![json!("y")], "only bob's own mutation went out");
+
+    // A client started without a user learns it from a token that names one.
+    let late = Client::builder(&server.url, "garbage")
+        .storage(MemoryStorage::new())
+        .build()
+        .unwrap();
+    late.set_token(token()).unwrap();
+    late.put("t", "z", json!(1)).unwrap();
+}
+
 /// A change on the server, seen by the first probe from `since = 5`.
 fn one_remote_change(req: &Request) -> Option<Response> {
     (req.query("since").as_deref() == Some("5")).then(|| {
