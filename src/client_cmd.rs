@@ -64,7 +64,10 @@ pub enum ClientCommand {
     ///
     /// Human-readable lines by default, one JSON object per line with
     /// --json. On a terminal a status line shows online/syncing, pending
-    /// mutations and lag. Stops on Ctrl-C.
+    /// mutations and lag; otherwise stderr says when the connection or the
+    /// error changes. A change the replica already holds a newer version
+    /// of (written meanwhile through the same replica by another command)
+    /// is not printed: the newer one is. Stops on Ctrl-C.
     Watch {
         #[command(flatten)]
         client: ClientArgs,
@@ -481,6 +484,23 @@ impl Printer {
     }
 
     fn status(&mut self, s: Status) -> std::io::Result<()> {
+        // Without a terminal there is no status line: say on stderr when
+        // the connection or the error changes, so a piped `watch` that
+        // stops receiving does not look idle.
+        if !self.tty {
+            let before = self.status.as_ref();
+            if before.and_then(|b| b.last_error.as_ref()) != s.last_error.as_ref() {
+                if let Some(e) = &s.last_error {
+                    eprintln!(
+                        "edgesync: {}: {e}",
+                        if s.online { "error" } else { "offline" }
+                    );
+                }
+            }
+            if s.online && before.is_some_and(|b| !b.online) {
+                eprintln!("edgesync: online again");
+            }
+        }
         self.status = Some(s);
         self.clear()?;
         self.redraw()
