@@ -19,6 +19,15 @@ use crate::hub::NotifyHub;
 /// after a spurious return).
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
+/// Longest a writer waits for its user's turn before going ahead without
+/// it. Turns only spare this instance's writers compare-and-swap races
+/// (the core is correct without them): when the store stalls, the writer
+/// holding the turn waits out its own store timeout, and a queue behind it
+/// would add one timeout per writer ahead; with this bound every writer
+/// answers within its own timeout plus this. Far above a turn's length in
+/// normal operation (a commit takes a millisecond or so).
+const TURN_PATIENCE: Duration = Duration::from_secs(2);
+
 /// The native server's [`Host`]. Cloning shares the hub and the bus.
 #[derive(Clone, Default)]
 pub struct NativeHost {
@@ -58,14 +67,21 @@ impl WriterTurns {
                 }
             }
         };
-        async move { WriterTurn(lock.lock_owned().await) }
+        async move {
+            WriterTurn(
+                tokio::time::timeout(TURN_PATIENCE, lock.lock_owned())
+                    .await
+                    .ok(),
+            )
+        }
     }
 }
 
-/// A user's writer turn on this instance; released on drop.
+/// A user's writer turn on this instance (or, after [`TURN_PATIENCE`],
+/// none: the writer goes ahead and may race); released on drop.
 pub struct WriterTurn(
     // Held, never read: dropping it hands the turn to the next writer.
-    #[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>,
+    #[allow(dead_code)] Option<tokio::sync::OwnedMutexGuard<()>>,
 );
 
 impl std::fmt::Debug for NativeHost {

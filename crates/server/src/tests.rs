@@ -1005,3 +1005,20 @@ async fn writer_turns_queue_one_user_and_not_others() {
     task.await.unwrap();
     assert_eq!(entered.load(Ordering::SeqCst), 1);
 }
+
+/// A turn held for long (its writer stuck on a stalled store) does not hold
+/// the next writers for longer than the patience: they go ahead without it,
+/// so a queue of writers does not add up their store timeouts.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_turn_is_waited_for_only_so_long() {
+    let host = NativeHost::local();
+    let _stuck = host.writer_turn("u").await;
+    let started = tokio::time::Instant::now();
+    let _second = host.writer_turn("u").await;
+    let _third = host.writer_turn("u").await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(5),
+        "each waited the patience (2 s) and went ahead: {waited:?}"
+    );
+}
