@@ -20,6 +20,16 @@
 //!   counter fails with a [`KvError`] (the core never asks for one).
 //!
 //! Connection failures and timeouts are [`KvErrorKind::Unavailable`].
+//!
+//! # The database is edgesync's
+//!
+//! Every key edgesync writes is under a user's `u/<escaped id>/` prefix, and
+//! edgesync's keys carry no prefix of their own, so it needs a database to
+//! itself. [`RedisKv::connect`] checks that: a database marked as
+//! edgesync's (the key `edgesync/store`) is used as it is; an unmarked one
+//! is marked if the first keys it holds (up to 10,000, by `SCAN`) are all
+//! edgesync's, and refused otherwise, naming a foreign key. It also warns
+//! (through `tracing`) when the server keeps nothing across a restart.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +49,12 @@ pub mod testing;
 /// Longest wait for a connection or a reply before an operation fails as
 /// unavailable (the core then answers 503 with `Retry-After`).
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Marks a database as edgesync's; outside every user's `u/` prefix.
+const MARKER: &str = "edgesync/store";
+
+/// Keys looked at (by `SCAN`) before an unmarked database is claimed.
+const CLAIM_SCAN_KEYS: usize = 10_000;
 
 const CAS_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -93,7 +109,18 @@ async fn connection_manager(client: &redis::Client) -> Result<ConnectionManager,
     client
         .get_connection_manager_with_config(config)
         .await
-        .map_err(|e| kv_error("connect", e))
+        .map_err(|e| {
+            let mut err = kv_error("connect", e);
+            if err.kind == KvErrorKind::Other {
+                // What a server that is not Redis answers parses as
+                // gibberish ("Unexpected `60`"): say what it likely means.
+                err = KvError::new(
+                    KvErrorKind::Other,
+                    format!("{err} (is a Redis or Valkey server listening there?)"),
+                );
+            }
+            err
+        })
 }
 
 /// edgesync's [`Kv`] on Redis/Valkey. Cloning shares one multiplexed
@@ -114,13 +141,95 @@ impl std::fmt::Debug for RedisKv {
 impl RedisKv {
     /// Connect to `url` (`redis://host:port/db`; this build has no TLS, so
     /// not `rediss://`). Fails if the server cannot be reached now.
+    ///
+    /// Refuses a database that holds keys that are not edgesync's (see the
+    /// crate docs), and warns when the server has persistence off.
     pub async fn connect(url: &str) -> Result<Self, KvError> {
         let client = open_client(url)?;
-        Ok(Self {
+        let kv = Self {
             conn: connection_manager(&client).await?,
             cas: Arc::new(Script::new(CAS_SCRIPT)),
             increment: Arc::new(Script::new(INCREMENT_SCRIPT)),
-        })
+        };
+        kv.claim_database().await?;
+        kv.warn_if_volatile().await;
+        Ok(kv)
+    }
+
+    /// Use a database marked as edgesync's; mark an unmarked one whose keys
+    /// are all edgesync's (a new database, or one whose server restarted
+    /// empty and took writes since); refuse one that holds other keys.
+    async fn claim_database(&self) -> Result<(), KvError> {
+        let mut conn = self.conn.clone();
+        let marked: bool = redis::cmd("EXISTS")
+            .arg(MARKER)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| kv_error("EXISTS", e))?;
+        if marked {
+            return Ok(());
+        }
+        let mut cursor = 0u64;
+        let mut seen = 0usize;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| kv_error("SCAN", e))?;
+            if let Some(foreign) = keys.iter().find(|k| !k.starts_with(b"u/")) {
+                return Err(KvError::new(
+                    KvErrorKind::Other,
+                    format!(
+                        "this Redis database holds keys that are not edgesync's (for one, {:?}): \
+                         give edgesync a database of its own (the /<db> of the URL), since its \
+                         keys carry no prefix",
+                        String::from_utf8_lossy(foreign)
+                    ),
+                ));
+            }
+            seen += keys.len();
+            cursor = next;
+            if cursor == 0 || seen >= CLAIM_SCAN_KEYS {
+                break;
+            }
+        }
+        redis::cmd("SET")
+            .arg(MARKER)
+            .arg(r#"{"format":1}"#)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| kv_error("SET", e))
+    }
+
+    /// Warn when the server keeps nothing across a restart: every document
+    /// would be lost, and cursors and versions would be handed out again.
+    /// Managed servers often refuse `CONFIG`: then nothing is said.
+    async fn warn_if_volatile(&self) {
+        let config = |name: &'static str| {
+            let mut conn = self.conn.clone();
+            async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await
+                    .ok()
+                    .and_then(|pair| pair.into_iter().nth(1))
+            }
+        };
+        let (aof, save) = (config("appendonly").await, config("save").await);
+        if let (Some(aof), Some(save)) = (aof, save) {
+            if aof == "no" && save.trim().is_empty() {
+                tracing::warn!(
+                    "Redis has persistence off (appendonly no, no save points): a Redis restart \
+                     loses every document, and clients' cursors and versions would be reused; \
+                     turn on appendonly (see the README, \"Many native instances\")"
+                );
+            }
+        }
     }
 }
 

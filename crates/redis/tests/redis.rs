@@ -221,3 +221,53 @@ async fn an_announcement_after_a_dropped_connection_still_arrives() {
         .expect("b hears a's announcement sent over a dropped connection");
     assert_eq!(b_seen.lock().unwrap()[1], ("u/alice".to_owned(), 2));
 }
+
+async fn raw_set(url: &str, key: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SET")
+        .arg(key)
+        .arg("x")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// edgesync's keys carry no prefix, so it needs a database of its own: one
+/// holding other keys is refused at connect, naming one; one holding only
+/// edgesync's keys (or none) is claimed, and a claimed one stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_holding_foreign_keys_is_refused() {
+    let server = RedisServer::start();
+    raw_set(&server.url(2), "u/alice/h").await;
+    raw_set(&server.url(2), "sess:1").await;
+    let err = RedisKv::connect(&server.url(2)).await.unwrap_err();
+    assert_eq!(err.kind, KvErrorKind::Other, "{err}");
+    assert!(
+        err.to_string().contains("sess:1") && err.to_string().contains("database of its own"),
+        "{err}"
+    );
+
+    raw_set(&server.url(3), "u/alice/h").await;
+    RedisKv::connect(&server.url(3)).await.unwrap();
+    // Claimed: later foreign keys are the operator's business.
+    raw_set(&server.url(3), "sess:2").await;
+    RedisKv::connect(&server.url(3)).await.unwrap();
+}
+
+/// Something that is not Redis on the port: the error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_redis_is_named_as_such() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut sock in listener.incoming().flatten() {
+            let _ = sock.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let err = RedisKv::connect(&format!("redis://127.0.0.1:{port}/0"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Redis or Valkey server"), "{err}");
+}
