@@ -878,6 +878,16 @@ async fn a_replayed_result_behind_the_cursor_does_not_resurrect_a_deleted_docume
     assert_eq!(c.list(None).unwrap(), vec![]);
 }
 
+/// A server that applies every mutation (at version 6) and has nothing
+/// new to read.
+async fn applying_server(clock: &VirtualClock) -> FakeServer {
+    FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/mutations" => all_applied(req, 6),
+        _ => not_modified(req),
+    })
+    .await
+}
+
 /// A replica is alice's on this server: a client for another user (say the
 /// same storage opened with bob's token, or alice's client handed bob's
 /// token) must not send alice's queued mutations with bob's token, and one
@@ -885,11 +895,7 @@ async fn a_replayed_result_behind_the_cursor_does_not_resurrect_a_deleted_docume
 #[tokio::test]
 async fn a_replica_refuses_another_user_or_server() {
     let clock = VirtualClock::new();
-    let server = FakeServer::start(clock.clone(), |req| match req.path() {
-        "/v1/mutations" => all_applied(req, 6),
-        _ => not_modified(req),
-    })
-    .await;
+    let server = applying_server(&clock).await;
     let storage = following(5);
     let alice = client(&server, &clock, storage.clone(), Mode::Live, 5);
     alice.put("t", "a", json!("alice's")).unwrap();
@@ -958,11 +964,7 @@ async fn a_replica_refuses_another_user_or_server() {
 #[tokio::test]
 async fn no_mutation_is_queued_for_an_unknown_user() {
     let clock = VirtualClock::new();
-    let server = FakeServer::start(clock.clone(), |req| match req.path() {
-        "/v1/mutations" => all_applied(req, 6),
-        _ => not_modified(req),
-    })
-    .await;
+    let server = applying_server(&clock).await;
     let storage = following(5);
     let nobody = Client::builder(&server.url, "garbage")
         .storage(storage.clone())
