@@ -73,7 +73,7 @@ impl PageBudget {
     /// Take `entry` into the page, unless the page holds something already
     /// and `entry` would take it past the budget.
     fn take(&mut self, entry: &Entry) -> bool {
-        let bytes = entry.v.as_ref().map_or(0, |v| v.to_string().len());
+        let bytes = entry.v.as_ref().map_or(0, json_len);
         if self.taken > 0 && self.bytes + bytes > PAGE_VALUE_BUDGET {
             return false;
         }

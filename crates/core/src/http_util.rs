@@ -42,7 +42,7 @@ pub(crate) fn single_field<'a>(
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (first, None) => Ok(first),
-        (Some(_), Some(_)) | (None, Some(_)) => Err(Repeated),
+        _ => Err(Repeated),
     }
 }
 

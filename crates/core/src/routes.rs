@@ -400,10 +400,12 @@ pub(crate) fn log_hasher(secret: &[u8]) -> Hmac<Sha256> {
 pub(crate) fn user_hash(hasher: &Hmac<Sha256>, sub: &str) -> String {
     let mut mac = hasher.clone();
     mac.update(sub.as_bytes());
-    mac.finalize().into_bytes()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&mac.finalize().into_bytes()[..6])
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn header_value(s: &str) -> HeaderValue {
@@ -761,10 +763,7 @@ fn fingerprint(collection: &str, id: &str, action: &Action, conditions: &Conditi
         "if_match": cond(&conditions.if_match), "if_none_match": cond(&conditions.if_none_match),
     }))
     .expect("JSON serializes");
-    Sha256::digest(canonical)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(canonical))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Problem> {
@@ -1043,10 +1042,7 @@ mod tests {
         assert_ne!(a, user_hash(&one, "erin@example.com"));
         assert_ne!(a, user_hash(&two, "dave@example.com"));
         // Not the unkeyed digest anyone can compute from a guess.
-        let unkeyed: String = Sha256::digest(b"dave@example.com")[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let unkeyed = hex(&Sha256::digest(b"dave@example.com")[..6]);
         assert_ne!(a, unkeyed);
     }
 
