@@ -1,4 +1,5 @@
-//! Client commands (`watch`, `get`, `put`, `patch`, `delete`), built on
+//! Client commands (`watch`, `get`, `put`, `patch`, `delete`, and `pending`
+//! and `resolve` for the offline queue), built on
 //! `edgesync-client`: they share one local replica and offline queue per
 //! (server, user), so a write made while the server is down is queued
 //! durably and delivered, in order, by the next command that reaches it.
@@ -12,10 +13,11 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 use edgesync_client::{
     is_valid_name, ChangeEvent, Client, Document, Error, FlushError, Mode, Mutation, ParkReason,
-    ParkedMutation, Resolution, ResyncReason, SendOutcome, Status, SyncEvent, REPLICA_FILE,
+    ParkedMutation, PendingMutation, Resolution, ResyncReason, SendOutcome, Status, SyncEvent,
+    REPLICA_FILE,
 };
 use serde_json::Value;
 
@@ -55,6 +57,20 @@ fn name(s: &str) -> Result<String, String> {
     } else {
         Err("names are 1-128 characters of A-Z a-z 0-9 . _ ~ - (not . or ..)".into())
     }
+}
+
+/// How `resolve` settles a parked mutation: exactly one of the two.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("how").required(true).args(["discard", "overwrite"])))]
+pub struct ResolveHow {
+    /// Drop it: the server's state wins.
+    #[arg(long)]
+    pub discard: bool,
+    /// Apply it anyway on top of the server's current version (a conflict
+    /// is re-queued conditional on the version the server reported, so an
+    /// edit made meanwhile conflicts again instead of being overwritten).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// The client commands.
@@ -139,6 +155,31 @@ pub enum ClientCommand {
         #[command(flatten)]
         write: WriteArgs,
     },
+    /// List the mutations this replica has not delivered.
+    ///
+    /// Queued ones are sent, in order, by the next command that reaches the
+    /// server; parked ones were refused by it (a failed --if-version, a
+    /// document that no longer exists) and wait for `edgesync resolve`.
+    /// Works offline.
+    Pending {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// One JSON object per mutation per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a parked mutation: discard it or apply it anyway.
+    ///
+    /// An overwritten mutation is queued again and delivered at once when
+    /// the server can be reached (or by the next command that reaches it).
+    Resolve {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The mutation's number, as `edgesync pending` shows it.
+        number: u64,
+        #[command(flatten)]
+        how: ResolveHow,
+    },
 }
 
 /// A usage error found after parsing (bad JSON, missing token): reported the
@@ -200,6 +241,19 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                 &write,
             )
             .await
+        }
+        ClientCommand::Pending { client, json } => pending(&open(&client, Mode::Live)?, json),
+        ClientCommand::Resolve {
+            client,
+            number,
+            how,
+        } => {
+            let resolution = if how.overwrite {
+                Resolution::Overwrite
+            } else {
+                Resolution::Discard
+            };
+            resolve(open(&client, Mode::Live)?, number, resolution).await
         }
     }
 }
@@ -290,16 +344,25 @@ fn describe_parked(p: &ParkedMutation) -> String {
 /// Report mutations from earlier commands that the server refused: they stay
 /// parked in the replica (never dropped silently).
 fn warn_parked(parked: &[ParkedMutation], except: Option<&str>) {
+    let mut shown = false;
     for p in parked
         .iter()
         .filter(|p| Some(p.pending.key.as_str()) != except)
     {
         eprintln!(
-            "warning: an earlier queued mutation was not applied: {}",
+            "warning: an earlier queued mutation (#{}) was not applied: {}",
+            p.pending.seq,
             describe_parked(p)
         );
+        shown = true;
+    }
+    if shown {
+        eprintln!("{RESOLVE_ADVICE}");
     }
 }
+
+const RESOLVE_ADVICE: &str = "edgesync: `edgesync pending` lists what waits for a decision; \
+     `edgesync resolve <number> --discard` or `--overwrite` settles it";
 
 async fn mutate(client: Client, m: Mutation, write: &WriteArgs) -> anyhow::Result<()> {
     let m = match write.if_version {
@@ -317,8 +380,25 @@ async fn mutate(client: Client, m: Mutation, write: &WriteArgs) -> anyhow::Resul
             SendOutcome::Refused(p) => Err(anyhow!(describe_parked(&p))),
         };
     }
-    let what = format!("{} {}/{}", m.op.as_str(), m.collection, m.id);
     let queued = client.enqueue(m)?;
+    deliver(client, queued, Refused::Discard).await
+}
+
+/// What to do with a mutation the server refuses while its command waits.
+#[derive(Clone, Copy, PartialEq)]
+enum Refused {
+    /// Report it and drop it: the value is still on the command line.
+    Discard,
+    /// Report it and keep it parked: the queue holds the only copy.
+    KeepParked,
+}
+
+/// Flush the queue and report what became of `queued`: its document on
+/// stdout when delivered; an error when the server refused it; exit 0 with
+/// a note when it stays queued because the server cannot be reached.
+async fn deliver(client: Client, queued: PendingMutation, refused: Refused) -> anyhow::Result<()> {
+    let m = &queued.mutation;
+    let what = format!("{} {}/{}", m.op.as_str(), m.collection, m.id);
     // A flush that stops at an error still reports what it delivered and
     // parked before: this mutation may be among them.
     let (report, failure) = match client.flush().await {
@@ -340,7 +420,13 @@ async fn mutate(client: Client, m: Mutation, write: &WriteArgs) -> anyhow::Resul
         return Ok(());
     }
     if let Some(p) = report.parked.iter().find(|p| p.pending.key == queued.key) {
-        // Reported here, so it need not stay parked for later.
+        if refused == Refused::KeepParked {
+            return Err(anyhow!(
+                "{}; it stays parked as #{}",
+                describe_parked(p),
+                p.pending.seq
+            ));
+        }
         client.resolve(p.pending.seq, Resolution::Discard)?;
         return Err(anyhow!(describe_parked(p)));
     }
@@ -357,6 +443,94 @@ async fn mutate(client: Client, m: Mutation, write: &WriteArgs) -> anyhow::Resul
             Ok(())
         }
         Some(e) => Err(anyhow!("{e} ({what} stays queued)")),
+    }
+}
+
+/// `edgesync pending`: parked mutations first (they need a decision), then
+/// the queue in delivery order.
+fn pending(client: &Client, json: bool) -> anyhow::Result<()> {
+    let parked = client.parked()?;
+    let queued = client.pending()?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for p in &parked {
+            let line = pending_json(&p.pending, "parked", Some(&p.reason))?;
+            writeln!(out, "{line}")?;
+        }
+        for q in &queued {
+            writeln!(out, "{}", pending_json(q, "queued", None)?)?;
+        }
+        return Ok(());
+    }
+    if parked.is_empty() && queued.is_empty() {
+        eprintln!("edgesync: nothing pending: every mutation was delivered");
+        return Ok(());
+    }
+    for p in &parked {
+        writeln!(out, "#{:<5} parked  {}", p.pending.seq, describe_parked(p))?;
+    }
+    for q in &queued {
+        let m = &q.mutation;
+        let mut line = format!(
+            "#{:<5} queued  {} {}/{}",
+            q.seq,
+            m.op.as_str(),
+            m.collection,
+            m.id
+        );
+        if let Some(v) = m.if_version {
+            line.push_str(&format!(" if-version {v}"));
+        }
+        line.push_str(&format!(
+            " (since {})",
+            edgesync_core::rfc3339_millis(q.enqueued_at_ms)
+        ));
+        writeln!(out, "{line}")?;
+    }
+    if !parked.is_empty() {
+        drop(out);
+        eprintln!("{RESOLVE_ADVICE}");
+    }
+    Ok(())
+}
+
+fn pending_json(
+    p: &PendingMutation,
+    state: &str,
+    reason: Option<&ParkReason>,
+) -> anyhow::Result<String> {
+    let mut v = serde_json::json!({
+        "number": p.seq,
+        "state": state,
+        "key": p.key,
+        "mutation": p.mutation,
+        "enqueued_at": edgesync_core::rfc3339_millis(p.enqueued_at_ms),
+    });
+    if let Some(r) = reason {
+        v["reason"] = serde_json::to_value(r)?;
+    }
+    Ok(v.to_string())
+}
+
+/// `edgesync resolve`: discard a parked mutation, or queue it again and try
+/// to deliver it now.
+async fn resolve(client: Client, number: u64, how: Resolution) -> anyhow::Result<()> {
+    let parked = client.parked()?;
+    let Some(p) = parked.iter().find(|p| p.pending.seq == number) else {
+        let queued = client.pending()?.iter().any(|q| q.seq == number);
+        return Err(if queued {
+            anyhow!("#{number} is queued, not parked: the next command that reaches the server delivers it")
+        } else {
+            anyhow!("no parked mutation #{number} (see `edgesync pending`)")
+        });
+    };
+    let what = describe_parked(p);
+    match client.resolve(number, how)? {
+        None => {
+            eprintln!("edgesync: discarded #{number} ({what})");
+            Ok(())
+        }
+        Some(queued) => deliver(client, queued, Refused::KeepParked).await,
     }
 }
 
@@ -560,7 +734,8 @@ async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow
                 Ok(SyncEvent::AuthFailed(p)) => break Err(anyhow!("{p}")),
                 Ok(SyncEvent::Conflict(p) | SyncEvent::Rejected(p)) => {
                     printer.note(&format!(
-                        "warning: a queued mutation was not applied: {}",
+                        "warning: a queued mutation (#{}) was not applied: {}\n{RESOLVE_ADVICE}",
+                        p.pending.seq,
                         describe_parked(&p)
                     ))?;
                 }

@@ -1,5 +1,6 @@
 //! `edgesync`: the native server (`serve`), token minting (`token`) and the
-//! client commands (`watch`, `get`, `put`, `patch`, `delete`).
+//! client commands (`watch`, `get`, `put`, `patch`, `delete`, `pending`,
+//! `resolve`).
 //!
 //! Exit codes: 0 success, 1 runtime error, 2 usage error.
 

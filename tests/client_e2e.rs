@@ -1235,6 +1235,9 @@ fn cli_usage_errors_exit_2() {
         &["put", "todos"][..],
         &["put", "todos", "a", "{not json"][..],
         &["get", "bad/name", "a"][..],
+        &["resolve", "1"][..],
+        &["resolve", "1", "--discard", "--overwrite"][..],
+        &["resolve", "first", "--discard"][..],
     ] {
         let out = cli("http://127.0.0.1:9", dir.path(), "erin", args);
         assert_eq!(
@@ -1329,6 +1332,153 @@ async fn cli_put_get_delete_and_offline_queue() {
         Some(1),
         "already deleted: {}",
         text(&out.stderr)
+    );
+}
+
+/// `edgesync pending --json`, one object per line.
+fn pending_json(url: &str, state: &Path, user: &str) -> Vec<Value> {
+    let out = cli(url, state, user, &["pending", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+/// Conditional writes queued offline that conflict when delivered stay
+/// parked, are listed by `pending` and settled by `resolve`: `--overwrite`
+/// applies the value on top of the version the conflict reported (and,
+/// when the document moved again meanwhile, conflicts again and stays
+/// parked instead of losing the value); `--discard` lets the server win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_pending_and_resolve_settle_parked_conflicts() {
+    let dir = TempDir::new("cli-resolve");
+    let mut server = Server::start(&dir.path().join("data"), &[]);
+    let url = server.url();
+    let state = dir.path().join("state");
+    let run = |args: &[&str]| cli(&url, &state, "gina", args);
+
+    for (id, v) in [("a", "1"), ("c", "2")] {
+        let out = run(&["put", "notes", id, v]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    server.stop();
+    let out = run(&["put", "--if-version", "1", "notes", "a", r#""mine""#]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(&["patch", "--if-version", "2", "notes", "c", r#"{"x":1}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // Offline, both are listed as queued, in order.
+    let listed = pending_json(&url, &state, "gina");
+    let states: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|p| {
+            (
+                p["state"].as_str().unwrap(),
+                p["mutation"]["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(states, [("queued", "a"), ("queued", "c")]);
+    let (num_a, num_c) = (
+        listed[0]["number"].as_u64().unwrap(),
+        listed[1]["number"].as_u64().unwrap(),
+    );
+
+    // Another device edits both meanwhile; the queued writes conflict.
+    server.restart();
+    server_put(&server, "gina", "notes", "a", &json!("theirs")); // v3
+    server_put(&server, "gina", "notes", "c", &json!({"y": 2})); // v4
+    let out = run(&["get", "notes", "c"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("#{num_a}")) && stderr.contains("edgesync pending"),
+        "{stderr}"
+    );
+    let listed = pending_json(&url, &state, "gina");
+    let parked: Vec<(u64, &str, Option<u64>)> = listed
+        .iter()
+        .map(|p| {
+            assert_eq!(p["reason"]["kind"], "conflict", "{p}");
+            (
+                p["number"].as_u64().unwrap(),
+                p["state"].as_str().unwrap(),
+                p["reason"]["current_version"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parked,
+        [(num_a, "parked", Some(3)), (num_c, "parked", Some(4))]
+    );
+
+    // The document moves again before the overwrite: it conflicts again
+    // (exit 1) and stays parked under a new number with the new version.
+    server_put(&server, "gina", "notes", "a", &json!("theirs, later")); // v5
+    let out = run(&["resolve", &num_a.to_string(), "--overwrite"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("stays parked"),
+        "{}",
+        text(&out.stderr)
+    );
+    let listed = pending_json(&url, &state, "gina");
+    let again = listed
+        .iter()
+        .find(|p| p["mutation"]["id"] == "a")
+        .expect("still parked");
+    assert_eq!(again["reason"]["current_version"], 5, "{again}");
+    assert_eq!(again["mutation"]["value"], "mine");
+    let num_a = again["number"].as_u64().unwrap();
+
+    let out = run(&["resolve", &num_a.to_string(), "--overwrite"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (doc["version"].as_u64(), &doc["value"]),
+        (Some(6), &json!("mine"))
+    );
+
+    let out = run(&["resolve", &num_c.to_string(), "--discard"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(pending_json(&url, &state, "gina").is_empty());
+    let out = run(&["resolve", &num_c.to_string(), "--discard"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "settled twice: {}",
+        text(&out.stderr)
+    );
+
+    // Settled: no more warnings, and the server kept the other device's c.
+    let out = run(&["get", "notes", "c"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("not applied"),
+        "{}",
+        text(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (doc["version"].as_u64(), &doc["value"]),
+        (Some(4), &json!({"y": 2}))
+    );
+    let ops: Vec<(u64, Value)> = server
+        .changes("gina", 0)
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e["value"].clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (1, json!(1)),
+            (2, json!(2)),
+            (3, json!("theirs")),
+            (4, json!({"y": 2})),
+            (5, json!("theirs, later")),
+            (6, json!("mine")),
+        ]
     );
 }
 

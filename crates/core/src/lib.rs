@@ -235,6 +235,7 @@ pub use config::{Config, ConfigError, CorsOrigins};
 pub use host::Host;
 pub use kv::{decode_counter, encode_counter, Kv, KvError, KvErrorKind, MaybeSend, MaybeSync};
 pub use service::{Handled, Parked, RequestInfo, Service};
+pub use time::rfc3339_millis;
 
 /// Every route of the v1 API with the methods it accepts (besides `HEAD`,
 /// accepted wherever `GET` is, and `OPTIONS`, accepted everywhere). The
