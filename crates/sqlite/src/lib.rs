@@ -59,6 +59,9 @@
 //!   stall a commit. Under sustained writes the WAL file may reach 256 MiB
 //!   on disk (it is reused from its start, not shrunk, which is cheaper);
 //!   it is emptied when the store closes.
+//! * **Online backups.** [`SqliteKv::backup_to`] writes a consistent copy
+//!   (`VACUUM INTO` on a snapshot) while the store serves: the only way to
+//!   copy the file without stopping the process that holds it.
 //! * **Nothing waits on the async runtime**: writes and pooled reads are
 //!   awaited through a oneshot answer; inline reads never wait for a lock
 //!   (they are handed to the pool when one is held).
@@ -83,6 +86,7 @@
 //! I/O failures are reported as [`KvErrorKind::Unavailable`]; nothing on a
 //! request path panics.
 
+mod backup;
 mod cache;
 
 use std::borrow::Cow;
@@ -90,7 +94,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, TryLockError, Weak};
 use std::thread::JoinHandle;
@@ -100,6 +104,7 @@ use edgesync_core::{Kv, KvError, KvErrorKind};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
+pub use backup::BackupError;
 use cache::{Final, ReadCache};
 
 /// Most write operations committed in one transaction. Bounds how long the
@@ -361,6 +366,9 @@ impl SqliteKv {
             queued: AtomicUsize::new(0),
             inline_writes: options.inline_writes && options.synchronous == Synchronous::Normal,
             dirty: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            backup_running: AtomicBool::new(false),
+            backup_interrupt: Mutex::new(None),
         });
         let writer_state = Arc::clone(&state);
         threads.push(spawn(
@@ -412,6 +420,17 @@ impl SqliteKv {
         // Threads drop their inline connections to this store on their
         // next inline read of any store.
         self.state.closed.store(true, Ordering::Release);
+        // A backup would hold its snapshot open through the final
+        // checkpoint; it is only a copy, so it gives way.
+        if let Some(handle) = self
+            .state
+            .backup_interrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            handle.interrupt();
+        }
         // The checkpointer goes first, so that the writer's final checkpoint
         // does not compete with it.
         self.checkpointer
@@ -620,6 +639,12 @@ struct StoreState {
     inline_writes: bool,
     /// Something was committed since the last checkpoint.
     dirty: AtomicBool,
+    /// Transactions committed since the store was opened.
+    commits: AtomicU64,
+    /// A backup is reading a snapshot (see the `backup` module).
+    backup_running: AtomicBool,
+    /// Stops the running backup's copy when the store closes.
+    backup_interrupt: Mutex<Option<rusqlite::InterruptHandle>>,
 }
 
 /// One thread's read-only connection to one store.
@@ -700,7 +725,7 @@ impl SqliteKv {
 /// What a connection is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
-    /// The writer (creates the file) and the checkpointer.
+    /// The writer (creates the file), the checkpointer and backups.
     Write,
     /// Readers: `query_only`, and never creates the file.
     Read,
@@ -790,7 +815,10 @@ fn checkpoint_loop(
             // committed data is safe in the WAL meanwhile.
             let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             let wal_size = std::fs::metadata(wal_path).map_or(0, |m| m.len());
-            if wal_size > WAL_SIZE_LIMIT {
+            // A backup's snapshot is a reader that stays for as long as the
+            // copy takes: restarting the log would hold writers back for
+            // all of it (up to the busy timeout). The log may grow meanwhile.
+            if wal_size > WAL_SIZE_LIMIT && !state.backup_running.load(Ordering::Acquire) {
                 // Waits for the (short) reads still on older snapshots and
                 // holds writers back meanwhile; the next commit then
                 // rewrites the log from its start. Holding the write
@@ -901,6 +929,7 @@ fn commit(
             vec![Err(e)]
         }
     };
+    state.commits.fetch_add(1, Ordering::Release);
     state.dirty.store(true, Ordering::Relaxed);
     results
 }

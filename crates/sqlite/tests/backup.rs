@@ -1,0 +1,124 @@
+//! Online backups: taken while writers run, a backup holds every write
+//! acknowledged before it started and is one consistent moment of the
+//! store; it never replaces a file and never leaves a partial one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use edgesync_core::Kv;
+use edgesync_sqlite::{BackupError, SqliteKv, SqliteOptions};
+
+const WRITERS: u64 = 4;
+
+fn key(writer: u64, n: u64) -> String {
+    format!("w{writer}/{n:06}")
+}
+
+/// How many consecutive keys `w{writer}/0…` the store holds.
+async fn prefix_len(kv: &SqliteKv, writer: u64) -> u64 {
+    let mut n = 0;
+    while kv.get(&key(writer, n)).await.unwrap().is_some() {
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_writes_is_one_consistent_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv =
+        Arc::new(SqliteKv::open(dir.path().join("kv.sqlite3"), SqliteOptions::default()).unwrap());
+    // Each writer writes its keys in order, one after the other's
+    // acknowledgement, and counts the acknowledged ones.
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (kv, acked, stop) = (Arc::clone(&kv), Arc::clone(&acked), Arc::clone(&stop));
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            // Bounded, so that a failing test cannot fill the disk.
+            while !stop.load(Ordering::Relaxed) && n < 100_000 {
+                kv.set(&key(w, n), &[7u8; 512]).await.unwrap();
+                n += 1;
+                acked[w as usize].store(n, Ordering::Release);
+            }
+        }));
+    }
+    while acked.iter().any(|a| a.load(Ordering::Acquire) < 200) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let before: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Acquire)).collect();
+    let dest = dir.path().join("backup.sqlite3");
+    let size = {
+        let (kv, dest) = (Arc::clone(&kv), dest.clone());
+        tokio::task::spawn_blocking(move || kv.backup_to(&dest))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let after: Vec<u64> = acked.iter().map(|a| a.load(Ordering::Acquire)).collect();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    kv.close().await;
+
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), size);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("backup"))
+        .collect();
+    assert_eq!(
+        names,
+        ["backup.sqlite3"],
+        "no WAL, no partial file beside it"
+    );
+
+    let copy = SqliteKv::open(&dest, SqliteOptions::default()).unwrap();
+    for w in 0..WRITERS {
+        // Every acknowledged write before the backup is in it; what it
+        // holds of the writes racing it is a prefix (no write without the
+        // ones acknowledged before it): one moment of the store.
+        let held = prefix_len(&copy, w).await;
+        assert!(
+            (before[w as usize]..=after[w as usize] + 1).contains(&held),
+            "writer {w}: {held} keys, acknowledged {} before and {} after the backup",
+            before[w as usize],
+            after[w as usize]
+        );
+        assert!(
+            copy.get(&key(w, held + 1)).await.unwrap().is_none(),
+            "a gap"
+        );
+    }
+    copy.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_never_replaces_a_file_and_needs_an_open_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = SqliteKv::open(dir.path().join("kv.sqlite3"), SqliteOptions::default()).unwrap();
+    let count = kv.commit_count();
+    kv.set("a", b"1").await.unwrap();
+    assert!(kv.commit_count() > count, "a write is a commit");
+    let count = kv.commit_count();
+    kv.get("a").await.unwrap();
+    assert_eq!(kv.commit_count(), count, "a read is not");
+
+    let dest = dir.path().join("taken.sqlite3");
+    std::fs::write(&dest, b"precious").unwrap();
+    let err = tokio::task::block_in_place(|| kv.backup_to(&dest)).unwrap_err();
+    assert!(matches!(err, BackupError::Exists(_)), "{err}");
+    assert_eq!(std::fs::read(&dest).unwrap(), b"precious");
+
+    kv.close().await;
+    let dest = dir.path().join("after-close.sqlite3");
+    let err = tokio::task::block_in_place(|| kv.backup_to(&dest)).unwrap_err();
+    assert!(matches!(err, BackupError::Closed), "{err}");
+    assert!(!dest.exists());
+    let mut partial = dest.into_os_string();
+    partial.push(".partial");
+    assert!(!std::path::Path::new(&partial).exists());
+}
