@@ -73,6 +73,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     options.data_dir = args.data_dir;
     options.store = args.store;
     options.sqlite = sqlite;
+    options.backup = settings::backup_options(settings::process_env)?;
     let server = tokio::select! {
         bound = Server::bind(options) => bound.context("server failed")?,
         () = signals.next() => {

@@ -29,7 +29,10 @@
 //! Shutdown stops accepting, closes idle connections, releases held
 //! long-polls so the core answers them, lets in-flight requests finish (up
 //! to [`ServerOptions::drain_timeout`]) and then closes the store.
+//! With [`ServerOptions::backup`] set, a background task copies the SQLite
+//! store on a schedule while it serves (see [`BackupOptions`]).
 
+mod backup;
 mod host;
 mod http1;
 pub mod hub;
@@ -48,6 +51,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use http1::{Handler, Lifecycle, Shared, Step};
 
+pub use backup::BackupOptions;
 pub use edgesync_sqlite::{SqliteOptions, Synchronous};
 pub use host::NativeHost;
 pub use http1::HttpOptions;
@@ -78,6 +82,8 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// Timeouts and limits of the HTTP layer.
     pub http: HttpOptions,
+    /// Scheduled backups of the SQLite store (`None`: off).
+    pub backup: Option<BackupOptions>,
 }
 
 impl ServerOptions {
@@ -92,6 +98,7 @@ impl ServerOptions {
             sqlite: SqliteOptions::default(),
             drain_timeout: Duration::from_secs(10),
             http: HttpOptions::default(),
+            backup: None,
         }
     }
 }
@@ -113,6 +120,12 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(String),
+    /// Backups are configured for a store that the server cannot back up.
+    #[error(
+        "EDGESYNC_BACKUP_DIR backs up the embedded SQLite store; a Redis/Valkey store is backed \
+         up by Redis itself (RDB snapshots or the append-only file)"
+    )]
+    BackupUnsupported,
 }
 
 type EdgeService = Service<Store, NativeHost>;
@@ -124,6 +137,7 @@ pub struct Server {
     service: Arc<EdgeService>,
     drain_timeout: Duration,
     http: HttpOptions,
+    backup: Option<BackupOptions>,
 }
 
 impl std::fmt::Debug for Server {
@@ -146,10 +160,20 @@ impl Server {
             sqlite,
             drain_timeout,
             http,
+            backup,
         } = options;
         if store == StoreKind::Sqlite {
             settings::ensure_data_dir(&data_dir).map_err(|source| ServerError::Io {
                 context: format!("creating data directory {}", data_dir.display()),
+                source,
+            })?;
+        }
+        if let Some(b) = &backup {
+            if store != StoreKind::Sqlite {
+                return Err(ServerError::BackupUnsupported);
+            }
+            backup::prepare(b).map_err(|source| ServerError::Io {
+                context: format!("preparing backup directory {}", b.dir.display()),
                 source,
             })?;
         }
@@ -193,6 +217,7 @@ impl Server {
             service: Arc::new(Service::new(config, kv, host)),
             drain_timeout,
             http,
+            backup,
         })
     }
 
@@ -208,15 +233,20 @@ impl Server {
 
     /// Serve until `shutdown` resolves, then shut down gracefully: stop
     /// accepting, release held long-polls, let in-flight requests finish
-    /// (at most [`ServerOptions::drain_timeout`]) and close the store.
+    /// (at most [`ServerOptions::drain_timeout`]) and close the store
+    /// (which interrupts a backup in progress: it is only a copy).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let Server {
             listener,
             service,
             drain_timeout,
             http,
+            backup,
             ..
         } = self;
+        let (stop_backups, stopped) = tokio::sync::watch::channel(false);
+        let backups =
+            backup.map(|options| tokio::spawn(backup::run(Arc::clone(&service), options, stopped)));
         let host = service.host().clone();
         serve(
             listener,
@@ -227,7 +257,11 @@ impl Server {
             || host.shutdown(),
         )
         .await;
+        let _ = stop_backups.send(true);
         service.kv().close().await;
+        if let Some(task) = backups {
+            let _ = task.await;
+        }
         service.host().close();
         tracing::info!("edgesync stopped");
         Ok(())

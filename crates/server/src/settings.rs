@@ -21,6 +21,17 @@ pub const SECRET_FILE: &str = "jwt_secret";
 /// Environment variable choosing SQLite's durability (`normal` or `full`).
 pub const SQLITE_SYNCHRONOUS_ENV: &str = "EDGESYNC_SQLITE_SYNCHRONOUS";
 
+/// Directory for scheduled backups of the SQLite store (unset: no backups).
+pub const BACKUP_DIR_ENV: &str = "EDGESYNC_BACKUP_DIR";
+/// Seconds between backups.
+pub const BACKUP_INTERVAL_ENV: &str = "EDGESYNC_BACKUP_INTERVAL_SECONDS";
+/// How many backup files to keep.
+pub const BACKUP_KEEP_ENV: &str = "EDGESYNC_BACKUP_KEEP";
+/// Default seconds between backups: hourly.
+pub const DEFAULT_BACKUP_INTERVAL_SECONDS: u64 = 3600;
+/// Default number of backups kept: a day of hourly ones.
+pub const DEFAULT_BACKUP_KEEP: usize = 24;
+
 /// The environment variable for core setting `name`.
 pub fn env_name(name: &str) -> String {
     format!("EDGESYNC_{}", name.to_ascii_uppercase())
@@ -145,6 +156,32 @@ pub fn sqlite_synchronous(
     }
 }
 
+/// Scheduled backups from `EDGESYNC_BACKUP_DIR` (off when unset or
+/// empty), `EDGESYNC_BACKUP_INTERVAL_SECONDS` and `EDGESYNC_BACKUP_KEEP`.
+pub fn backup_options(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<crate::BackupOptions>, SettingsError> {
+    let set = |var: &str| env(var).filter(|v| !v.trim().is_empty());
+    let positive = |var: &'static str, default: u64| match set(var) {
+        None => Ok(default),
+        Some(value) => match value.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(SettingsError::Invalid {
+                var,
+                value,
+                reason: "expected a whole number, at least 1",
+            }),
+        },
+    };
+    let interval = positive(BACKUP_INTERVAL_ENV, DEFAULT_BACKUP_INTERVAL_SECONDS)?;
+    let keep = positive(BACKUP_KEEP_ENV, DEFAULT_BACKUP_KEEP as u64)?;
+    Ok(set(BACKUP_DIR_ENV).map(|dir| crate::BackupOptions {
+        dir: PathBuf::from(dir),
+        interval: std::time::Duration::from_secs(interval),
+        keep: usize::try_from(keep).unwrap_or(usize::MAX),
+    }))
+}
+
 /// Create `dir` (and parents) if needed; a directory created here is
 /// private to the user (mode 0700), since it holds the secret and the data.
 pub fn ensure_data_dir(dir: &Path) -> std::io::Result<()> {
@@ -232,6 +269,35 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn backup_settings() {
+        assert_eq!(backup_options(env(&[])).unwrap(), None);
+        assert_eq!(
+            backup_options(env(&[(BACKUP_DIR_ENV, "/b")])).unwrap(),
+            Some(crate::BackupOptions {
+                dir: "/b".into(),
+                interval: std::time::Duration::from_secs(3600),
+                keep: 24,
+            })
+        );
+        let custom = backup_options(env(&[
+            (BACKUP_DIR_ENV, "/b"),
+            (BACKUP_INTERVAL_ENV, "60"),
+            (BACKUP_KEEP_ENV, "3"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!((custom.interval.as_secs(), custom.keep), (60, 3));
+        for (var, bad) in [
+            (BACKUP_INTERVAL_ENV, "0"),
+            (BACKUP_KEEP_ENV, "-1"),
+            (BACKUP_KEEP_ENV, "many"),
+        ] {
+            let err = backup_options(env(&[(BACKUP_DIR_ENV, "/b"), (var, bad)])).unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
     }
 
     #[test]

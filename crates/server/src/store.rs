@@ -111,6 +111,14 @@ impl Store {
         }
     }
 
+    /// The embedded store, if that is what this is.
+    pub fn sqlite(&self) -> Option<&SqliteKv> {
+        match self {
+            Self::Sqlite(kv) => Some(kv),
+            Self::Redis(_) => None,
+        }
+    }
+
     /// Finish queued writes and release the store.
     pub async fn close(&self) {
         match self {

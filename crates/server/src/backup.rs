@@ -1,0 +1,237 @@
+//! Scheduled online backups of the embedded store.
+//!
+//! The SQLite file is the server process's own while it runs, so it cannot
+//! be copied from outside; with a backup directory configured the server
+//! copies it itself ([`edgesync_sqlite::SqliteKv::backup_to`]) every
+//! interval, into `edgesync-<UTC time>.sqlite3` files, and keeps the newest
+//! few. The schedule survives restarts: the next backup is due one interval
+//! after the newest file in the directory. An interval in which nothing
+//! was committed writes nothing, so the files kept are distinct moments.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::EdgeService;
+
+/// Backup file names: `edgesync-2026-12-07T07-30-00.123Z.sqlite3`, which
+/// sort by time.
+const PREFIX: &str = "edgesync-";
+const SUFFIX: &str = ".sqlite3";
+
+/// How soon a failed backup is tried again (at most; never later than the
+/// next scheduled one).
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Where and how often to back up (`EDGESYNC_BACKUP_DIR`,
+/// `EDGESYNC_BACKUP_INTERVAL_SECONDS`, `EDGESYNC_BACKUP_KEEP`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupOptions {
+    /// Directory of the backup files (created, private, if missing).
+    pub dir: PathBuf,
+    /// Time between backups.
+    pub interval: Duration,
+    /// How many backup files to keep (the newest); at least 1.
+    pub keep: usize,
+}
+
+/// The file name of a backup taken at `now`.
+fn file_name(now: SystemTime) -> String {
+    let millis = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    // Colons are not allowed in file names everywhere.
+    let stamp = edgesync_core::rfc3339_millis(millis).replace(':', "-");
+    format!("{PREFIX}{stamp}{SUFFIX}")
+}
+
+fn is_backup_name(name: &str) -> bool {
+    name.len() == file_name(UNIX_EPOCH).len() && name.starts_with(PREFIX) && name.ends_with(SUFFIX)
+}
+
+/// The backup files in `dir`, oldest first.
+fn backups(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(is_backup_name))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Delete all but the newest `keep` backup files; returns how many went.
+fn prune(dir: &Path, keep: usize) -> std::io::Result<usize> {
+    let found = backups(dir)?;
+    let excess = found.len().saturating_sub(keep.max(1));
+    for old in &found[..excess] {
+        std::fs::remove_file(old)?;
+    }
+    Ok(excess)
+}
+
+/// When the first backup is due: one interval after the newest one there
+/// is, or now.
+fn first_due(dir: &Path, interval: Duration) -> Instant {
+    let now = Instant::now();
+    let newest_age = backups(dir)
+        .ok()
+        .and_then(|found| found.last().cloned())
+        .and_then(|newest| std::fs::metadata(newest).ok()?.modified().ok())
+        .and_then(|modified| SystemTime::now().duration_since(modified).ok());
+    match newest_age {
+        Some(age) => now + interval.saturating_sub(age),
+        None => now,
+    }
+}
+
+/// Create the backup directory and check that it can be written, so that
+/// a wrong setting stops the start rather than the first backup.
+pub(crate) fn prepare(options: &BackupOptions) -> std::io::Result<()> {
+    crate::settings::ensure_data_dir(&options.dir)?;
+    let probe = options
+        .dir
+        .join(format!(".edgesync-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)?;
+    // Partial copies left by a crash are garbage.
+    for entry in std::fs::read_dir(&options.dir)?.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = name.strip_suffix(".partial") {
+            if is_backup_name(base) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Back up on schedule until `stop` turns true. A backup in progress is
+/// interrupted by closing the store, not by `stop`.
+pub(crate) async fn run(
+    service: Arc<EdgeService>,
+    options: BackupOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    tracing::info!(
+        dir = %options.dir.display(),
+        interval_secs = options.interval.as_secs(),
+        keep = options.keep,
+        "backups of the store are on"
+    );
+    let mut due = first_due(&options.dir, options.interval);
+    // Commit count at the last backup this process took.
+    let mut backed_up_at: Option<u64> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(due.into()) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let Some(kv) = service.kv().sqlite() else {
+            return;
+        };
+        let commits = kv.commit_count();
+        if backed_up_at == Some(commits) {
+            due += options.interval;
+            continue;
+        }
+        let dest = options.dir.join(file_name(SystemTime::now()));
+        let started = Instant::now();
+        let task = {
+            let (service, dest) = (Arc::clone(&service), dest.clone());
+            tokio::task::spawn_blocking(move || match service.kv().sqlite() {
+                Some(kv) => kv.backup_to(&dest),
+                None => Err(edgesync_sqlite::BackupError::Closed),
+            })
+        };
+        match task.await {
+            Ok(Ok(bytes)) => {
+                backed_up_at = Some(commits);
+                due = Instant::now() + options.interval;
+                let pruned = prune(&options.dir, options.keep).unwrap_or_else(|e| {
+                    tracing::warn!(dir = %options.dir.display(), error = %e, "cannot remove old backups");
+                    0
+                });
+                tracing::info!(
+                    path = %dest.display(),
+                    bytes,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    pruned,
+                    "backup written"
+                );
+            }
+            Ok(Err(edgesync_sqlite::BackupError::Closed)) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "backup failed; trying again");
+                due = Instant::now() + options.interval.min(RETRY_AFTER);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "backup task failed; trying again");
+                due = Instant::now() + options.interval.min(RETRY_AFTER);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_by_time_and_are_recognised() {
+        let a = file_name(UNIX_EPOCH + Duration::from_millis(1_765_092_600_123));
+        let b = file_name(UNIX_EPOCH + Duration::from_millis(1_765_092_601_000));
+        assert_eq!(a, "edgesync-2025-12-07T07-30-00.123Z.sqlite3");
+        assert!(a < b);
+        assert!(is_backup_name(&a));
+        for other in [
+            "edgesync.sqlite3",
+            "edgesync-notes.sqlite3",
+            "jwt_secret",
+            &format!("{a}.partial"),
+        ] {
+            assert!(!is_backup_name(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_touches_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..5)
+            .map(|i| file_name(UNIX_EPOCH + Duration::from_secs(1_765_000_000 + i)))
+            .collect();
+        for n in &names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        assert_eq!(prune(dir.path(), 2).unwrap(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [names[3].clone(), names[4].clone(), "notes.txt".into()]
+        );
+    }
+
+    #[test]
+    fn the_schedule_continues_from_the_newest_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        assert!(
+            first_due(dir.path(), hour) <= Instant::now(),
+            "none yet: now"
+        );
+        std::fs::write(dir.path().join(file_name(SystemTime::now())), b"x").unwrap();
+        let due = first_due(dir.path(), hour);
+        assert!(
+            due > Instant::now() + hour - Duration::from_secs(60),
+            "fresh one: an hour on"
+        );
+    }
+}
