@@ -63,6 +63,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
              directory.",
         ),
     };
+    raise_open_files_limit();
     let config = load_config(&args.data_dir, missing)?;
     let sqlite = SqliteOptions {
         synchronous: settings::sqlite_synchronous(settings::process_env)?,
@@ -98,6 +99,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await
         .context("server failed")
+}
+
+/// Below this many open files, say that the server will refuse clients
+/// long before it runs short of memory.
+const FEW_OPEN_FILES: u64 = 4096;
+
+/// Every client is an open file: allow as many as the system lets us.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    match edgesync_server::raise_open_files_limit() {
+        Ok((soft, _)) if soft < FEW_OPEN_FILES => tracing::warn!(
+            open_files = soft,
+            "the open-file limit caps the server at fewer than {soft} connections, held \
+             long-polls included; raise the hard limit (`ulimit -Hn`, systemd LimitNOFILE=)"
+        ),
+        Ok((soft, _)) => tracing::debug!(open_files = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, as often as they come.

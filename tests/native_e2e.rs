@@ -58,17 +58,26 @@ fn unregister(pid: u32) {
 /// `<dir>/data` as its data directory (the log goes to `<dir>/server-<port>.log`),
 /// and wait until `/v1/health` answers.
 fn start(settings: &TargetSettings, data_dir: &Path) -> Server {
-    start_with(settings, data_dir, Some(common::SECRET), &[])
+    start_with(settings, data_dir, Some(common::SECRET), Extra::default())
+}
+
+/// What some tests give the server process besides its settings.
+#[derive(Default)]
+struct Extra<'a> {
+    /// Native-only environment variables.
+    env: &'a [(&'a str, &'a Path)],
+    /// The (soft, hard) open-file limit it starts with.
+    open_files: Option<(u64, u64)>,
 }
 
 /// [`start`], with `EDGESYNC_JWT_SECRET` set to `secret`, or unset so that
 /// the server generates one in its data directory as on a first run, and
-/// with the native-only variables `env`.
+/// with `extra`.
 fn start_with(
     settings: &TargetSettings,
     data_dir: &Path,
     secret: Option<&str>,
-    env: &[(&str, &Path)],
+    extra: Extra<'_>,
 ) -> Server {
     let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -85,18 +94,29 @@ fn start_with(
         .env_remove("EDGESYNC_JWT_SECRET")
         .envs(secret.map(|secret| ("EDGESYNC_JWT_SECRET", secret)))
         .envs(settings.env())
-        .envs(env.iter().copied())
+        .envs(extra.env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file);
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe. The server dies with the test
-        // process even if that one is killed (atexit does not run then).
+        let open_files = extra.open_files;
+        // SAFETY: prctl and setrlimit are async-signal-safe. The server dies
+        // with the test process even if that one is killed (atexit does not
+        // run then).
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some((soft, hard)) = open_files {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -554,7 +574,7 @@ async fn an_abandoned_long_poll_is_logged_with_its_route_and_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_run_generates_a_secret_and_logs_each_request_without_the_token() {
     let dir = data_dir("quickstart");
-    let server = start_with(&common::standard(), &dir, None, &[]);
+    let server = start_with(&common::standard(), &dir, None, Extra::default());
     let data = dir.join("data");
     let out = Command::new(env!("CARGO_BIN_EXE_edgesync"))
         .args(["token", "--sub", "quickstart-alice", "--data-dir"])
@@ -652,6 +672,70 @@ async fn first_run_generates_a_secret_and_logs_each_request_without_the_token() 
     server.kill_9();
 }
 
+/// Every held long-poll is an open file. Started with the usual soft limit
+/// of open files far below the hard one, the server raises it, so it holds
+/// more long-polls than the soft limit would allow and wakes them all; a
+/// hard limit too low to serve many clients is logged.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_for_many_held_long_polls() {
+    const HELD: usize = 300;
+    let dir = data_dir("open-files");
+    let server = start_with(
+        &common::standard(),
+        &dir,
+        Some(common::SECRET),
+        Extra {
+            open_files: Some((128, 2048)),
+            ..Extra::default()
+        },
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["2048", "2048"],
+        "{open_files}"
+    );
+    let api = server.target.api();
+    let user = server.target.new_user();
+    let held = (0..HELD).map(|_| async {
+        api.get("/v1/changes?since=0&wait=25")
+            .auth(&user)
+            .send()
+            .await
+            .unwrap()
+            .expect(200)
+            .json()["changes"]
+            .as_array()
+            .map_or(0, Vec::len)
+    });
+    let wake = async {
+        // Held once every request reached the server; then one write.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        edgesync_e2e::cases::put_ok(&api, &user, "fd", "a", &json!(1))
+            .await
+            .unwrap();
+    };
+    // Connections the server cannot accept wait in the backlog unanswered.
+    let (answers, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(edgesync_e2e::cases::join_all(held), wake)
+    })
+    .await
+    .expect("held long-polls left unanswered: connections not accepted?");
+    assert_eq!(
+        answers,
+        vec![1; HELD],
+        "every held long-poll gets the change"
+    );
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("open-file limit caps the server"), "{log}");
+    server.kill_9();
+}
+
 /// The backup files in `dir`, oldest first.
 fn backup_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -679,11 +763,14 @@ async fn scheduled_backups_restore_into_a_working_server() {
         &settings,
         &dir,
         Some(common::SECRET),
-        &[
-            ("EDGESYNC_BACKUP_DIR", &backups),
-            ("EDGESYNC_BACKUP_INTERVAL_SECONDS", Path::new("1")),
-            ("EDGESYNC_BACKUP_KEEP", Path::new("2")),
-        ],
+        Extra {
+            env: &[
+                ("EDGESYNC_BACKUP_DIR", &backups),
+                ("EDGESYNC_BACKUP_INTERVAL_SECONDS", Path::new("1")),
+                ("EDGESYNC_BACKUP_KEEP", Path::new("2")),
+            ],
+            ..Extra::default()
+        },
     );
     let api = server.target.api();
     let user = server.target.new_user();

@@ -186,7 +186,8 @@ struct Servers {
 async fn all(args: AllArgs) -> Result<()> {
     let started = Instant::now();
     let plan = Plan::new(args.quick);
-    let (soft, hard) = procs::raise_nofile();
+    // For the tool's own client connections and, inherited, the servers'.
+    let (soft, hard) = edgesync_server::raise_open_files_limit()?;
     let workspace = args
         .workspace
         .canonicalize()

@@ -88,23 +88,6 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Raise this process's open-file limit to its hard limit (children
-/// inherit it). Returns (soft, hard) after the change.
-pub fn raise_nofile() -> (u64, u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    (lim.rlim_cur, lim.rlim_max)
-}
-
 /// A port nobody listens on right now (the tiny race with other programs
 /// is acceptable on a benchmark machine).
 pub fn free_port() -> Result<u16> {

@@ -359,6 +359,41 @@ async fn serve<H: Handler>(
     }
 }
 
+/// Raise this process's soft limit of open files to its hard limit, as Go's
+/// runtime and many servers do. Every connection is a file, a held
+/// long-poll included, and the usual soft limit (1,024) would cap the server
+/// at about a thousand waiting clients while the hard limit (often 524,288
+/// under systemd, 1,048,576 in containers) allows far more. Returns the
+/// (soft, hard) limits now in force. Process-wide: for the `edgesync`
+/// binary (and the benchmark tool) to call, not for [`Server`] to do behind
+/// an embedder's back.
+#[cfg(unix)]
+pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            // Refused (macOS caps the soft limit below an infinite hard
+            // one): keep the limit there is.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
+    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
 /// Bind `listen` with a backlog deep enough for bursts of thousands of
 /// connecting long-polls.
 async fn bind_listener(listen: &str) -> std::io::Result<TcpListener> {
