@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use crate::{open_conn, Access, SqliteKv};
+use crate::{create_private, open_conn, Access, SqliteKv};
 
 /// A backup could not be written. Nothing is left at the destination.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +98,8 @@ impl SqliteKv {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
+        // VACUUM INTO fills an empty file it is given.
+        create_private(partial).map_err(io)?;
         // A connection of the store's own kind: it shares the process's
         // exclusive lock instead of being refused by it. Not a reader:
         // `query_only` refuses VACUUM INTO, though it writes only the copy.

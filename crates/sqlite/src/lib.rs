@@ -211,6 +211,15 @@ pub enum OpenError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The file could not be created.
+    #[error("cannot create SQLite store {path}: {source}")]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// Another store (in this process or another) has the file open.
     #[error("SQLite store {path} is in use by another store (lock file {lock})")]
     InUse {
@@ -308,6 +317,10 @@ impl SqliteKv {
             source,
         };
         let lock = lock_store(&path)?;
+        create_private(&path).map_err(|source| OpenError::Create {
+            path: path.clone(),
+            source,
+        })?;
         let write_conn = open_conn(&path, Access::Write).map_err(err)?;
         write_conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         // journal_mode answers with the mode in force; anything but "wal"
@@ -992,6 +1005,22 @@ fn final_values<'a>(
 
 /// Take `<path>.lock`, so that no other store (in this process or another)
 /// writes the same file behind this one's cache.
+/// Create `path` as an empty file only its owner can read, unless it
+/// exists. A store (and a backup) holds every user's data: private from its
+/// first byte whatever the directory's or the umask's permissions, and its
+/// WAL takes the same mode. (SQLite would create it readable by all.)
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn lock_store(path: &Path) -> Result<File, OpenError> {
     let mut lock = path.as_os_str().to_owned();
     lock.push(".lock");

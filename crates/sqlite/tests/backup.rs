@@ -65,6 +65,12 @@ async fn a_backup_taken_under_writes_is_one_consistent_moment() {
     kv.close().await;
 
     assert_eq!(std::fs::metadata(&dest).unwrap().len(), size);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a backup is readable by its owner only");
+    }
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

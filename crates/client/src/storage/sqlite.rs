@@ -74,12 +74,25 @@ fn parse_json(text: &str) -> Result<serde_json::Value, StorageError> {
 
 impl SqliteStorage {
     /// Open (creating if needed) the replica at `path`. Parent directories
-    /// are created.
+    /// are created. What this creates is private to its owner (directories
+    /// 0700, the file 0600, and so its WAL): a replica holds the user's
+    /// documents and queued writes, whatever the umask says.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
+            let mut dirs = std::fs::DirBuilder::new();
+            dirs.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut dirs, 0o700);
+            dirs.create(parent)?;
         }
+        // SQLite would create the file readable by all: create it empty
+        // first (SQLite takes an empty file as a new database).
+        let mut file = std::fs::OpenOptions::new();
+        file.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+        file.open(path)?;
         let conn = Connection::open(path)?;
         Self::init(conn)
     }
@@ -492,5 +505,22 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(journal, "wal");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_replica_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("replica.db");
+        let s = SqliteStorage::open(&path).unwrap();
+        super::super::conformance::run(&s);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(
+            mode(&dir.path().join("state").join("replica.db-wal")),
+            0o600
+        );
     }
 }
