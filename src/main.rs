@@ -1,10 +1,12 @@
-//! `edgesync`: the native server (`serve`), token minting (`token`) and the
+//! `edgesync`: the native server (`serve`), token minting (`token`),
+//! restoring a backup (`restore`) and the
 //! client commands (`watch`, `get`, `put`, `patch`, `delete`, `pending`,
 //! `resolve`).
 //!
 //! Exit codes: 0 success, 1 runtime error, 2 usage error.
 
 mod client_cmd;
+mod restore;
 mod serve;
 mod token;
 
@@ -25,6 +27,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print a bearer token for a user, signed with the server's secret.
     Token(token::TokenArgs),
+    /// Put a backup in place as the SQLite store of a stopped server.
+    Restore(restore::RestoreArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
 }
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::Restore(args) => restore::run(args),
             Command::Client(cmd) => client_cmd::run(cmd).await,
         }
     });
@@ -113,6 +118,7 @@ mod tests {
             &["edgesync", "token"],
             &["edgesync", "token", "--sub", "a", "--ttl", "soon"],
             &["edgesync", "serve", "--store", "postgres://x"],
+            &["edgesync", "restore"],
         ] {
             let err = Cli::try_parse_from(argv).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");

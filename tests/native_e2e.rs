@@ -751,11 +751,11 @@ fn backup_files(dir: &Path) -> Vec<String> {
 }
 
 /// With `EDGESYNC_BACKUP_DIR` the server copies its store while it serves,
-/// keeps the newest `EDGESYNC_BACKUP_KEEP` copies, writes none while
-/// nothing changes, and the newest copy, put in an empty data directory,
-/// is a working store with every write made before it.
+/// keeps the newest `EDGESYNC_BACKUP_KEEP` copies and writes none while
+/// nothing changes; `edgesync restore` (refused while the server runs)
+/// puts the newest back: every write made before it, none made after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scheduled_backups_restore_into_a_working_server() {
+async fn scheduled_backups_and_restore() {
     let dir = data_dir("backup");
     let backups = dir.join("backups");
     let settings = common::standard();
@@ -809,18 +809,51 @@ async fn scheduled_backups_restore_into_a_working_server() {
 
     sigterm(server.child.id());
     server.expect_clean_exit().await;
-    let restored = data_dir("backup-restored");
-    let _ = std::fs::remove_dir_all(&restored);
-    std::fs::create_dir_all(restored.join("data")).unwrap();
-    std::fs::copy(
-        backups.join(settled.last().unwrap()),
-        restored.join("data").join(edgesync_server::SQLITE_FILE),
-    )
-    .unwrap();
-    let server = start(&settings, &restored);
+
+    // Later, without backups: a write no backup has, and `edgesync restore`
+    // refused while the server runs.
+    let newest = backups.join(settled.last().unwrap());
+    let restore = || {
+        Command::new(env!("CARGO_BIN_EXE_edgesync"))
+            .arg("restore")
+            .arg(&newest)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .output()
+            .unwrap()
+    };
+    let mut server = start(&settings, &dir);
     let api = server.target.api();
-    assert_kept_after_restart(&api, &user, "bk", &acked, "a backup").await;
+    edgesync_e2e::cases::put_ok(&api, &user, "bk", "late", &json!("lost"))
+        .await
+        .unwrap();
+    let out = restore();
+    assert!(!out.status.success(), "restored under a running server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stop the server first"), "{stderr}");
+    sigterm(server.child.id());
+    server.expect_clean_exit().await;
+
+    let out = restore();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("kept as"), "{stderr}");
+    let server = start(&settings, &dir);
+    let api = server.target.api();
+    assert_kept_after_restart(&api, &user, "bk", &acked, "a restore").await;
+    api.get("/v1/docs/bk/late")
+        .auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .expect(404);
     server.kill_9();
+    let kept: Vec<_> = std::fs::read_dir(dir.join("data"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".replaced-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the replaced store is kept");
 
     // Backups are for the embedded store only: refused at start-up on Redis.
     let serve = Command::new(env!("CARGO_BIN_EXE_edgesync"))

@@ -1,4 +1,5 @@
-//! Online backups: a consistent copy of the store, taken while it serves.
+//! Online backups (a consistent copy of the store, taken while it serves)
+//! and restoring one.
 //!
 //! The store's file is the process's own while it is open (see the crate
 //! docs), so no other process can copy it consistently; the copy has to be
@@ -11,7 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use crate::{create_private, open_conn, Access, SqliteKv};
+use crate::{create_private, lock_store, open_conn, Access, OpenError, SqliteKv, SCHEMA_TABLE};
 
 /// A backup could not be written. Nothing is left at the destination.
 #[derive(Debug, thiserror::Error)]
@@ -166,5 +167,154 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// Size of the restored store in bytes.
+    pub bytes: u64,
+    /// Where the store that was replaced went (with its WAL, so it is
+    /// still a whole database), if there was one.
+    pub replaced: Option<PathBuf>,
+}
+
+/// A backup could not be restored. The store at the destination is as it
+/// was.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The file is not a backup of an edgesync store.
+    #[error("{path} is not an edgesync backup: {why}")]
+    NotABackup {
+        /// The file given as the backup.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The destination is in use by a store (a running server) or cannot
+    /// be locked.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// Copying or moving files failed.
+    #[error("cannot restore to {path}: {source}")]
+    Io {
+        /// The store's path.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Make the backup at `backup` the store at `path`, while no store has
+/// `path` open (a running server is refused by the lock it holds). The
+/// backup is copied, checked (a whole SQLite database holding edgesync's
+/// table) and only then put in place; the store it replaces is kept as
+/// `<path>.replaced-<unix ms>` (its WAL folded in first), never deleted.
+/// `backup` itself is only read.
+pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
+    let io = |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let _lock = lock_store(path)?;
+    let sibling = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let partial = sibling(".restore.partial");
+    let _ = std::fs::remove_file(&partial);
+    let copied = (|| {
+        create_private(&partial)?;
+        let mut from = File::open(backup)?;
+        let mut to = std::fs::OpenOptions::new().write(true).open(&partial)?;
+        let bytes = std::io::copy(&mut from, &mut to)?;
+        to.sync_all()?;
+        Ok(bytes)
+    })();
+    let bytes = match copied {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(io(e));
+        }
+    };
+    if let Err(why) = check_backup(&partial) {
+        for leftover in ["", "-wal", "-shm"] {
+            let mut p = partial.as_os_str().to_owned();
+            p.push(leftover);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+        return Err(RestoreError::NotABackup {
+            path: backup.to_path_buf(),
+            why,
+        });
+    }
+    let replaced = if path.exists() {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let aside = sibling(&format!(".replaced-{millis}"));
+        // Fold the old store's WAL into its file, so that the file alone is
+        // the whole old store and no WAL stays beside the new one (SQLite
+        // would apply it to the wrong database). A store too broken to
+        // open keeps its WAL beside its new name instead.
+        let wal = sibling("-wal");
+        let _ = checkpoint(path);
+        if wal.exists() {
+            let mut aside_wal = aside.as_os_str().to_owned();
+            aside_wal.push("-wal");
+            std::fs::rename(&wal, PathBuf::from(aside_wal)).map_err(io)?;
+        }
+        // A second name first, then the new store replaces the old in one
+        // rename: a crash leaves one whole store at `path`, old or new.
+        std::fs::hard_link(path, &aside).map_err(io)?;
+        Some(aside)
+    } else {
+        None
+    };
+    // A shared-memory index left by another tool describes the old WAL.
+    let _ = std::fs::remove_file(sibling("-shm"));
+    std::fs::rename(&partial, path).map_err(io)?;
+    sync_parent(path).map_err(io)?;
+    Ok(Restored { bytes, replaced })
+}
+
+/// Copy `path`'s WAL into the database file and remove it (SQLite deletes
+/// the WAL when the last connection closes after a complete checkpoint).
+fn checkpoint(path: &Path) -> rusqlite::Result<()> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    conn.close().map_err(|(_, e)| e)
+}
+
+/// A copy of a backup is a whole SQLite database with edgesync's table.
+fn check_backup(copy: &Path) -> Result<(), String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        copy,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| e.to_string())?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    if check != "ok" {
+        return Err(format!("SQLite's quick_check says {check:?}"));
+    }
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [SCHEMA_TABLE],
+            |row| row.get(0),
+        )
+        .map_err(|e| e.to_string())?;
+    if tables != 1 {
+        return Err(format!("it has no `{SCHEMA_TABLE}` table"));
+    }
     Ok(())
 }

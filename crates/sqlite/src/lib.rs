@@ -62,6 +62,7 @@
 //! * **Online backups.** [`SqliteKv::backup_to`] writes a consistent copy
 //!   (`VACUUM INTO` on a snapshot) while the store serves: the only way to
 //!   copy the file without stopping the process that holds it.
+//!   [`restore`] puts one back while no store has the file open.
 //! * **Nothing waits on the async runtime**: writes and pooled reads are
 //!   awaited through a oneshot answer; inline reads never wait for a lock
 //!   (they are handed to the pool when one is held).
@@ -104,7 +105,7 @@ use edgesync_core::{Kv, KvError, KvErrorKind};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
-pub use backup::BackupError;
+pub use backup::{restore, BackupError, RestoreError, Restored};
 use cache::{Final, ReadCache};
 
 /// Most write operations committed in one transaction. Bounds how long the
@@ -293,6 +294,9 @@ impl std::fmt::Debug for SqliteKv {
             .finish()
     }
 }
+
+/// The one table of a store.
+const SCHEMA_TABLE: &str = "kv";
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS kv (
     k TEXT PRIMARY KEY NOT NULL,

@@ -128,3 +128,119 @@ async fn a_backup_never_replaces_a_file_and_needs_an_open_store() {
     partial.push(".partial");
     assert!(!std::path::Path::new(&partial).exists());
 }
+
+/// A store left by a crash: `key` committed only in its WAL.
+fn crash_with_wal_only_write(path: &std::path::Path, key: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .unwrap();
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    conn.execute("INSERT INTO kv (k, v) VALUES (?1, x'31')", [key])
+        .unwrap();
+    drop(conn);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    assert!(
+        std::path::Path::new(&wal).exists(),
+        "the write is in the WAL"
+    );
+}
+
+/// Restoring puts the backup's moment in place — not the writes made since,
+/// not a WAL the old store left behind — and keeps the old store, whole,
+/// under another name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_replaces_the_store_and_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.sqlite3");
+    let backup = dir.path().join("backup.sqlite3");
+    let kv = SqliteKv::open(&path, SqliteOptions::default()).unwrap();
+    kv.set("before", b"1").await.unwrap();
+    tokio::task::block_in_place(|| kv.backup_to(&backup)).unwrap();
+    kv.set("after", b"2").await.unwrap();
+
+    // Not while the store is open.
+    let err = edgesync_sqlite::restore(&backup, &path).unwrap_err();
+    assert!(
+        matches!(err, edgesync_sqlite::RestoreError::Store(_)),
+        "{err}"
+    );
+    kv.close().await;
+    drop(kv);
+    crash_with_wal_only_write(&path, "crashed");
+
+    let restored = edgesync_sqlite::restore(&backup, &path).unwrap();
+    assert_eq!(restored.bytes, std::fs::metadata(&path).unwrap().len());
+    let old = restored.replaced.expect("the old store is kept");
+    let kv = SqliteKv::open(&path, SqliteOptions::default()).unwrap();
+    assert!(kv.get("before").await.unwrap().is_some());
+    assert_eq!(kv.get("after").await.unwrap(), None);
+    assert_eq!(
+        kv.get("crashed").await.unwrap(),
+        None,
+        "the old WAL was applied"
+    );
+    kv.close().await;
+    let kv = SqliteKv::open(&old, SqliteOptions::default()).unwrap();
+    for key in ["before", "after", "crashed"] {
+        assert!(
+            kv.get(key).await.unwrap().is_some(),
+            "{key} lost from the old store"
+        );
+    }
+    kv.close().await;
+    assert!(backup.exists(), "the backup itself is only read");
+}
+
+/// Anything but an edgesync backup is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_what_is_not_a_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.sqlite3");
+    let kv = SqliteKv::open(&path, SqliteOptions::default()).unwrap();
+    kv.set("mine", b"1").await.unwrap();
+    kv.close().await;
+    drop(kv);
+
+    let garbage = dir.path().join("notes.txt");
+    std::fs::write(
+        &garbage,
+        "not a database, but long enough to look at".repeat(50),
+    )
+    .unwrap();
+    let other = dir.path().join("other.sqlite3");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    for not_a_backup in [&garbage, &other] {
+        let err = edgesync_sqlite::restore(not_a_backup, &path).unwrap_err();
+        assert!(
+            matches!(err, edgesync_sqlite::RestoreError::NotABackup { .. }),
+            "{err}"
+        );
+    }
+    let err = edgesync_sqlite::restore(&dir.path().join("missing"), &path).unwrap_err();
+    assert!(
+        matches!(err, edgesync_sqlite::RestoreError::Io { .. }),
+        "{err}"
+    );
+
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("kv."))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["kv.sqlite3", "kv.sqlite3.lock"],
+        "nothing left behind"
+    );
+    let kv = SqliteKv::open(&path, SqliteOptions::default()).unwrap();
+    assert!(kv.get("mine").await.unwrap().is_some());
+    kv.close().await;
+}
