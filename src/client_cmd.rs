@@ -1,5 +1,5 @@
-//! Client commands (`watch`, `get`, `put`, `patch`, `delete`, and `pending`
-//! and `resolve` for the offline queue), built on
+//! Client commands (`watch`, `get`, `list`, `put`, `patch`, `delete`, and
+//! `pending` and `resolve` for the offline queue), built on
 //! `edgesync-client`: they share one local replica and offline queue per
 //! (server, user), so a write made while the server is down is queued
 //! durably and delivered, in order, by the next command that reaches it.
@@ -114,6 +114,22 @@ pub enum ClientCommand {
         #[arg(long, visible_alias = "no-queue")]
         fail_fast: bool,
     },
+    /// Print documents, one JSON object per line, by collection and id.
+    ///
+    /// Brings the local replica up to date first (delivering queued
+    /// mutations too); when the server cannot be reached, prints the local
+    /// copies (with a warning on stderr) unless --fail-fast.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this collection's documents.
+        #[arg(long, value_parser = name)]
+        collection: Option<String>,
+        /// Fail instead of printing the local copies when the server cannot
+        /// be reached.
+        #[arg(long, visible_alias = "no-queue")]
+        fail_fast: bool,
+    },
     /// Create or replace a document; prints the stored document.
     ///
     /// Last writer wins unless --if-version is given. When the server is
@@ -207,6 +223,11 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             id,
             fail_fast,
         } => get(open(&client, Mode::Live)?, &collection, &id, fail_fast).await,
+        ClientCommand::List {
+            client,
+            collection,
+            fail_fast,
+        } => list(open(&client, Mode::Live)?, collection.as_deref(), fail_fast).await,
         ClientCommand::Put {
             client,
             collection,
@@ -561,6 +582,23 @@ async fn get(client: Client, collection: &str, id: &str, fail_fast: bool) -> any
         },
         Err(e) => Err(e.into()),
     }
+}
+
+async fn list(client: Client, collection: Option<&str>, fail_fast: bool) -> anyhow::Result<()> {
+    match client.sync_once().await {
+        Ok(()) => {}
+        Err(e) if e.is_transient() && !fail_fast => {
+            eprintln!("warning: {e}; showing the local copies");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    warn_parked(&client.parked()?, None);
+    let mut out = std::io::stdout().lock();
+    for doc in client.list(collection)? {
+        serde_json::to_writer(&mut out, &doc)?;
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 fn format_change(ev: &ChangeEvent) -> String {

@@ -1,7 +1,7 @@
 //! `edgesync`: the native server (`serve`), token minting (`token`),
 //! restoring a backup (`restore`) and the
-//! client commands (`watch`, `get`, `put`, `patch`, `delete`, `pending`,
-//! `resolve`).
+//! client commands (`watch`, `get`, `list`, `put`, `patch`, `delete`,
+//! `pending`, `resolve`).
 //!
 //! Exit codes: 0 success, 1 runtime error, 2 usage error.
 

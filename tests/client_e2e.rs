@@ -1335,6 +1335,59 @@ async fn cli_put_get_delete_and_offline_queue() {
     );
 }
 
+/// `edgesync list`: every live document, one JSON object per line, by
+/// collection and id (one collection with --collection), read after the
+/// replica caught up; the local copies when the server is down, or an
+/// error with --fail-fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_list_prints_documents_by_collection_and_id() {
+    let dir = TempDir::new("cli-list");
+    let mut server = Server::start(&dir.path().join("data"), &[]);
+    let url = server.url();
+    let state = dir.path().join("state");
+    let run = |args: &[&str]| cli(&url, &state, "hana", args);
+    let listed = |out: std::process::Output| -> Vec<(String, String, Value)> {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| {
+                let d: Value = serde_json::from_str(l).expect("one JSON object per line");
+                (
+                    d["collection"].as_str().unwrap().to_string(),
+                    d["id"].as_str().unwrap().to_string(),
+                    d["value"].clone(),
+                )
+            })
+            .collect()
+    };
+    // Written elsewhere (not through this replica), and one deleted.
+    for (c, id) in [("b", "2"), ("a", "z"), ("b", "1"), ("a", "gone")] {
+        server_put(&server, "hana", c, id, &json!(format!("{c}/{id}")));
+    }
+    let out = run(&["delete", "a", "gone"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let row = |c: &str, id: &str| (c.to_string(), id.to_string(), json!(format!("{c}/{id}")));
+    assert_eq!(
+        listed(run(&["list"])),
+        [row("a", "z"), row("b", "1"), row("b", "2")]
+    );
+    assert_eq!(
+        listed(run(&["list", "--collection", "b"])),
+        [row("b", "1"), row("b", "2")]
+    );
+
+    server.stop();
+    let out = run(&["list", "--collection", "a"]);
+    assert!(
+        text(&out.stderr).contains("local copies"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(listed(out), [row("a", "z")]);
+    let out = run(&["list", "--fail-fast"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
 /// `edgesync pending --json`, one object per line.
 fn pending_json(url: &str, state: &Path, user: &str) -> Vec<Value> {
     let out = cli(url, state, user, &["pending", "--json"]);
