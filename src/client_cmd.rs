@@ -343,9 +343,13 @@ fn print_json(doc: &Document) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `put todos/a1`: what a mutation does, for messages.
+fn what(m: &Mutation) -> String {
+    format!("{} {}/{}", m.op.as_str(), m.collection, m.id)
+}
+
 fn describe_parked(p: &ParkedMutation) -> String {
-    let m = &p.pending.mutation;
-    let what = format!("{} {}/{}", m.op.as_str(), m.collection, m.id);
+    let what = what(&p.pending.mutation);
     match &p.reason {
         ParkReason::Conflict {
             current_version,
@@ -418,8 +422,7 @@ enum Refused {
 /// stdout when delivered; an error when the server refused it; exit 0 with
 /// a note when it stays queued because the server cannot be reached.
 async fn deliver(client: Client, queued: PendingMutation, refused: Refused) -> anyhow::Result<()> {
-    let m = &queued.mutation;
-    let what = format!("{} {}/{}", m.op.as_str(), m.collection, m.id);
+    let what = what(&queued.mutation);
     // A flush that stops at an error still reports what it delivered and
     // parked before: this mutation may be among them.
     let (report, failure) = match client.flush().await {
@@ -491,15 +494,8 @@ fn pending(client: &Client, json: bool) -> anyhow::Result<()> {
         writeln!(out, "#{:<5} parked  {}", p.pending.seq, describe_parked(p))?;
     }
     for q in &queued {
-        let m = &q.mutation;
-        let mut line = format!(
-            "#{:<5} queued  {} {}/{}",
-            q.seq,
-            m.op.as_str(),
-            m.collection,
-            m.id
-        );
-        if let Some(v) = m.if_version {
+        let mut line = format!("#{:<5} queued  {}", q.seq, what(&q.mutation));
+        if let Some(v) = q.mutation.if_version {
             line.push_str(&format!(" if-version {v}"));
         }
         line.push_str(&format!(

@@ -856,23 +856,39 @@ async fn scheduled_backups_and_restore() {
     assert_eq!(kept.len(), 1, "the replaced store is kept");
 
     // Backups are for the embedded store only: refused at start-up on Redis.
-    let serve = Command::new(env!("CARGO_BIN_EXE_edgesync"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "redis://127.0.0.1:1/0",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("EDGESYNC_JWT_SECRET", common::SECRET)
-        .env("EDGESYNC_BACKUP_DIR", &backups)
-        .output()
-        .unwrap();
-    assert!(!serve.status.success());
-    let stderr = String::from_utf8_lossy(&serve.stderr);
+    let stderr = refused_on_redis(
+        &dir,
+        &[
+            ("EDGESYNC_JWT_SECRET", Some(common::SECRET.as_ref())),
+            ("EDGESYNC_BACKUP_DIR", Some(backups.as_os_str())),
+        ],
+    );
     assert!(stderr.contains("backed up by Redis"), "{stderr}");
+}
+
+/// `edgesync serve` on a Redis store (nobody listens there) with `env` set
+/// (`None`: removed) must refuse to start before it reaches the store; its
+/// stderr.
+fn refused_on_redis(data_dir: &Path, env: &[(&str, Option<&std::ffi::OsStr>)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgesync"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "redis://127.0.0.1:1/0",
+    ])
+    .arg("--data-dir")
+    .arg(data_dir);
+    for (var, value) in env {
+        match value {
+            Some(value) => cmd.env(var, value),
+            None => cmd.env_remove(var),
+        };
+    }
+    let serve = cmd.output().unwrap();
+    assert!(!serve.status.success(), "started");
+    String::from_utf8_lossy(&serve.stderr).into_owned()
 }
 
 /// A secret is generated only where it helps: `edgesync token` with no
@@ -898,21 +914,7 @@ fn no_secret_is_generated_where_it_would_not_be_shared() {
     assert!(stderr.contains("edgesync serve"), "{stderr}");
     assert!(!dir.join("jwt_secret").exists(), "a secret was written");
 
-    let serve = Command::new(env!("CARGO_BIN_EXE_edgesync"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "redis://127.0.0.1:1/0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .env_remove("EDGESYNC_JWT_SECRET")
-        .output()
-        .unwrap();
-    assert!(!serve.status.success());
-    let stderr = String::from_utf8_lossy(&serve.stderr);
+    let stderr = refused_on_redis(&dir, &[("EDGESYNC_JWT_SECRET", None)]);
     assert!(stderr.contains("same value"), "{stderr}");
     assert!(!dir.join("jwt_secret").exists(), "a secret was written");
 }

@@ -142,9 +142,13 @@ pub(crate) async fn run(
         let started = Instant::now();
         let task = {
             let (service, dest) = (Arc::clone(&service), dest.clone());
-            tokio::task::spawn_blocking(move || match service.kv().sqlite() {
-                Some(kv) => kv.backup_to(&dest),
-                None => Err(edgesync_sqlite::BackupError::Closed),
+            tokio::task::spawn_blocking(move || {
+                service
+                    .kv()
+                    .sqlite()
+                    .map_or(Err(edgesync_sqlite::BackupError::Closed), |kv| {
+                        kv.backup_to(&dest)
+                    })
             })
         };
         match task.await {

@@ -12,7 +12,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use crate::{create_private, lock_store, open_conn, Access, OpenError, SqliteKv, SCHEMA_TABLE};
+use crate::{
+    create_private, lock_store, open_conn, with_suffix, Access, OpenError, SqliteKv, SCHEMA_TABLE,
+};
 
 /// A backup could not be written. Nothing is left at the destination.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +52,7 @@ impl SqliteKv {
     /// Write a consistent copy of the store to `dest`, a new file: every
     /// write acknowledged before the call is in it, and nothing half-done.
     /// The copy is a self-contained SQLite database (no WAL beside it),
-    /// `fsync`ed and then renamed into place, so `dest` either does not
+    /// `fsync`ed and then linked into place, so `dest` either does not
     /// exist or is complete. Returns its size in bytes.
     ///
     /// Blocks for as long as copying takes (about as long as reading the
@@ -68,9 +70,7 @@ impl SqliteKv {
         {
             return Err(BackupError::Busy);
         }
-        let mut partial = dest.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
+        let partial = with_suffix(dest, ".partial");
         let result = self.copy_into(&partial, dest);
         *state
             .backup_interrupt
@@ -219,12 +219,7 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
         source,
     };
     let _lock = lock_store(path)?;
-    let sibling = |suffix: &str| {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        PathBuf::from(p)
-    };
-    let partial = sibling(".restore.partial");
+    let partial = with_suffix(path, ".restore.partial");
     let _ = std::fs::remove_file(&partial);
     let copied = (|| {
         create_private(&partial)?;
@@ -243,9 +238,7 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
     };
     if let Err(why) = check_backup(&partial) {
         for leftover in ["", "-wal", "-shm"] {
-            let mut p = partial.as_os_str().to_owned();
-            p.push(leftover);
-            let _ = std::fs::remove_file(PathBuf::from(p));
+            let _ = std::fs::remove_file(with_suffix(&partial, leftover));
         }
         return Err(RestoreError::NotABackup {
             path: backup.to_path_buf(),
@@ -256,17 +249,15 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let aside = sibling(&format!(".replaced-{millis}"));
+        let aside = with_suffix(path, &format!(".replaced-{millis}"));
         // Fold the old store's WAL into its file, so that the file alone is
         // the whole old store and no WAL stays beside the new one (SQLite
         // would apply it to the wrong database). A store too broken to
         // open keeps its WAL beside its new name instead.
-        let wal = sibling("-wal");
+        let wal = with_suffix(path, "-wal");
         let _ = checkpoint(path);
         if wal.exists() {
-            let mut aside_wal = aside.as_os_str().to_owned();
-            aside_wal.push("-wal");
-            std::fs::rename(&wal, PathBuf::from(aside_wal)).map_err(io)?;
+            std::fs::rename(&wal, with_suffix(&aside, "-wal")).map_err(io)?;
         }
         // A second name first, then the new store replaces the old in one
         // rename: a crash leaves one whole store at `path`, old or new.
@@ -276,7 +267,7 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
         None
     };
     // A shared-memory index left by another tool describes the old WAL.
-    let _ = std::fs::remove_file(sibling("-shm"));
+    let _ = std::fs::remove_file(with_suffix(path, "-shm"));
     std::fs::rename(&partial, path).map_err(io)?;
     sync_parent(path).map_err(io)?;
     Ok(Restored { bytes, replaced })

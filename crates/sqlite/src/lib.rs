@@ -393,9 +393,7 @@ impl SqliteKv {
             Box::new(move || writer_loop(writer_rx, &writer_state, lock)),
         )?);
         let checkpoint_state = Arc::clone(&state);
-        let mut wal_path = path.clone().into_os_string();
-        wal_path.push("-wal");
-        let wal_path = PathBuf::from(wal_path);
+        let wal_path = with_suffix(&path, "-wal");
         threads.push(spawn(
             "sqlite-checkpoint".into(),
             Box::new(move || {
@@ -1007,8 +1005,15 @@ fn final_values<'a>(
     finals
 }
 
-/// Take `<path>.lock`, so that no other store (in this process or another)
-/// writes the same file behind this one's cache.
+/// `path` with `suffix` appended to its file name (`kv.sqlite3` →
+/// `kv.sqlite3-wal`): the names SQLite and this crate give a store's
+/// companion files.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// Create `path` as an empty file only its owner can read, unless it
 /// exists. A store (and a backup) holds every user's data: private from its
 /// first byte whatever the directory's or the umask's permissions, and its
@@ -1025,10 +1030,10 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Take `<path>.lock`, so that no other store (in this process or another)
+/// writes the same file behind this one's cache.
 fn lock_store(path: &Path) -> Result<File, OpenError> {
-    let mut lock = path.as_os_str().to_owned();
-    lock.push(".lock");
-    let lock = PathBuf::from(lock);
+    let lock = with_suffix(path, ".lock");
     let fail = |source| OpenError::Lock {
         path: path.to_path_buf(),
         lock: lock.clone(),
