@@ -255,6 +255,15 @@ impl Problem {
 pub(crate) enum Failure {
     Problem(Problem),
     Kv(KvError),
+    /// A batch stopped at an item worth retrying: the answer is that
+    /// item's problem, and it carries the results of the items settled
+    /// before it (member `results`), so that a client learns their
+    /// outcomes — a final refusal above all, which sending the batch
+    /// again would evaluate afresh.
+    BatchStopped {
+        cause: Box<Failure>,
+        settled: Vec<Value>,
+    },
 }
 
 impl From<Problem> for Failure {
@@ -276,6 +285,18 @@ impl Failure {
             Failure::Kv(_) => {
                 Problem::unavailable("the key-value store is unavailable; retry shortly")
             }
+            Failure::BatchStopped { cause, settled } => {
+                cause.into_problem().with("results", Value::Array(settled))
+            }
+        }
+    }
+
+    /// The store's failure behind this one, if any (for the logs).
+    pub fn store_error(&self) -> Option<&KvError> {
+        match self {
+            Failure::Problem(_) => None,
+            Failure::Kv(e) => Some(e),
+            Failure::BatchStopped { cause, .. } => cause.store_error(),
         }
     }
 }

@@ -234,9 +234,7 @@ fn finish_response<K: Kv, H: Host>(
 ) -> Response<Vec<u8>> {
     let mut store_error = None;
     let mut response = result.unwrap_or_else(|failure| {
-        if let Failure::Kv(e) = &failure {
-            store_error = Some(e.to_string());
-        }
+        store_error = failure.store_error().map(ToString::to_string);
         failure.into_problem().into_response()
     });
     if let Some(origin) = &finish.cors_origin {
@@ -992,21 +990,32 @@ async fn mutations<K: Kv, H: Host>(
         // A refusal worth retrying (429: the rate limit; 503: the store
         // failed, or the item lost too many races) stops the batch, so that
         // no later item is applied before it: the batch is an offline queue,
-        // and its order is the user's. Retrying the whole batch is safe and
-        // free: the items applied so far replay, and replays take no rate
-        // limit token. A final refusal (404, 409, 412, 422) is that item's
-        // result and the rest go on.
+        // and its order is the user's. Retrying from the stopping item is
+        // safe and free — so is retrying the whole batch: the items applied
+        // so far replay, and replays take no rate limit token. A final
+        // refusal (404, 409, 412, 422) is that item's result and the rest go
+        // on; the stop answer lists the results so far, because a refused
+        // item sent again would be evaluated afresh, after the items that
+        // followed it.
         let outcome = match log.mutate(mutation).await {
             Ok(Outcome::Refused(problem)) | Err(Failure::Problem(problem))
                 if is_worth_retrying(&problem) =>
             {
-                return Err(problem.into())
+                return Err(Failure::BatchStopped {
+                    cause: Box::new(problem.into()),
+                    settled: results,
+                })
             }
             Ok(outcome) => outcome,
             Err(Failure::Problem(problem)) => Outcome::Refused(problem),
-            Err(failure) => return Err(failure),
+            Err(failure) => {
+                return Err(Failure::BatchStopped {
+                    cause: Box::new(failure),
+                    settled: results,
+                })
+            }
         };
-        let result = match outcome {
+        results.push(match outcome {
             Outcome::Applied { entry, replayed } => {
                 let mut r = json!({
                     "id": key, "status": entry.status(), "version": entry.k, "replayed": replayed,
@@ -1019,8 +1028,7 @@ async fn mutations<K: Kv, H: Host>(
             Outcome::Refused(problem) => json!({
                 "id": key, "status": problem.status.as_u16(), "replayed": false, "problem": problem.to_json(),
             }),
-        };
-        results.push(result);
+        });
     }
     let head = log.head().await?;
     Ok(json_response(

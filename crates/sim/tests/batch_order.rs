@@ -1,8 +1,9 @@
 //! A batch is an offline queue: its items land in the log in the order the
 //! user made them. An item that cannot be applied for now (it lost every
 //! race to other writers) stops the batch with 503 and `Retry-After`, so
-//! that nothing behind it lands first; retrying the whole batch replays
-//! what was applied and goes on in order.
+//! that nothing behind it lands first; its answer lists the results of the
+//! items settled before it, refusals included; retrying the whole batch
+//! replays what was applied and goes on in order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -54,8 +55,11 @@ fn an_item_that_loses_every_race_stops_the_batch_and_the_retry_keeps_its_order()
         (a.status, a.retry_after, a.body)
     };
 
+    let zero = json!(0);
+    assert_eq!(call("PUT", "/v1/docs/todos/b", Some(&zero)).0, 201);
     let batch = json!({"mutations": [
         {"id": "m1", "op": "put", "collection": "todos", "doc": "a", "value": 1},
+        {"id": "m1b", "op": "put", "collection": "todos", "doc": "b", "value": 1, "if_version": 0},
         {"id": "m2", "op": "put", "collection": "todos", "doc": "jammed", "value": 2},
         {"id": "m3", "op": "put", "collection": "todos", "doc": "a", "value": 3},
     ]});
@@ -63,9 +67,26 @@ fn an_item_that_loses_every_race_stops_the_batch_and_the_retry_keeps_its_order()
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["type"], "unavailable", "{body}");
     assert!(retry_after.is_some(), "503 without Retry-After");
+    // The answer settles the items before the stop: the client learns of
+    // the refusal now, and need not send it again.
+    let settled: Vec<(&str, u64)> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(settled, [("m1", 201), ("m1b", 412)], "{body}");
+    assert_eq!(
+        body["results"][1]["problem"]["current_version"], 1,
+        "{body}"
+    );
     // The item before the jam stands; nothing behind it was applied.
     let (_, _, changes) = call("GET", "/v1/changes?since=0", None);
-    assert_eq!(logged(&changes), [("a", &json!(1))], "{changes}");
+    assert_eq!(
+        logged(&changes),
+        [("b", &json!(0)), ("a", &json!(1))],
+        "{changes}"
+    );
     assert_eq!(call("GET", "/v1/docs/todos/jammed", None).0, 404);
 
     // The races are over: the same batch again replays m1 and applies the
@@ -84,11 +105,20 @@ fn an_item_that_loses_every_race_stops_the_batch_and_the_retry_keeps_its_order()
             )
         })
         .collect();
-    assert_eq!(results, [(201, true), (201, false), (200, false)], "{body}");
+    assert_eq!(
+        results,
+        [(201, true), (412, false), (201, false), (200, false)],
+        "{body}"
+    );
     let (_, _, changes) = call("GET", "/v1/changes?since=0", None);
     assert_eq!(
         logged(&changes),
-        [("a", &json!(1)), ("jammed", &json!(2)), ("a", &json!(3))],
+        [
+            ("b", &json!(0)),
+            ("a", &json!(1)),
+            ("jammed", &json!(2)),
+            ("a", &json!(3))
+        ],
         "{changes}"
     );
     assert_eq!(call("GET", "/v1/docs/todos/a", None).2["value"], 3);

@@ -65,9 +65,10 @@ pub async fn rate_limit_is_429_with_retry_after(t: &Target) -> anyhow::Result<()
 
     // A batch takes one token per item it applies: it goes as far as the
     // tokens that came back since the 429 allow, then stops with 429, and
-    // nothing behind the refused item is applied. Sent again after each
-    // Retry-After, it replays what was applied (replays take no token) and
-    // goes on, until every item is in, once, in order.
+    // nothing behind the refused item is applied; the 429 lists the results
+    // of the items before it. Sent again after each Retry-After, it replays
+    // what was applied (replays take no token) and goes on, until every
+    // item is in, once, in order.
     let items: Vec<Value> = (0..5)
         .map(|i| json!({"id": format!("late{i}-{}", random_name(6)), "op": "put", "collection": c, "doc": format!("late{i}"), "value": i}))
         .collect();
@@ -88,6 +89,28 @@ pub async fn rate_limit_is_429_with_retry_after(t: &Target) -> anyhow::Result<()
         let wait: u64 = r.must_header("retry-after").trim().parse()?;
         let now = head(&api, &u).await? - before;
         assert!(now >= applied, "a refused batch took back applied items");
+        let body = r.json();
+        let settled: Vec<(String, bool)> = body["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a stopped batch lists its settled items: {body}"))
+            .iter()
+            .map(|r| {
+                assert_eq!(r["status"], 201, "{body}");
+                (
+                    r["id"].as_str().unwrap_or("").to_string(),
+                    r["replayed"] == true,
+                )
+            })
+            .collect();
+        let expected: Vec<(String, bool)> = (0..now as usize)
+            .map(|i| {
+                (
+                    items[i]["id"].as_str().unwrap().to_string(),
+                    (i as u64) < applied,
+                )
+            })
+            .collect();
+        assert_eq!(settled, expected, "the 429 settles the items before it");
         applied = now;
         let expected: Vec<String> = (0..applied).map(|i| format!("late{i}")).collect();
         assert_eq!(
