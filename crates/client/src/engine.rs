@@ -959,6 +959,32 @@ impl Shared {
                     None,
                 ))
             }
+            Err(Error::Server {
+                status: status @ (429 | 503),
+                problem,
+                retry_after,
+            }) => {
+                // The batch stopped at an item worth retrying; the answer
+                // settles the items before it. Settle them here: sent again,
+                // an item refused for good would be evaluated afresh, after
+                // the items that followed it.
+                let settled: Vec<ItemResult> = problem
+                    .extensions
+                    .get("results")
+                    .and_then(|r| serde_json::from_value(r.clone()).ok())
+                    .unwrap_or_default();
+                let error = Error::Server {
+                    status,
+                    problem,
+                    retry_after,
+                };
+                if settled.is_empty() {
+                    return Err(error);
+                }
+                self.on_success(st);
+                let (report, _) = self.settle_batch(st, &batch, settled, None)?;
+                Ok((report, Some(error)))
+            }
             Err(e) => Err(e),
         }
     }

@@ -1124,6 +1124,77 @@ async fn flush_returns_what_it_delivered_with_the_error_and_does_not_retry_at_on
     assert!(c.status().last_error.is_some());
 }
 
+/// A batch stopped by a 429 settles the items before the stop from the
+/// answer's `results`: the refused one is parked at once rather than sent
+/// again (where the server would evaluate it afresh, after the item that
+/// followed it), the applied one is delivered, and only the rest stay
+/// queued.
+#[tokio::test]
+async fn a_stopped_batch_settles_the_items_before_the_stop() {
+    let clock = VirtualClock::new();
+    let posts = Arc::new(AtomicUsize::new(0));
+    let posts2 = posts.clone();
+    let server = FakeServer::start(clock.clone(), move |req| {
+        let items = req.json()["mutations"].as_array().unwrap().clone();
+        if posts2.fetch_add(1, Ordering::SeqCst) > 0 {
+            return all_applied(req, 9);
+        }
+        let settled = [
+            item_result(&items[0], 412, 0),
+            item_result(&items[1], 201, 8),
+        ];
+        Response::json(
+            429,
+            json!({"type": "rate-limited", "title": "Too many mutations", "status": 429,
+                "detail": "retry later", "results": settled}),
+        )
+        .header("retry-after", "30")
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    let stale = c
+        .enqueue(Mutation::put("todos", "x", json!("mine")).if_version(3))
+        .unwrap();
+    let applied = c.put("todos", "y", json!("ok")).unwrap();
+    let stopped = c.put("todos", "z", json!("later")).unwrap();
+
+    let err = c.flush().await.unwrap_err();
+    assert!(
+        matches!(err.error, Error::Server { status: 429, .. }),
+        "{err}"
+    );
+    let delivered: Vec<_> = err.report.delivered.iter().map(|d| &d.key).collect();
+    assert_eq!(delivered, [&applied.key]);
+    let parked: Vec<_> = err.report.parked.iter().map(|p| &p.pending.key).collect();
+    assert_eq!(parked, [&stale.key]);
+    assert_eq!(c.get("todos", "y").unwrap().unwrap().version, 8);
+    assert!(matches!(
+        c.parked().unwrap()[0].reason,
+        ParkReason::Conflict {
+            current_version: Some(9),
+            ..
+        }
+    ));
+    let queued: Vec<_> = c.pending().unwrap().into_iter().map(|p| p.key).collect();
+    assert_eq!(queued, [stopped.key.clone()]);
+
+    // Sent again, the batch starts at the item that stopped it.
+    c.flush().await.unwrap();
+    let posts = server.requests_to("/v1/mutations");
+    let resent: Vec<_> = posts[1].json()["mutations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(resent, [stopped.key]);
+    assert_eq!(
+        c.parked().unwrap().len(),
+        1,
+        "the conflict waits for the app"
+    );
+}
+
 /// Live mode on a server that does not hold: after an error the retry
 /// still comes no sooner than `X-Poll-Interval` — the last one seen, or the
 /// one on the error response itself.
