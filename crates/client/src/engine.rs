@@ -8,10 +8,11 @@ use crate::model::{
     ChangeEvent, Document, Mode, Op, Origin, ParkReason, ParkedMutation, PendingMutation, Phase,
     Polling, ResyncReason, Status, StoredDoc, SyncEvent,
 };
-use crate::storage::{Commit, DocWrite, Storage, WriteOutcome};
+use crate::storage::{Commit, DocWrite, Storage, StorageError, WriteOutcome};
 use crate::wire::{ChangesOutcome, ChangesResponse, ItemResult, Wire};
 use crate::SyncConfig;
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -897,6 +898,7 @@ impl Shared {
         &self,
         st: &mut NetState,
     ) -> Result<(FlushReport, Option<Error>), Error> {
+        let _queue_lock = self.lock_queue().await?;
         let first = self.store.pending(1)?;
         let Some(first) = first.first() else {
             return Ok((FlushReport::default(), None));
@@ -987,6 +989,29 @@ impl Shared {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Take the storage's queue lock, if it has one (see
+    /// [`Storage::queue_lock_file`]); released when the file is dropped.
+    /// Waits for another process's flush to end, on a blocking thread.
+    async fn lock_queue(&self) -> Result<Option<std::fs::File>, Error> {
+        let Some(path) = self.store.queue_lock_file().map(Path::to_path_buf) else {
+            return Ok(None);
+        };
+        let locked = tokio::task::spawn_blocking(move || {
+            let mut open = std::fs::OpenOptions::new();
+            open.read(true).write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+            let file = open.open(&path)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|locked| locked)
+        .map_err(StorageError::from)?;
+        Ok(Some(locked))
     }
 
     pub(crate) fn after_flush(&self, st: &mut NetState, report: &FlushReport) {

@@ -243,7 +243,9 @@
 //!
 //! * At most one request in flight per [`Client`]; one-shot calls
 //!   ([`Client::flush`], [`Client::fetch`], [`Client::sync_once`]) take turns
-//!   with the engine, interrupting an idle long-poll.
+//!   with the engine, interrupting an idle long-poll. Clients sharing one
+//!   replica file (in one process or several) take turns sending its queue
+//!   too, under the lock of `<replica>.queue-lock`.
 //! * Documents, cursor and queue change only in whole transactions; the
 //!   cursor never moves past changes that are not applied.
 //! * A mutation acknowledged by [`Client::enqueue`] is delivered exactly once

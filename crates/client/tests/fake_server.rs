@@ -1195,6 +1195,59 @@ async fn a_stopped_batch_settles_the_items_before_the_stop() {
     );
 }
 
+/// Two clients on one replica file (say `edgesync watch` and `edgesync put`
+/// in two processes) never send the queue at the same time: the second
+/// waits for the first to record its results, and then has nothing left to
+/// send. Sent by both at once, a refusal the first is about to park would
+/// be evaluated afresh by the server, after the items that followed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_sharing_a_replica_take_turns_sending_its_queue() {
+    let clock = VirtualClock::new();
+    let (in_flight, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (in_flight2, most2) = (in_flight.clone(), most.clone());
+    let server = FakeServer::start(clock.clone(), move |req| {
+        let now = in_flight2.fetch_add(1, Ordering::SeqCst) + 1;
+        most2.fetch_max(now, Ordering::SeqCst);
+        // Long enough for the other client's flush to start meanwhile (the
+        // handler runs on a worker thread of its own).
+        std::thread::sleep(Duration::from_millis(300));
+        in_flight2.fetch_sub(1, Ordering::SeqCst);
+        all_applied(req, 7)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.sqlite3");
+    let open = || {
+        Client::builder(&server.url, token())
+            .sqlite(&path)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (open(), open());
+    let first = a.put("todos", "a", json!(1)).unwrap();
+    let second = b.put("todos", "b", json!(2)).unwrap();
+
+    let (ra, rb) = tokio::join!(a.flush(), b.flush());
+    let delivered: usize = [ra.unwrap(), rb.unwrap()]
+        .iter()
+        .map(|r| r.delivered.len())
+        .sum();
+    assert_eq!(delivered, 2, "each mutation delivered once, by one of them");
+    assert_eq!(most.load(Ordering::SeqCst), 1, "never two batches at once");
+    let mut sent: Vec<String> = server
+        .requests_to("/v1/mutations")
+        .iter()
+        .flat_map(|r| r.json()["mutations"].as_array().unwrap().clone())
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    sent.sort();
+    let mut expected = vec![first.key, second.key];
+    expected.sort();
+    assert_eq!(sent, expected, "each mutation sent once");
+    assert!(a.pending().unwrap().is_empty());
+}
+
 /// Live mode on a server that does not hold: after an error the retry
 /// still comes no sooner than `X-Poll-Interval` — the last one seen, or the
 /// one on the error response itself.

@@ -23,6 +23,8 @@ mod sqlite;
 pub use memory::MemoryStorage;
 pub use sqlite::SqliteStorage;
 
+use std::path::Path;
+
 use crate::model::{Mutation, ParkReason, ParkedMutation, PendingMutation, StoredDoc};
 use serde_json::Value;
 
@@ -183,6 +185,15 @@ pub trait Storage: Send + Sync + 'static {
     fn parked(&self) -> Result<Vec<ParkedMutation>, StorageError>;
     /// How many mutations are pending and parked.
     fn counts(&self) -> Result<QueueCounts, StorageError>;
+    /// A file whose lock (`File::lock`) a client holds from reading queued
+    /// mutations to recording their results, for storage that other
+    /// processes (or other clients) can open too: without it, two of them
+    /// could send the same mutations at once, and a refusal one of them
+    /// is about to park would be sent again and evaluated afresh. `None`
+    /// (the default) for storage only this client uses.
+    fn queue_lock_file(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// What a [`Storage::commit`] did.

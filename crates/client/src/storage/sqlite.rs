@@ -1,7 +1,7 @@
 use super::{Commit, CommitResult, Meta, QueueCounts, Storage, StorageError, WriteOutcome};
 use crate::model::{Mutation, Op, ParkReason, ParkedMutation, PendingMutation, StoredDoc};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,10 +38,13 @@ CREATE TABLE IF NOT EXISTS queue (
 /// The durable replica: one SQLite database file (WAL mode,
 /// `synchronous=FULL`, so a commit that returned survives power loss).
 /// Several processes may open the same file; SQLite serialises their
-/// transactions (each waits up to 5 s for the others).
+/// transactions (each waits up to 5 s for the others), and the lock of
+/// `<path>.queue-lock` their sending of the queue
+/// ([`Storage::queue_lock_file`]).
 #[derive(Debug)]
 pub struct SqliteStorage {
     conn: Mutex<Connection>,
+    queue_lock: Option<PathBuf>,
 }
 
 /// How long a statement waits for another process's transaction on the
@@ -94,15 +97,17 @@ impl SqliteStorage {
         std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
         file.open(path)?;
         let conn = Connection::open(path)?;
-        Self::init(conn)
+        let mut lock = path.as_os_str().to_owned();
+        lock.push(".queue-lock");
+        Self::init(conn, Some(lock.into()))
     }
 
     /// A private in-memory SQLite database (for tests of the SQL itself).
     pub fn open_in_memory() -> Result<Self, StorageError> {
-        Self::init(Connection::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, None)
     }
 
-    fn init(mut conn: Connection) -> Result<Self, StorageError> {
+    fn init(mut conn: Connection, queue_lock: Option<PathBuf>) -> Result<Self, StorageError> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Another process may be opening (or creating) the same replica
         // right now. Switching the journal mode can fail with SQLITE_BUSY
@@ -135,6 +140,7 @@ impl SqliteStorage {
         tx.commit()?;
         Ok(SqliteStorage {
             conn: Mutex::new(conn),
+            queue_lock,
         })
     }
 
@@ -252,6 +258,10 @@ fn pending_mutation(row: QueueRow) -> Result<(PendingMutation, Option<ParkReason
 }
 
 impl Storage for SqliteStorage {
+    fn queue_lock_file(&self) -> Option<&Path> {
+        self.queue_lock.as_deref()
+    }
+
     fn meta(&self) -> Result<Meta, StorageError> {
         read_meta(&self.conn())
     }
