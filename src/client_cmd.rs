@@ -542,7 +542,14 @@ async fn resolve(client: Client, number: u64, how: Resolution) -> anyhow::Result
         });
     };
     let what = describe_parked(p);
+    let overwrite = how == Resolution::Overwrite;
     match client.resolve(number, how)? {
+        None if overwrite => {
+            eprintln!(
+                "edgesync: settled #{number} ({what}): the document is gone on the server already"
+            );
+            Ok(())
+        }
         None => {
             eprintln!("edgesync: discarded #{number} ({what})");
             Ok(())

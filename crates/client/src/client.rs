@@ -241,6 +241,45 @@ fn check_binding(meta: &Meta, server: &str, user: Option<&str>) -> Result<(), Er
     Ok(())
 }
 
+/// What [`Resolution::Overwrite`] queues for `m`, parked for `reason`:
+/// the mutation again, never less conditional than it was, so that an edit
+/// made meanwhile parks it again rather than being overwritten.
+fn overwrite(mut m: Mutation, reason: &ParkReason) -> Result<Option<Mutation>, Error> {
+    let gone = match reason {
+        ParkReason::Conflict {
+            current_version: Some(v),
+            ..
+        } => {
+            m.if_version = Some(*v);
+            return Ok(Some(m));
+        }
+        ParkReason::Conflict {
+            current_version: None,
+            ..
+        } => true,
+        ParkReason::Rejected { status, .. } => *status == 404,
+    };
+    if !gone {
+        // Refused for what it is (a full collection, a document too
+        // large…): the same mutation, under the same condition, once the
+        // cause is gone.
+        return Ok(Some(m));
+    }
+    match m.op {
+        // Recreated only if it is still absent.
+        Op::Put => {
+            m.if_version = Some(0);
+            Ok(Some(m))
+        }
+        // What it asked for is the server's state already.
+        Op::Delete => Ok(None),
+        Op::Patch => Err(Error::InvalidMutation(format!(
+            "nothing to patch: {}/{} is gone on the server; discard the patch, or put the whole document",
+            m.collection, m.id
+        ))),
+    }
+}
+
 fn validate(m: &Mutation) -> Result<(), Error> {
     names::check("collection", &m.collection)?;
     names::check("id", &m.id)?;
@@ -464,22 +503,7 @@ impl Client {
             .ok_or(Error::NotParked(seq))?;
         let replacement = match resolution {
             Resolution::Discard => None,
-            Resolution::Overwrite => {
-                let mut m = parked.pending.mutation.clone();
-                m.if_version = match parked.reason {
-                    ParkReason::Conflict {
-                        current_version, ..
-                    } => match (current_version, m.op) {
-                        (Some(v), _) => Some(v),
-                        // Gone on the server: a put recreates it only if it
-                        // is still absent; patch/delete have nothing to act on.
-                        (None, Op::Put) => Some(0),
-                        (None, _) => None,
-                    },
-                    ParkReason::Rejected { .. } => None,
-                };
-                Some(m)
-            }
+            Resolution::Overwrite => overwrite(parked.pending.mutation.clone(), &parked.reason)?,
             Resolution::Replace(m) => Some(m),
         };
         if let Some(m) = &replacement {
@@ -697,5 +721,61 @@ impl Drop for Client {
         if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conflict(current_version: Option<u64>) -> ParkReason {
+        ParkReason::Conflict {
+            current_version,
+            problem: None,
+        }
+    }
+
+    fn rejected(status: u16) -> ParkReason {
+        ParkReason::Rejected {
+            status,
+            problem: None,
+        }
+    }
+
+    fn condition(m: Mutation, reason: ParkReason) -> Option<Option<u64>> {
+        overwrite(m, &reason).unwrap().map(|m| m.if_version)
+    }
+
+    /// Overwriting never makes a mutation less conditional than it was:
+    /// an edit made meanwhile parks it again.
+    #[test]
+    fn overwrite_keeps_a_condition() {
+        let put = || Mutation::put("t", "x", json!(1));
+        assert_eq!(
+            condition(put().if_version(3), conflict(Some(9))),
+            Some(Some(9))
+        );
+        // Refused for what it was: again, as it was.
+        assert_eq!(condition(put().if_version(5), rejected(409)), Some(Some(5)));
+        assert_eq!(condition(put(), rejected(413)), Some(None));
+        // Gone on the server: recreated only while it is still absent.
+        assert_eq!(
+            condition(put().if_version(3), conflict(None)),
+            Some(Some(0))
+        );
+        // A delete of what is gone is done; a patch has nothing to apply to.
+        let delete = || Mutation::delete("t", "x");
+        assert_eq!(condition(delete().if_version(3), conflict(None)), None);
+        assert_eq!(condition(delete(), rejected(404)), None);
+        let patch = || Mutation::patch("t", "x", json!({"a": 1}));
+        for reason in [conflict(None), rejected(404)] {
+            let err = overwrite(patch(), &reason).unwrap_err();
+            assert!(err.to_string().contains("nothing to patch"), "{err}");
+        }
+        assert_eq!(
+            condition(patch().if_version(2), conflict(Some(4))),
+            Some(Some(4))
+        );
     }
 }

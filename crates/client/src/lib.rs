@@ -172,7 +172,8 @@
 //! * 412: **parked as a conflict** ([`SyncEvent::Conflict`],
 //!   [`Client::parked`]) until the app calls [`Client::resolve`] with
 //!   [`Resolution::Discard`], [`Resolution::Overwrite`] (re-queued with
-//!   `if_version` = the server's current version) or
+//!   `if_version` = the server's current version; see there for documents
+//!   gone on the server) or
 //!   [`Resolution::Replace`]. A conditional write (below) is never applied
 //!   over another edit, nor dropped, without the app deciding.
 //! * 400/404/409/413/415/422: parked as a rejection ([`SyncEvent::Rejected`]).

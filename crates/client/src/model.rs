@@ -216,7 +216,12 @@ pub enum Resolution {
     /// Apply it anyway on top of the server's current version: re-queued at
     /// the end of the queue with `if_version` set to the version the conflict
     /// reported (so a further concurrent change conflicts again instead of
-    /// being overwritten blindly), or without precondition for a rejection.
+    /// being overwritten blindly). A put of a document gone on the server
+    /// recreates it only if it is still absent (`if_version: 0`); a delete of
+    /// one has nothing left to do (nothing is queued); a patch of one is
+    /// refused ([`crate::Error::InvalidMutation`]: nothing to patch). A
+    /// mutation refused for what it is (409 `collection-full`, 413…) is
+    /// queued again as it was, under its own condition.
     Overwrite,
     /// Queue this mutation instead (e.g. a merge the app computed).
     Replace(Mutation),
