@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context};
 use clap::{ArgGroup, Args, Subcommand};
 use edgesync_client::{
-    is_valid_name, ChangeEvent, Client, Document, Error, FlushError, Mode, Mutation, ParkReason,
-    ParkedMutation, PendingMutation, Resolution, ResyncReason, SendOutcome, Status, SyncEvent,
-    REPLICA_FILE,
+    is_valid_name, ChangeEvent, Client, Document, Error, FlushError, Mode, Mutation, Op,
+    ParkReason, ParkedMutation, PendingMutation, Resolution, ResyncReason, SendOutcome, Status,
+    SyncEvent, REPLICA_FILE,
 };
 use serde_json::Value;
 
@@ -395,6 +395,7 @@ async fn mutate(client: Client, m: Mutation, write: &WriteArgs) -> anyhow::Resul
         None => m,
     };
     if write.fail_fast {
+        warn_parked(&client.parked()?, None);
         return match client.send_now(m).await? {
             SendOutcome::Delivered(d) => {
                 if let Some(doc) = d.document {
@@ -429,7 +430,10 @@ async fn deliver(client: Client, queued: PendingMutation, refused: Refused) -> a
         Ok(report) => (report, None),
         Err(FlushError { report, error }) => (report, Some(error)),
     };
-    warn_parked(&report.parked, Some(&queued.key));
+    // Every parked mutation, not only those parked now: each waits for a
+    // decision until someone makes it.
+    let parked = client.parked()?;
+    warn_parked(&parked, Some(&queued.key));
     if let Some(d) = report.delivered.iter().find(|d| d.key == queued.key) {
         if let Some(doc) = &d.document {
             print_json(doc)?;
@@ -443,7 +447,8 @@ async fn deliver(client: Client, queued: PendingMutation, refused: Refused) -> a
         }
         return Ok(());
     }
-    if let Some(p) = report.parked.iter().find(|p| p.pending.key == queued.key) {
+    // Parked here, or by another client sharing this replica.
+    if let Some(p) = parked.iter().find(|p| p.pending.key == queued.key) {
         if refused == Refused::KeepParked {
             return Err(anyhow!(
                 "{}; it stays parked as #{}",
@@ -453,6 +458,19 @@ async fn deliver(client: Client, queued: PendingMutation, refused: Refused) -> a
         }
         client.resolve(p.pending.seq, Resolution::Discard)?;
         return Err(anyhow!(describe_parked(p)));
+    }
+    if !client.pending()?.iter().any(|p| p.key == queued.key) {
+        // Out of the queue, neither delivered nor parked by this flush:
+        // another client sharing this replica (`edgesync watch`, say)
+        // delivered it, and its result is in the replica.
+        eprintln!("edgesync: {what} was delivered by another edgesync process on this replica");
+        if queued.mutation.op != Op::Delete {
+            let (collection, id) = (&queued.mutation.collection, &queued.mutation.id);
+            if let Some(doc) = client.get(collection, id)? {
+                print_json(&doc)?;
+            }
+        }
+        return Ok(());
     }
     match failure {
         None => Err(anyhow!(
@@ -562,12 +580,10 @@ async fn get(client: Client, collection: &str, id: &str, fail_fast: bool) -> any
     // Deliver queued writes first so the read sees them; if that fails the
     // read below reports the reason.
     if client.status().pending > 0 {
-        let report = match client.flush().await {
-            Ok(report) => report,
-            Err(e) => e.report,
-        };
-        warn_parked(&report.parked, None);
+        // What became of them shows in the parked list just below.
+        let _ = client.flush().await;
     }
+    warn_parked(&client.parked()?, None);
     match client.fetch(collection, id).await {
         Ok(Some(doc)) => print_json(&doc),
         Ok(None) => Err(anyhow!("{collection}/{id}: document not found")),

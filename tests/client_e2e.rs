@@ -1466,9 +1466,23 @@ async fn cli_pending_and_resolve_settle_parked_conflicts() {
         [(num_a, "parked", Some(3)), (num_c, "parked", Some(4))]
     );
 
+    // Every later command warns about them until they are settled, not
+    // only the one whose flush parked them.
+    for args in [
+        &["put", "notes", "other", "3"][..], // v5
+        &["get", "notes", "other"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        for num in [num_a, num_c] {
+            assert!(stderr.contains(&format!("(#{num})")), "{args:?}: {stderr}");
+        }
+    }
+
     // The document moves again before the overwrite: it conflicts again
     // (exit 1) and stays parked under a new number with the new version.
-    server_put(&server, "gina", "notes", "a", &json!("theirs, later")); // v5
+    server_put(&server, "gina", "notes", "a", &json!("theirs, later")); // v6
     let out = run(&["resolve", &num_a.to_string(), "--overwrite"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
@@ -1481,7 +1495,7 @@ async fn cli_pending_and_resolve_settle_parked_conflicts() {
         .iter()
         .find(|p| p["mutation"]["id"] == "a")
         .expect("still parked");
-    assert_eq!(again["reason"]["current_version"], 5, "{again}");
+    assert_eq!(again["reason"]["current_version"], 6, "{again}");
     assert_eq!(again["mutation"]["value"], "mine");
     let num_a = again["number"].as_u64().unwrap();
 
@@ -1490,7 +1504,7 @@ async fn cli_pending_and_resolve_settle_parked_conflicts() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (doc["version"].as_u64(), &doc["value"]),
-        (Some(6), &json!("mine"))
+        (Some(7), &json!("mine"))
     );
 
     let out = run(&["resolve", &num_c.to_string(), "--discard"]);
@@ -1529,8 +1543,9 @@ async fn cli_pending_and_resolve_settle_parked_conflicts() {
             (2, json!(2)),
             (3, json!("theirs")),
             (4, json!({"y": 2})),
-            (5, json!("theirs, later")),
-            (6, json!("mine")),
+            (5, json!(3)),
+            (6, json!("theirs, later")),
+            (7, json!("mine")),
         ]
     );
 }

@@ -1176,7 +1176,7 @@ async fn a_stopped_batch_settles_the_items_before_the_stop() {
         }
     ));
     let queued: Vec<_> = c.pending().unwrap().into_iter().map(|p| p.key).collect();
-    assert_eq!(queued, [stopped.key.clone()]);
+    assert_eq!(queued, std::slice::from_ref(&stopped.key));
 
     // Sent again, the batch starts at the item that stopped it.
     c.flush().await.unwrap();
