@@ -182,22 +182,50 @@ impl Lifecycle {
     }
 }
 
-/// Counts a connection as open for as long as it lives.
-struct OpenGuard<'a>(&'a Lifecycle);
+/// A connection, counted as open from its accept until it closes (the
+/// value is dropped): counted from the accept, not from when its task first
+/// runs, a drain that starts in between still waits for it.
+pub(crate) struct Accepted<H>(Arc<Shared<H>>);
 
-impl<'a> OpenGuard<'a> {
-    fn new(lifecycle: &'a Lifecycle) -> Self {
-        lifecycle.open.fetch_add(1, Ordering::AcqRel);
-        Self(lifecycle)
+impl<H> Accepted<H> {
+    pub(crate) fn new(shared: &Arc<Shared<H>>) -> Self {
+        shared.lifecycle.open.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(shared))
     }
 }
 
-impl Drop for OpenGuard<'_> {
+impl<H> Drop for Accepted<H> {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.all_closed.notify_waiters();
+        let lifecycle = &self.0.lifecycle;
+        if lifecycle.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            lifecycle.all_closed.notify_waiters();
         }
     }
+}
+
+/// Whether bytes from the client wait unread in the socket: looked at
+/// without reading them and without waiting (tokio's own readiness is not
+/// known before its reactor has seen the socket).
+#[cfg(unix)]
+fn bytes_waiting(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer of our own; MSG_PEEK leaves the data in the
+    // socket and MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
+#[cfg(not(unix))]
+fn bytes_waiting(_: &TcpStream) -> bool {
+    false
 }
 
 /// Everything connections share.
@@ -210,13 +238,13 @@ pub(crate) struct Shared<H> {
 // ---------------------------------------------------------- connection
 
 /// Serve one connection until it closes.
-pub(crate) async fn serve_connection<H: Handler>(stream: TcpStream, shared: Arc<Shared<H>>) {
-    let _open = OpenGuard::new(&shared.lifecycle);
+pub(crate) async fn serve_connection<H: Handler>(stream: TcpStream, accepted: Accepted<H>) {
+    let shared: &Shared<H> = &accepted.0;
     let shard = shared.lifecycle.accepted.fetch_add(1, Ordering::Relaxed) % DRAIN_SHARDS;
     let conn = Conn {
         stream,
         buf: Vec::new(),
-        shared: &shared,
+        shared,
         drain_shard: shard as u8,
     };
     conn.run().await;
@@ -393,6 +421,14 @@ impl<H: Handler> Conn<'_, H> {
             let lifecycle = &self.shared.lifecycle;
             let draining = lifecycle.draining[usize::from(self.drain_shard)].notified();
             if lifecycle.is_draining() {
+                // A connection accepted as the drain began may have its
+                // request waiting already: served, not dropped unread.
+                if let Some(deadline) = deadline.filter(|_| first && bytes_waiting(&self.stream)) {
+                    match self.fill(deadline, INITIAL_READ).await {
+                        Ok(Filled::Data) => continue,
+                        _ => return Ok(None),
+                    }
+                }
                 return Ok(None);
             }
             let wait = deadline.unwrap_or_else(|| Instant::now() + opts.idle_timeout);

@@ -341,7 +341,10 @@ async fn serve<H: Handler>(
         };
         // Responses go out whole, in one write: no reason to wait for ACKs.
         let _ = stream.set_nodelay(true);
-        tokio::spawn(http1::serve_connection(stream, Arc::clone(&shared)));
+        tokio::spawn(http1::serve_connection(
+            stream,
+            http1::Accepted::new(&shared),
+        ));
     }
     drop(listener);
     tracing::info!("shutting down: no longer accepting, draining connections");

@@ -240,10 +240,8 @@ async fn start(max_body: usize) -> Running {
     start_with(max_body, HttpOptions::default()).await
 }
 
-async fn start_with(max_body: usize, options: HttpOptions) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handler = Arc::new(TestHandler {
+fn test_handler(max_body: usize) -> Arc<TestHandler> {
+    Arc::new(TestHandler {
         host: NativeHost::local(),
         gate: Notify::new(),
         gate_entered: Notify::new(),
@@ -252,7 +250,13 @@ async fn start_with(max_body: usize, options: HttpOptions) -> Running {
         handled: AtomicUsize::new(0),
         waiting: AtomicUsize::new(0),
         release: Default::default(),
-    });
+    })
+}
+
+async fn start_with(max_body: usize, options: HttpOptions) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = test_handler(max_body);
     let (stop, stopped) = oneshot::channel::<()>();
     let h = Arc::clone(&handler);
     let done = tokio::spawn(async move {
@@ -944,6 +948,50 @@ async fn shutdown_answers_held_waits_and_finishes_in_flight_requests() {
     assert_eq!(server.handler.handled.load(Ordering::SeqCst), 52);
 }
 
+/// A connection accepted just as shutdown begins is served before the
+/// server returns (and the store closes): it counts as open from its
+/// accept, not from when its task first runs, and a request that arrived
+/// with it is answered, not dropped unread as an idle connection would be.
+#[tokio::test]
+async fn a_connection_accepted_as_shutdown_begins_is_served() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let handler = test_handler(1024);
+    let shared = Arc::new(http1::Shared {
+        handler: Arc::clone(&handler),
+        options: HttpOptions::default(),
+        lifecycle: http1::Lifecycle::default(),
+    });
+    // As the accept loop does; then the drain starts before the
+    // connection's task has run at all.
+    let (stream, _) = listener.accept().await.unwrap();
+    let accepted = http1::Accepted::new(&shared);
+    shared.lifecycle.drain();
+    assert_eq!(
+        shared.lifecycle.open_connections(),
+        1,
+        "counted from its accept"
+    );
+    tokio::spawn(http1::serve_connection(stream, accepted));
+    tokio::time::timeout(Duration::from_secs(30), shared.lifecycle.closed())
+        .await
+        .expect("the drain ends when the connection is done");
+    assert_eq!(
+        handler.handled.load(Ordering::SeqCst),
+        1,
+        "served, not dropped"
+    );
+    let reply = read_to_close(&mut client).await;
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert!(reply.contains("connection: close\r\n"), "{reply}");
+}
+
 /// A connection is one small future: its size (the largest of its states)
 /// is most of what each of ten thousand held long-polls costs.
 #[tokio::test]
@@ -969,7 +1017,7 @@ async fn a_connection_future_is_small() {
         options: HttpOptions::default(),
         lifecycle: http1::Lifecycle::default(),
     });
-    let conn = http1::serve_connection(stream, shared);
+    let conn = http1::serve_connection(stream, http1::Accepted::new(&shared));
     let bytes = size(&conn);
     println!("connection future: {bytes} bytes");
     assert!(bytes <= 1024, "connection future is {bytes} bytes");
