@@ -117,10 +117,15 @@ impl Config {
     }
 
     /// Parse settings from `lookup(name)` (empty values count as unset).
-    /// `jwt_secret` is required and must be at least 32 bytes.
+    /// `jwt_secret` is required and must be at least 32 bytes, leading and
+    /// trailing whitespace aside: a secret mounted from a file or pasted
+    /// into a variable often ends in a newline, and every host must derive
+    /// the same key from it.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let secret = get("jwt_secret").ok_or(ConfigError::Missing("jwt_secret"))?;
+        let secret = get("jwt_secret")
+            .map(|s| s.trim().to_owned())
+            .ok_or(ConfigError::Missing("jwt_secret"))?;
         if secret.len() < 32 {
             return Err(ConfigError::Invalid {
                 name: "jwt_secret",
@@ -225,6 +230,12 @@ mod tests {
             ConfigError::Missing("jwt_secret")
         );
         let c = Config::from_lookup(lookup(&[("jwt_secret", SECRET)])).unwrap();
+        let newline = format!("{SECRET}\n");
+        let padded = Config::from_lookup(lookup(&[("jwt_secret", &newline)])).unwrap();
+        assert_eq!(
+            padded.jwt_secret, c.jwt_secret,
+            "the same key, newline or not"
+        );
         assert_eq!(c.max_wait_seconds, 25);
         assert_eq!(c.max_body_bytes, 262_144);
         assert_eq!(c.cors_origins, CorsOrigins::None);

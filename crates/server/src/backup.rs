@@ -62,14 +62,21 @@ fn backups(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Delete all but the newest `keep` backup files; returns how many went.
-fn prune(dir: &Path, keep: usize) -> std::io::Result<usize> {
-    let found = backups(dir)?;
-    let excess = found.len().saturating_sub(keep.max(1));
-    for old in &found[..excess] {
+/// Delete all but the newest `keep` backup files, `written` (the one just
+/// taken) always among those kept: files named later than it (taken while
+/// the clock was ahead) must not make each new backup the first to go.
+/// Returns how many went, and how many are named later than `written`.
+fn prune(dir: &Path, keep: usize, written: &Path) -> std::io::Result<(usize, usize)> {
+    let others: Vec<PathBuf> = backups(dir)?.into_iter().filter(|p| p != written).collect();
+    let excess = others.len().saturating_sub(keep.max(1) - 1);
+    for old in &others[..excess] {
         std::fs::remove_file(old)?;
     }
-    Ok(excess)
+    let later = others[excess..]
+        .iter()
+        .filter(|p| p.as_path() > written)
+        .count();
+    Ok((excess, later))
 }
 
 /// When the first backup is due: one interval after the newest one there
@@ -87,15 +94,28 @@ fn first_due(dir: &Path, interval: Duration) -> Instant {
     }
 }
 
-/// Create the backup directory and check that it can be written, so that
-/// a wrong setting stops the start rather than the first backup.
+/// Create the backup directory and check that it can be written, and
+/// hard links made in it (how a finished copy is put in place; not every
+/// file system has them), so that a wrong setting stops the start rather
+/// than every backup.
 pub(crate) fn prepare(options: &BackupOptions) -> std::io::Result<()> {
     crate::settings::ensure_data_dir(&options.dir)?;
     let probe = options
         .dir
         .join(format!(".edgesync-probe-{}", std::process::id()));
+    let link = options
+        .dir
+        .join(format!(".edgesync-probe-{}-link", std::process::id()));
     std::fs::write(&probe, b"")?;
+    let linked = std::fs::hard_link(&probe, &link);
+    let _ = std::fs::remove_file(&link);
     std::fs::remove_file(&probe)?;
+    linked.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot make hard links there (needed to put finished backups in place): {e}"),
+        )
+    })?;
     // Partial copies left by a crash are garbage.
     for entry in std::fs::read_dir(&options.dir)?.filter_map(Result::ok) {
         let name = entry.file_name();
@@ -155,10 +175,22 @@ pub(crate) async fn run(
             Ok(Ok(bytes)) => {
                 backed_up_at = Some(commits);
                 due = Instant::now() + options.interval;
-                let pruned = prune(&options.dir, options.keep).unwrap_or_else(|e| {
-                    tracing::warn!(dir = %options.dir.display(), error = %e, "cannot remove old backups");
-                    0
-                });
+                let pruned = match prune(&options.dir, options.keep, &dest) {
+                    Ok((pruned, 0)) => pruned,
+                    Ok((pruned, later)) => {
+                        tracing::warn!(
+                            dir = %options.dir.display(),
+                            later,
+                            "backup files named after now are kept until removed by hand \
+                             (taken while the clock was ahead?)"
+                        );
+                        pruned
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %options.dir.display(), error = %e, "cannot remove old backups");
+                        0
+                    }
+                };
                 tracing::info!(
                     path = %dest.display(),
                     bytes,
@@ -211,7 +243,8 @@ mod tests {
             std::fs::write(dir.path().join(n), b"x").unwrap();
         }
         std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
-        assert_eq!(prune(dir.path(), 2).unwrap(), 3);
+        let newest = dir.path().join(&names[4]);
+        assert_eq!(prune(dir.path(), 2, &newest).unwrap(), (3, 0));
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -221,6 +254,25 @@ mod tests {
             left,
             [names[3].clone(), names[4].clone(), "notes.txt".into()]
         );
+    }
+
+    /// Files named in the future (the clock was once ahead) sort as the
+    /// newest: the backup just taken is kept all the same.
+    #[test]
+    fn pruning_never_deletes_the_backup_just_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for i in 0..3 {
+            let ahead = SystemTime::now() + year + Duration::from_secs(i);
+            std::fs::write(dir.path().join(file_name(ahead)), b"x").unwrap();
+        }
+        let written = dir.path().join(file_name(SystemTime::now()));
+        std::fs::write(&written, b"x").unwrap();
+        assert_eq!(prune(dir.path(), 3, &written).unwrap(), (1, 2));
+        assert!(written.exists());
+        assert_eq!(backups(dir.path()).unwrap().len(), 3);
+        assert_eq!(prune(dir.path(), 1, &written).unwrap(), (2, 0));
+        assert_eq!(backups(dir.path()).unwrap(), [written]);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub const BACKUP_INTERVAL_ENV: &str = "EDGESYNC_BACKUP_INTERVAL_SECONDS";
 pub const BACKUP_KEEP_ENV: &str = "EDGESYNC_BACKUP_KEEP";
 /// Default seconds between backups: hourly.
 pub const DEFAULT_BACKUP_INTERVAL_SECONDS: u64 = 3600;
+/// Longest interval between backups: a year (longer is not a schedule).
+pub const MAX_BACKUP_INTERVAL_SECONDS: u64 = 365 * 24 * 3600;
 /// Default number of backups kept: a day of hourly ones.
 pub const DEFAULT_BACKUP_KEEP: usize = 24;
 
@@ -162,19 +164,25 @@ pub fn backup_options(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<crate::BackupOptions>, SettingsError> {
     let set = |var: &str| env(var).filter(|v| !v.trim().is_empty());
-    let positive = |var: &'static str, default: u64| match set(var) {
+    let whole = |var: &'static str, default: u64, max: u64, reason: &'static str| match set(var) {
         None => Ok(default),
         Some(value) => match value.trim().parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(SettingsError::Invalid {
-                var,
-                value,
-                reason: "expected a whole number, at least 1",
-            }),
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(SettingsError::Invalid { var, value, reason }),
         },
     };
-    let interval = positive(BACKUP_INTERVAL_ENV, DEFAULT_BACKUP_INTERVAL_SECONDS)?;
-    let keep = positive(BACKUP_KEEP_ENV, DEFAULT_BACKUP_KEEP as u64)?;
+    let interval = whole(
+        BACKUP_INTERVAL_ENV,
+        DEFAULT_BACKUP_INTERVAL_SECONDS,
+        MAX_BACKUP_INTERVAL_SECONDS,
+        "expected a whole number of seconds, from 1 to 31536000 (a year)",
+    )?;
+    let keep = whole(
+        BACKUP_KEEP_ENV,
+        DEFAULT_BACKUP_KEEP as u64,
+        u64::MAX,
+        "expected a whole number, at least 1",
+    )?;
     Ok(set(BACKUP_DIR_ENV).map(|dir| crate::BackupOptions {
         dir: PathBuf::from(dir),
         interval: std::time::Duration::from_secs(interval),
@@ -292,6 +300,8 @@ mod tests {
         assert_eq!((custom.interval.as_secs(), custom.keep), (60, 3));
         for (var, bad) in [
             (BACKUP_INTERVAL_ENV, "0"),
+            (BACKUP_INTERVAL_ENV, "31536001"),
+            (BACKUP_INTERVAL_ENV, "18446744073709551615"),
             (BACKUP_KEEP_ENV, "-1"),
             (BACKUP_KEEP_ENV, "many"),
         ] {

@@ -245,6 +245,10 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
             why,
         });
     }
+    if let Err(e) = take_owner(&partial, path) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(io(e));
+    }
     let replaced = if path.exists() {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -271,6 +275,29 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
     std::fs::rename(&partial, path).map_err(io)?;
     sync_parent(path).map_err(io)?;
     Ok(Restored { bytes, replaced })
+}
+
+/// Give `copy` the owner of the store it is to replace (or of the store's
+/// directory, if there is no store yet): a restore run as root must not
+/// leave the server's own user a store it cannot open.
+#[cfg(unix)]
+fn take_owner(copy: &Path, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let owner = std::fs::metadata(path).or_else(|_| std::fs::metadata(dir))?;
+    let mine = std::fs::metadata(copy)?;
+    if (mine.uid(), mine.gid()) == (owner.uid(), owner.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(copy, Some(owner.uid()), Some(owner.gid()))
+}
+
+#[cfg(not(unix))]
+fn take_owner(_: &Path, _: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Copy `path`'s WAL into the database file and remove it (SQLite deletes

@@ -195,6 +195,31 @@ async fn restore_replaces_the_store_and_keeps_the_old_one() {
     assert!(backup.exists(), "the backup itself is only read");
 }
 
+/// Restored by root (`sudo edgesync restore`), the store still belongs to
+/// the user who owned the one it replaced, so the server can open it.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_keeps_the_store_s_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.sqlite3");
+    let backup = dir.path().join("backup.sqlite3");
+    let kv = SqliteKv::open(&path, SqliteOptions::default()).unwrap();
+    kv.set("before", b"1").await.unwrap();
+    tokio::task::block_in_place(|| kv.backup_to(&backup)).unwrap();
+    kv.close().await;
+    drop(kv);
+    let (uid, gid) = (4321, 4322);
+    if let Err(e) = std::os::unix::fs::chown(&path, Some(uid), Some(gid)) {
+        // Only root can give files away; CI runs the tests as root.
+        eprintln!("skipped: cannot chown here ({e})");
+        return;
+    }
+    edgesync_sqlite::restore(&backup, &path).unwrap();
+    let restored = std::fs::metadata(&path).unwrap();
+    assert_eq!((restored.uid(), restored.gid()), (uid, gid));
+}
+
 /// Anything but an edgesync backup is refused and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_what_is_not_a_backup() {
