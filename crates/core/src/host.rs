@@ -44,6 +44,14 @@ pub trait Host: MaybeSync {
     /// woken. Must not block.
     fn log_changed(&self, user: &str, seq: u64);
 
+    /// Whether [`Host::wait_for_change`] can return early because of a
+    /// change (`false` for a host that only sleeps): the core then skips
+    /// the re-check right after it parks a long-poll, which could only
+    /// repeat the read it has just made.
+    fn wakes_early(&self) -> bool {
+        true
+    }
+
     /// True once the host is shutting down: held long-polls are answered
     /// at once instead of waiting for their deadline.
     fn draining(&self) -> bool {
@@ -76,6 +84,9 @@ impl<T: Host + ?Sized> Host for &T {
     }
     fn log_changed(&self, user: &str, seq: u64) {
         (**self).log_changed(user, seq)
+    }
+    fn wakes_early(&self) -> bool {
+        (**self).wakes_early()
     }
     fn draining(&self) -> bool {
         (**self).draining()

@@ -177,15 +177,21 @@ pub(crate) async fn handle<K: Kv, H: Host>(
         Handled::Done(response) => return response,
         Handled::Parked(parked) => parked,
     };
+    // `start` has just read the store: a host that only sleeps gains
+    // nothing from reading it again before its first sleep.
+    let mut check = service.host.wakes_early();
     loop {
         // Register before checking, so that a change committed between the
         // check and the wait still wakes us.
         let wake = service
             .host
             .wait_for_change(parked.topic(), parked.deadline_millis());
-        if let Some(response) = resume(service, &parked).await {
-            return response;
+        if check {
+            if let Some(response) = resume(service, &parked).await {
+                return response;
+            }
         }
+        check = true;
         wake.await;
     }
 }

@@ -149,6 +149,13 @@ fn route_costs_stay_within_their_budget() {
     assert_eq!(s, 304);
     print("GET /v1/changes at head (idle poll, 304)", c);
     let idle = c;
+    let (s, c) = b.call("GET", "/v1/changes?since=6&wait=5", &[], "");
+    assert_eq!(s, 200);
+    print(
+        "GET /v1/changes?wait=5 at head, nothing comes (one wake-up)",
+        c,
+    );
+    let held = c;
     let (s, c) = b.call("GET", "/v1/changes?since=5", &[], "");
     assert_eq!(s, 200);
     print("GET /v1/changes, 1 new change", c);
@@ -178,6 +185,13 @@ fn route_costs_stay_within_their_budget() {
     );
     assert!(idle.bytes_read <= 8, "the key an idle poll reads is small");
     assert_eq!((head_probe.read_calls, head_probe.keys_read), (1, 1));
+    // A host that only sleeps (Spin) reads once when the poll is held and
+    // once per wake-up, nothing in between.
+    assert_eq!(
+        (held.read_calls, held.keys_read, held.write_calls),
+        (2, 2, 0),
+        "a held long-poll: one read when it parks, one per wake-up"
+    );
     assert!(get.read_calls <= 3 && get.write_calls == 0, "{get:?}");
     assert!(
         replace.read_calls <= 5 && replace.write_calls <= 4,

@@ -1,6 +1,6 @@
 //! [`Host`] for one Spin instance (one request).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgesync_core::Host;
 
@@ -8,9 +8,28 @@ use crate::wait::AdaptiveWait;
 
 /// Clock, entropy and long-poll waiting for one request. Create one per
 /// request: it remembers when the request started waiting.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SpinHost {
     wait: AdaptiveWait,
+    /// Wall-clock time (ms since the epoch) when the request began, and
+    /// the monotonic instant of that moment. Time within the request is
+    /// counted from them on the monotonic clock, so a step of the host's
+    /// wall clock cannot stretch a long-poll past its wait (and the
+    /// host's request time limit); a request is short enough for the
+    /// drift from wall time not to matter.
+    started: (u64, Instant),
+}
+
+impl Default for SpinHost {
+    fn default() -> Self {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self {
+            wait: AdaptiveWait::default(),
+            started: (wall, Instant::now()),
+        }
+    }
 }
 
 impl SpinHost {
@@ -22,9 +41,9 @@ impl SpinHost {
 
 impl Host for SpinHost {
     fn now_millis(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        let (wall, at) = self.started;
+        let elapsed = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        wall.saturating_add(elapsed)
     }
 
     fn random_u64(&self) -> u64 {
@@ -40,6 +59,11 @@ impl Host for SpinHost {
         if sleep > 0 {
             std::thread::sleep(Duration::from_millis(sleep));
         }
+    }
+
+    /// Only sleeps: nothing wakes it early.
+    fn wakes_early(&self) -> bool {
+        false
     }
 
     /// Nothing to do: other instances find out by re-reading the store.

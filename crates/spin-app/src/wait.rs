@@ -54,7 +54,7 @@ impl AdaptiveWait {
         }
     }
 
-    /// How long to sleep now (`now_ms`, wall clock) before the core should
+    /// How long to sleep now (`now_ms`, the host's clock) before the core should
     /// re-check, given its absolute `deadline_ms`. Zero once the deadline
     /// has passed. The first call starts the wait.
     pub fn next_sleep_ms(&self, now_ms: u64, deadline_ms: u64) -> u64 {
@@ -67,7 +67,7 @@ impl AdaptiveWait {
             Ok(_) => now_ms,
             Err(started) => started,
         };
-        // A wall clock that stepped backwards counts as "just started":
+        // A clock that went backwards counts as "just started":
         // that only makes the next few checks faster.
         let waited = now_ms.saturating_sub(started);
         let interval = if waited < FAST_PHASE_MS {
