@@ -565,14 +565,17 @@ impl Shared {
         let cursor = first.cursor;
         let mut docs: Vec<StoredDoc> = first.documents.into_iter().map(Into::into).collect();
         let mut after = first.next_after;
+        // A listing that comes back to a page it has given already would
+        // be read forever.
+        let mut pages_seen = std::collections::HashSet::new();
         while let Some(a) = after {
-            let page = self.wire.docs_page(Some(&a), self.config.page_size).await;
-            let page = self.settle(st, page)?;
-            if page.next_after.as_deref() == Some(a.as_str()) {
+            if !pages_seen.insert(a.clone()) {
                 return Err(Error::Protocol(format!(
                     "listing does not advance past {a}"
                 )));
             }
+            let page = self.wire.docs_page(Some(&a), self.config.page_size).await;
+            let page = self.settle(st, page)?;
             docs.extend(page.documents.into_iter().map(StoredDoc::from));
             after = page.next_after;
         }

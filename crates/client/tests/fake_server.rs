@@ -445,6 +445,28 @@ async fn live_mode_keeps_long_polling_a_server_that_holds_silently() {
     assert!(clock.sleeps().is_empty(), "{:?}", clock.sleeps());
 }
 
+/// A broken listing that comes back to a page it gave already (A, B, A…)
+/// fails the bootstrap instead of being read forever.
+#[tokio::test]
+async fn a_listing_that_goes_round_in_circles_is_a_protocol_error() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| {
+        let next = match req.query("after").as_deref() {
+            Some("todos/a") => "todos/b",
+            _ => "todos/a",
+        };
+        Response::json(
+            200,
+            json!({"documents": [], "cursor": 9, "next_after": next}),
+        )
+    })
+    .await;
+    let c = client(&server, &clock, MemoryStorage::new(), Mode::Live, 5);
+    let err = c.sync_once().await.unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err}");
+    assert_eq!(server.requests_to("/v1/docs").len(), 3, "first, A, B");
+}
+
 #[tokio::test]
 async fn expired_cursor_resyncs_and_keeps_pending_mutations() {
     let clock = VirtualClock::new();
