@@ -180,7 +180,9 @@
 //!   A 400/413 for the whole batch makes the engine resend that batch one item
 //!   at a time to find the culprit.
 //! * 429/5xx (whole batch or item): stays queued, retried after back-off
-//!   (writes' own; reading goes on meanwhile). [`Client::flush`] does not
+//!   (writes' own; reading goes on meanwhile). The items a stopped batch
+//!   settled before the stop (its answer's `results`) are settled as above
+//!   and not sent again. [`Client::flush`] does not
 //!   retry within the call: its [`FlushError`] carries the error and the
 //!   report of what was delivered and parked before it.
 //!
