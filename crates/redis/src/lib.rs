@@ -419,8 +419,18 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 pub struct ChangeBus {
     queue: mpsc::Sender<(String, u64)>,
     overflow_warned: AtomicBool,
-    tasks: Vec<JoinHandle<()>>,
+    subscriber: JoinHandle<()>,
+    publisher: std::sync::Mutex<Option<Publisher>>,
 }
+
+/// The publishing task and how to ask it to finish.
+struct Publisher {
+    task: JoinHandle<()>,
+    finish: oneshot::Sender<()>,
+}
+
+/// How long [`ChangeBus::close`] waits for queued announcements to go out.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for ChangeBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -470,11 +480,13 @@ impl ChangeBus {
             }
         }
         let (queue, rx) = mpsc::channel(PUBLISH_QUEUE);
-        let publisher = tokio::spawn(publish_loop(publisher, channel, instance, rx));
+        let (finish, finishing) = oneshot::channel();
+        let task = tokio::spawn(publish_loop(publisher, channel, instance, rx, finishing));
         Ok(Self {
             queue,
             overflow_warned: AtomicBool::new(false),
-            tasks: vec![subscriber, publisher],
+            subscriber,
+            publisher: std::sync::Mutex::new(Some(Publisher { task, finish })),
         })
     }
 
@@ -483,7 +495,9 @@ impl ChangeBus {
     pub fn publish(&self, user: &str, seq: u64) {
         match self.queue.try_send((user.to_owned(), seq)) {
             Ok(()) => self.overflow_warned.store(false, Ordering::Relaxed),
-            Err(_) => {
+            // Closed: the instance is shutting down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.overflow_warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         "change announcements are backing up (is Redis reachable?); \
@@ -494,9 +508,27 @@ impl ChangeBus {
         }
     }
 
-    /// Stop publishing and subscribing.
-    pub fn close(&self) {
-        for task in &self.tasks {
+    /// Stop subscribing, publish what is queued (for at most a couple of
+    /// seconds: the announcements of the last writes a shutting-down
+    /// instance acknowledged wake long-polls on the others now, not at
+    /// their deadline), then stop publishing. Announcements made meanwhile
+    /// are dropped.
+    pub async fn close(&self) {
+        self.subscriber.abort();
+        let publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(Publisher { mut task, finish }) = publisher else {
+            return;
+        };
+        let _ = finish.send(());
+        if tokio::time::timeout(FLUSH_ON_CLOSE, &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("change announcements still queued at shutdown were dropped");
             task.abort();
         }
     }
@@ -504,7 +536,15 @@ impl ChangeBus {
 
 impl Drop for ChangeBus {
     fn drop(&mut self) {
-        self.close();
+        self.subscriber.abort();
+        if let Some(publisher) = self
+            .publisher
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            publisher.task.abort();
+        }
     }
 }
 
@@ -543,8 +583,23 @@ async fn publish_loop(
     channel: String,
     instance: u64,
     mut rx: mpsc::Receiver<(String, u64)>,
+    mut finish: oneshot::Receiver<()>,
 ) {
-    while let Some((user, seq)) = rx.recv().await {
+    let mut finishing = false;
+    loop {
+        let (user, seq) = tokio::select! {
+            biased;
+            // Closed, the queue still hands out what it holds, then ends.
+            _ = &mut finish, if !finishing => {
+                finishing = true;
+                rx.close();
+                continue;
+            }
+            queued = rx.recv() => match queued {
+                Some(announcement) => announcement,
+                None => return,
+            },
+        };
         // Pipeline whatever else is queued: one round trip for a burst.
         let mut pipe = redis::pipe();
         pipe.cmd("PUBLISH")

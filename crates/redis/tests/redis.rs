@@ -140,6 +140,30 @@ async fn change_bus_reaches_other_instances_but_not_itself() {
     assert!(c_seen.lock().unwrap().is_empty());
 }
 
+/// Closing a bus publishes what is queued first: the last writes of an
+/// instance that shuts down wake long-polls on the others at once, not at
+/// their deadline. On one thread the publisher has not run when `close`
+/// is called right after `publish`.
+#[tokio::test(flavor = "current_thread")]
+async fn closing_a_bus_publishes_what_is_queued() {
+    let server = RedisServer::start();
+    let url = server.url(0);
+    let b_notify = Arc::<tokio::sync::Notify>::default();
+    let (a, _) = bus(&url, Arc::default()).await;
+    let (_b, b_seen) = bus(&url, b_notify.clone()).await;
+    for seq in 1..=100 {
+        a.publish("u/last", seq);
+    }
+    a.close().await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while b_seen.lock().unwrap().len() < 100 {
+            b_notify.notified().await;
+        }
+    })
+    .await
+    .expect("b hears every announcement a had queued");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_bus_needs_a_reachable_server() {
     let mut server = RedisServer::start();

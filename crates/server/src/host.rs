@@ -126,10 +126,11 @@ impl NativeHost {
         self.hub.shutdown();
     }
 
-    /// Stop talking to Redis (after the server has drained).
-    pub fn close(&self) {
+    /// Stop talking to Redis (after the server has drained), once the
+    /// announcements still queued have gone out.
+    pub async fn close(&self) {
         if let Some(bus) = &self.bus {
-            bus.close();
+            bus.close().await;
         }
     }
 }

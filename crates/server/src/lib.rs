@@ -198,7 +198,7 @@ impl Server {
             Ok(pair) => pair,
             Err(source) => {
                 kv.close().await;
-                host.close();
+                host.close().await;
                 return Err(ServerError::Io {
                     context: format!("listening on {listen}"),
                     source,
@@ -262,7 +262,7 @@ impl Server {
         if let Some(task) = backups {
             let _ = task.await;
         }
-        service.host().close();
+        service.host().close().await;
         tracing::info!("edgesync stopped");
         Ok(())
     }
