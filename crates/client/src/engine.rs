@@ -8,7 +8,7 @@ use crate::model::{
     ChangeEvent, Document, Mode, Op, Origin, ParkReason, ParkedMutation, PendingMutation, Phase,
     Polling, ResyncReason, Status, StoredDoc, SyncEvent,
 };
-use crate::storage::{Commit, DocWrite, Storage, StorageError, WriteOutcome};
+use crate::storage::{open_private, Commit, DocWrite, Storage, StorageError, WriteOutcome};
 use crate::wire::{ChangesOutcome, ChangesResponse, ItemResult, Wire};
 use crate::SyncConfig;
 use std::collections::{BTreeMap, HashMap};
@@ -1002,11 +1002,7 @@ impl Shared {
             return Ok(None);
         };
         let locked = tokio::task::spawn_blocking(move || {
-            let mut open = std::fs::OpenOptions::new();
-            open.read(true).write(true).create(true).truncate(false);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-            let file = open.open(&path)?;
+            let file = open_private(&path)?;
             file.lock()?;
             Ok::<_, std::io::Error>(file)
         })

@@ -839,10 +839,7 @@ impl<H: Handler> Conn<'_, H> {
     /// gets to read our answer instead of a reset.
     async fn close(mut self, linger: bool) {
         let _ = self.stream.shutdown().await;
-        let unread = linger || !self.buf.is_empty() || {
-            let mut probe = [0u8; 1];
-            matches!(self.stream.try_read(&mut probe), Ok(n) if n > 0)
-        };
+        let unread = linger || !self.buf.is_empty() || bytes_waiting(&self.stream);
         if !unread {
             return;
         }

@@ -154,17 +154,17 @@ impl SqliteKv {
     }
 }
 
+/// The directory `path` is in (`.` for a bare file name).
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Make a new directory entry durable.
 fn sync_parent(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        File::open(dir)?.sync_all()?;
-    }
+    File::open(dir_of(path))?.sync_all()?;
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
@@ -283,11 +283,7 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
 #[cfg(unix)]
 fn take_owner(copy: &Path, path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let owner = std::fs::metadata(path).or_else(|_| std::fs::metadata(dir))?;
+    let owner = std::fs::metadata(path).or_else(|_| std::fs::metadata(dir_of(path)))?;
     let mine = std::fs::metadata(copy)?;
     if (mine.uid(), mine.gid()) == (owner.uid(), owner.gid()) {
         return Ok(());
@@ -303,21 +299,23 @@ fn take_owner(_: &Path, _: &Path) -> std::io::Result<()> {
 /// Copy `path`'s WAL into the database file and remove it (SQLite deletes
 /// the WAL when the last connection closes after a complete checkpoint).
 fn checkpoint(path: &Path) -> rusqlite::Result<()> {
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let conn = open_existing(path)?;
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     conn.close().map_err(|(_, e)| e)
 }
 
-/// A copy of a backup is a whole SQLite database with edgesync's table.
-fn check_backup(copy: &Path) -> Result<(), String> {
-    let conn = rusqlite::Connection::open_with_flags(
-        copy,
+/// A plain connection to a database file that must exist already (no
+/// store around it: restoring works on files no store has open).
+fn open_existing(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    rusqlite::Connection::open_with_flags(
+        path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| e.to_string())?;
+}
+
+/// A copy of a backup is a whole SQLite database with edgesync's table.
+fn check_backup(copy: &Path) -> Result<(), String> {
+    let conn = open_existing(copy).map_err(|e| e.to_string())?;
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |row| row.get(0))
         .map_err(|e| e.to_string())?;

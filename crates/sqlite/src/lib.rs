@@ -654,7 +654,8 @@ struct StoreState {
     inline_writes: bool,
     /// Something was committed since the last checkpoint.
     dirty: AtomicBool,
-    /// Transactions committed since the store was opened.
+    /// Commits attempted since the store was opened (failed ones too:
+    /// equal counts still mean nothing was written in between).
     commits: AtomicU64,
     /// A backup is reading a snapshot (see the `backup` module).
     backup_running: AtomicBool,

@@ -149,17 +149,26 @@ fn crash_with_wal_only_write(path: &std::path::Path, key: &str) {
     );
 }
 
+/// A store in `dir` holding `before`, still open, and a backup of it:
+/// (store, its path, the backup's path).
+async fn store_with_backup(
+    dir: &std::path::Path,
+) -> (SqliteKv, std::path::PathBuf, std::path::PathBuf) {
+    let path = dir.join("kv.sqlite3");
+    let backup = dir.join("backup.sqlite3");
+    let kv = SqliteKv::open(&path, SqliteOptions::default()).unwrap();
+    kv.set("before", b"1").await.unwrap();
+    tokio::task::block_in_place(|| kv.backup_to(&backup)).unwrap();
+    (kv, path, backup)
+}
+
 /// Restoring puts the backup's moment in place — not the writes made since,
 /// not a WAL the old store left behind — and keeps the old store, whole,
 /// under another name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_replaces_the_store_and_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kv.sqlite3");
-    let backup = dir.path().join("backup.sqlite3");
-    let kv = SqliteKv::open(&path, SqliteOptions::default()).unwrap();
-    kv.set("before", b"1").await.unwrap();
-    tokio::task::block_in_place(|| kv.backup_to(&backup)).unwrap();
+    let (kv, path, backup) = store_with_backup(dir.path()).await;
     kv.set("after", b"2").await.unwrap();
 
     // Not while the store is open.
@@ -202,11 +211,7 @@ async fn restore_replaces_the_store_and_keeps_the_old_one() {
 async fn restore_keeps_the_store_s_owner() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kv.sqlite3");
-    let backup = dir.path().join("backup.sqlite3");
-    let kv = SqliteKv::open(&path, SqliteOptions::default()).unwrap();
-    kv.set("before", b"1").await.unwrap();
-    tokio::task::block_in_place(|| kv.backup_to(&backup)).unwrap();
+    let (kv, path, backup) = store_with_backup(dir.path()).await;
     kv.close().await;
     drop(kv);
     let (uid, gid) = (4321, 4322);

@@ -196,6 +196,17 @@ pub trait Storage: Send + Sync + 'static {
     }
 }
 
+/// Open `path` for writing, creating it empty if missing, private to its
+/// owner (0600) whatever the umask says: a replica's files hold the user's
+/// documents and queued writes.
+pub(crate) fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// What a [`Storage::commit`] did.
 #[derive(Debug, Clone, Default)]
 pub struct CommitResult {

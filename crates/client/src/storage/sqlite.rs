@@ -1,4 +1,6 @@
-use super::{Commit, CommitResult, Meta, QueueCounts, Storage, StorageError, WriteOutcome};
+use super::{
+    open_private, Commit, CommitResult, Meta, QueueCounts, Storage, StorageError, WriteOutcome,
+};
 use crate::model::{Mutation, Op, ParkReason, ParkedMutation, PendingMutation, StoredDoc};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -91,11 +93,7 @@ impl SqliteStorage {
         }
         // SQLite would create the file readable by all: create it empty
         // first (SQLite takes an empty file as a new database).
-        let mut file = std::fs::OpenOptions::new();
-        file.write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
-        file.open(path)?;
+        open_private(path)?;
         let conn = Connection::open(path)?;
         let mut lock = path.as_os_str().to_owned();
         lock.push(".queue-lock");
