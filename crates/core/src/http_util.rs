@@ -84,17 +84,42 @@ pub(crate) fn normalize_segment(raw: &str) -> std::borrow::Cow<'_, str> {
 
 /// The first value of each query parameter, decoded. Parameters that fail
 /// to decode are reported by name.
-pub(crate) fn query_params(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn query_params(query: Option<&str>) -> Result<Query, QueryError> {
     let mut out: Vec<(String, String)> = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(k).ok_or_else(|| k.to_owned())?;
-        let value = percent_decode(v).ok_or_else(|| key.clone())?;
-        if !out.iter().any(|(existing, _)| *existing == key) {
-            out.push((key, value));
+        let key = percent_decode(k).ok_or_else(|| QueryError::Malformed(k.to_owned()))?;
+        let value = percent_decode(v).ok_or_else(|| QueryError::Malformed(key.clone()))?;
+        // Which of two values a server picks differs between servers (and
+        // proxies): refusing both is the only answer that cannot surprise.
+        if out.iter().any(|(existing, _)| *existing == key) {
+            return Err(QueryError::Repeated(key));
         }
+        out.push((key, value));
     }
-    Ok(out)
+    Ok(Query(out))
+}
+
+/// Decoded query parameters, each name once.
+#[derive(Debug, Default)]
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a query string was refused; each names the parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum QueryError {
+    /// Not valid percent-encoded UTF-8.
+    Malformed(String),
+    /// Given more than once.
+    Repeated(String),
 }
 
 /// Parse a non-negative decimal integer written plainly (no sign, no
@@ -104,6 +129,16 @@ pub(crate) fn parse_u64(s: &str) -> Option<u64> {
         return None;
     }
     s.parse().ok()
+}
+
+/// The version an entity tag's opaque part names, if it is one this server
+/// could have issued: `"<n>"` with `n` in canonical decimal. Tags compare
+/// character by character (RFC 9110 §8.8.3.2), so `"07"` is not `"7"`.
+pub(crate) fn parse_version_tag(opaque: &str) -> Option<u64> {
+    if opaque.len() > 1 && opaque.starts_with('0') {
+        return None;
+    }
+    parse_u64(opaque)
 }
 
 /// One entity tag from an `If-Match`/`If-None-Match` list.
@@ -183,7 +218,7 @@ impl ETagList {
             ETagList::Tags(tags) => Cond::Versions(
                 tags.iter()
                     .filter(|t| !(strong && t.weak))
-                    .filter_map(|t| parse_u64(&t.opaque))
+                    .filter_map(|t| parse_version_tag(&t.opaque))
                     .collect(),
             ),
         }
@@ -194,7 +229,19 @@ impl ETagList {
     pub fn matches_weakly(&self, n: u64) -> bool {
         match self {
             ETagList::Any => true,
-            ETagList::Tags(tags) => tags.iter().any(|t| parse_u64(&t.opaque) == Some(n)),
+            ETagList::Tags(tags) => tags.iter().any(|t| parse_version_tag(&t.opaque) == Some(n)),
+        }
+    }
+
+    /// Whether `If-Match` holds for a representation whose tag is `"n"`
+    /// (`None`: it has no tag). Strong comparison: weak tags never match.
+    pub fn matches_strongly(&self, current: Option<u64>) -> bool {
+        match self {
+            ETagList::Any => true,
+            ETagList::Tags(tags) => current.is_some_and(|n| {
+                tags.iter()
+                    .any(|t| !t.weak && parse_version_tag(&t.opaque) == Some(n))
+            }),
         }
     }
 }
@@ -271,6 +318,21 @@ mod tests {
         assert_eq!(parse(""), Ok(Some(ETagList::Tags(vec![]))));
         assert_eq!(parse(" , "), Ok(Some(ETagList::Tags(vec![]))));
         assert_eq!(parse_etag_list(std::iter::empty()), Ok(None));
+        // Tags compare as strings: a number spelled another way is
+        // another tag, whatever it means as a number.
+        let padded = parse(r#""07", "0", W/"8""#).unwrap().unwrap();
+        assert_eq!(padded.to_cond(true), Cond::Versions(vec![0]));
+        assert!(!padded.matches_weakly(7));
+        assert!(padded.matches_weakly(0));
+        assert!(padded.matches_weakly(8));
+        assert!(padded.matches_strongly(Some(0)));
+        assert!(!padded.matches_strongly(Some(7)));
+        assert!(
+            !padded.matches_strongly(Some(8)),
+            "weak tags never match strongly"
+        );
+        assert!(!padded.matches_strongly(None));
+        assert!(ETagList::Any.matches_strongly(None));
         let two = [hv(r#""1""#), hv(r#""2""#)];
         assert_eq!(
             parse_etag_list(two.iter()).unwrap().unwrap().to_cond(true),
@@ -280,17 +342,24 @@ mod tests {
 
     #[test]
     fn query_strings() {
-        let q = query_params(Some("since=5&limit=&after=todos%2Fa1&since=9&x")).unwrap();
+        let q = query_params(Some("since=5&limit=&after=todos%2Fa1&x")).unwrap();
+        assert_eq!(q.get("since"), Some("5"));
+        assert_eq!(q.get("limit"), Some(""));
+        assert_eq!(q.get("after"), Some("todos/a1"));
+        assert_eq!(q.get("x"), Some(""));
+        assert_eq!(q.get("wait"), None);
         assert_eq!(
-            q,
-            vec![
-                ("since".into(), "5".into()),
-                ("limit".into(), "".into()),
-                ("after".into(), "todos/a1".into()),
-                ("x".into(), "".into()),
-            ]
+            query_params(Some("since=5&since=9")).unwrap_err(),
+            QueryError::Repeated("since".into())
         );
-        assert!(query_params(Some("a=%ZZ")).is_err());
+        assert_eq!(
+            query_params(Some("since=5&%73ince=5")).unwrap_err(),
+            QueryError::Repeated("since".into())
+        );
+        assert_eq!(
+            query_params(Some("a=%ZZ")).unwrap_err(),
+            QueryError::Malformed("a".into())
+        );
         assert!(query_params(Some("a=%C3")).is_err());
         assert_eq!(parse_u64("007"), Some(7));
         for bad in ["", "-1", "+1", "1.0", " 1", "99999999999999999999999"] {

@@ -164,6 +164,20 @@ impl Problem {
         )
         .with("current_version", json!(current_version))
     }
+    /// `If-Match` on a read did not hold; `current` is the number in the
+    /// answer's `ETag` (the document's version, the head, the next cursor).
+    pub fn read_precondition_failed(current: Option<u64>) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            "Precondition failed",
+            match current {
+                Some(v) => format!("If-Match does not list the current entity tag \"{v}\""),
+                None => "this answer has no entity tag for If-Match to match".to_owned(),
+            },
+        )
+        .with("current_version", json!(current))
+    }
     pub fn payload_too_large(max: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -185,13 +199,29 @@ impl Problem {
         .with("max_document_bytes", json!(max))
     }
     pub fn unsupported_media_type(expected: &str) -> Self {
-        Self::new(
+        let problem = Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
             "Unsupported media type",
             format!("send the body as {expected}"),
         )
-        .header(http::header::ACCEPT, expected)
+        .header(http::header::ACCEPT, expected);
+        if expected == "application/merge-patch+json" {
+            // RFC 5789 §2.2: a PATCH refused for its format names the ones
+            // the resource takes.
+            problem.header(HeaderName::from_static("accept-patch"), expected)
+        } else {
+            problem
+        }
+    }
+    pub fn unsupported_content_encoding() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send the body without a Content-Encoding",
+        )
+        .header(http::header::ACCEPT_ENCODING, "identity")
     }
     pub fn idempotency_mismatch() -> Self {
         Self::new(

@@ -4,8 +4,8 @@ use hmac::{Hmac, Mac};
 use http::header::{
     HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_METHOD, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG,
-    IF_MATCH, IF_NONE_MATCH, LOCATION, ORIGIN, VARY,
+    ACCESS_CONTROL_REQUEST_METHOD, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LOCATION, ORIGIN, VARY,
 };
 use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -17,13 +17,14 @@ use crate::engine::{Action, ChangesPage, Cond, Conditions, Log, Mutation, Outcom
 use crate::entry::Entry;
 use crate::host::Host;
 use crate::http_util::{
-    media_type, normalize_segment, parse_etag_list, parse_u64, prefer_wait, query_params,
-    single_field, ETagList,
+    media_type, normalize_segment, parse_etag_list, parse_u64, parse_version_tag, prefer_wait,
+    query_params, single_field, ETagList, Query, QueryError,
 };
 use crate::kv::Kv;
 use crate::names::{is_valid_idempotency_key, is_valid_name};
 use crate::problem::{Failure, Problem};
 use crate::service::{RequestInfo, Service};
+use crate::strict_json;
 
 const MAX_LIMIT: u64 = 1000;
 const DEFAULT_LIMIT: u64 = 100;
@@ -35,8 +36,8 @@ const MAX_BATCH: usize = 100;
 /// accepted near that limit would be written and then be unreadable, and
 /// with it the user's log.
 pub(crate) const MAX_VALUE_DEPTH: usize = 64;
-const EXPOSED_HEADERS: &str =
-    "ETag, X-Poll-Interval, Retry-After, Location, Idempotent-Replayed, Preference-Applied";
+const EXPOSED_HEADERS: &str = "ETag, X-Poll-Interval, Retry-After, Location, \
+    Idempotent-Replayed, Preference-Applied, WWW-Authenticate, Accept-Patch";
 const ALLOWED_REQUEST_HEADERS: &str =
     "Authorization, Content-Type, If-Match, If-None-Match, Idempotency-Key, Prefer";
 const X_POLL_INTERVAL: HeaderName = HeaderName::from_static("x-poll-interval");
@@ -44,6 +45,8 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const PREFER: HeaderName = HeaderName::from_static("prefer");
 const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+const ACCEPT_PATCH: HeaderName = HeaderName::from_static("accept-patch");
+const MERGE_PATCH: &str = "application/merge-patch+json";
 
 /// The routes, as matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +230,7 @@ pub(crate) async fn resume<K: Kv, H: Host>(
     let log = Log::new(&service.kv, &service.host, &service.config, &parked.user);
     let result = match changes_resume(service, &log, &parked.waiting).await {
         Ok(None) => return None,
-        Ok(Some(response)) => Ok(response),
+        Ok(Some(response)) => read_precondition(parked.waiting.if_match.as_ref(), response),
         Err(failure) => Err(failure),
     };
     Some(finish_response(service, &parked.finish, result))
@@ -252,7 +255,14 @@ fn finish_response<K: Kv, H: Host>(
                 HeaderValue::from_static(EXPOSED_HEADERS),
             );
         }
-        h.append(VARY, HeaderValue::from_static("Origin"));
+    }
+    if service.config.cors_origins != CorsOrigins::None {
+        // With CORS on, whether the answer carries CORS headers (and which
+        // origin they name) depends on `Origin`: a cache must not hand one
+        // origin's answer, or a same-origin one, to another.
+        response
+            .headers_mut()
+            .append(VARY, HeaderValue::from_static("Origin"));
     }
     if finish.is_head {
         // Same headers as GET, no body.
@@ -270,7 +280,18 @@ fn finish_response<K: Kv, H: Host>(
             .or_insert_with(|| HeaderValue::from(service.config.poll_interval_seconds));
         h.entry(CACHE_CONTROL)
             .or_insert_with(|| HeaderValue::from_static("private, no-cache"));
+        if finish.route == "/v1/changes" {
+            // `Prefer: wait` decides whether the answer is held.
+            h.append(VARY, HeaderValue::from_static("Prefer"));
+        }
     }
+    // Nothing here is for shared caches, and an answer without its own
+    // policy (an error, a 404, a write's result) must not be reused by a
+    // private one either: a cached 404 would hide the document once made.
+    response
+        .headers_mut()
+        .entry(CACHE_CONTROL)
+        .or_insert_with(|| HeaderValue::from_static("no-store"));
     response.extensions_mut().insert(RequestInfo {
         route: finish.route,
         user_hash: finish.user_hash.clone(),
@@ -328,6 +349,10 @@ async fn dispatch<K: Kv, H: Host>(
         let mut r = empty(StatusCode::NO_CONTENT);
         let allow = route.allow();
         r.headers_mut().insert(ALLOW, header_value(&allow));
+        if matches!(route, Route::Doc { .. }) {
+            r.headers_mut()
+                .insert(ACCEPT_PATCH, HeaderValue::from_static(MERGE_PATCH));
+        }
         if cors_allowed
             && request
                 .headers()
@@ -369,10 +394,26 @@ async fn dispatch<K: Kv, H: Host>(
         }
     };
     let user_hash = Some(user_hash(&service.log_hasher, &claims.sub));
+    // On a read, `If-Match` is checked against the tag the answer carries
+    // (RFC 9110 §13.1.1); on a write it is part of the mutation.
+    let read_if_match = if method == Method::GET || method == Method::HEAD {
+        match if_match(&request) {
+            Ok(list) => list,
+            Err(problem) => {
+                return (
+                    template,
+                    user_hash,
+                    Dispatched::Respond(Err(problem.into())),
+                )
+            }
+        }
+    } else {
+        None
+    };
     let log = Log::new(&service.kv, &service.host, &service.config, &claims.sub);
     let result = match route {
         Route::Head => head(service, &log, &request).await,
-        Route::Changes => match changes_start(service, &log, &request).await {
+        Route::Changes => match changes_start(service, &log, &request, &read_if_match).await {
             Ok(ChangesStart::Respond(r)) => Ok(r),
             Ok(ChangesStart::Wait(waiting)) => {
                 let user = claims.sub;
@@ -385,7 +426,34 @@ async fn dispatch<K: Kv, H: Host>(
         Route::Mutations => mutations(&log, &request).await,
         Route::Health => unreachable!("answered above"),
     };
+    let result = result.and_then(|r| read_precondition(read_if_match.as_ref(), r));
     (template, user_hash, Dispatched::Respond(result))
+}
+
+/// `response` if a read's `If-Match` holds for the tag it carries, else 412.
+/// Only answers that would have succeeded are checked (RFC 9110 §13.2.1):
+/// a 404 stays a 404.
+fn read_precondition(
+    if_match: Option<&ETagList>,
+    response: Response<Vec<u8>>,
+) -> Result<Response<Vec<u8>>, Failure> {
+    let Some(list) = if_match else {
+        return Ok(response);
+    };
+    if !(response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED) {
+        return Ok(response);
+    }
+    let current = response
+        .headers()
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix('"')?.strip_suffix('"'))
+        .and_then(parse_version_tag);
+    if list.matches_strongly(current) {
+        Ok(response)
+    } else {
+        Err(Problem::read_precondition_failed(current).into())
+    }
 }
 
 /// The keyed hash behind [`user_hash`], set up once per service: keyed with
@@ -468,6 +536,19 @@ fn if_match<T>(request: &Request<T>) -> Result<Option<ETagList>, Problem> {
     }
 }
 
+/// The request's query parameters; a malformed or repeated one is 400.
+fn query<T>(request: &Request<T>) -> Result<Query, Problem> {
+    query_params(request.uri().query()).map_err(|e| match e {
+        QueryError::Malformed(name) => Problem::invalid_parameter(
+            &name,
+            "query parameters must be valid percent-encoded UTF-8",
+        ),
+        QueryError::Repeated(name) => {
+            Problem::invalid_parameter(&name, format!("{name} is given more than once"))
+        }
+    })
+}
+
 // -------------------------------------------------------------------
 // /v1/head
 // -------------------------------------------------------------------
@@ -481,7 +562,7 @@ async fn head<K: Kv, H: Host>(
     // The cheap probe: one small read answers "still at N?".
     if let Some(ETagList::Tags(tags)) = &inm {
         if let [tag] = tags.as_slice() {
-            if let Some(n) = parse_u64(&tag.opaque) {
+            if let Some(n) = parse_version_tag(&tag.opaque) {
                 if log.nothing_after(n).await? == Some(true) {
                     let mut r = empty(StatusCode::NOT_MODIFIED);
                     poll_headers(service, &mut r, n);
@@ -514,6 +595,8 @@ pub(crate) struct ChangesWait {
     deadline: u64,
     preferred: bool,
     inm: Option<ETagList>,
+    /// Checked against the answer when it is finally given.
+    if_match: Option<ETagList>,
 }
 
 enum ChangesStart {
@@ -525,19 +608,10 @@ async fn changes_start<K: Kv, H: Host>(
     service: &Service<K, H>,
     log: &Log<'_, K, H>,
     request: &Request<Vec<u8>>,
+    if_match: &Option<ETagList>,
 ) -> Result<ChangesStart, Failure> {
-    let params = query_params(request.uri().query()).map_err(|name| {
-        Problem::invalid_parameter(
-            &name,
-            "query parameters must be valid percent-encoded UTF-8",
-        )
-    })?;
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let params = query(request)?;
+    let get = |name: &str| params.get(name);
     let since = match get("since") {
         None => 0,
         Some(v) => parse_u64(v).ok_or_else(|| {
@@ -585,6 +659,7 @@ async fn changes_start<K: Kv, H: Host>(
             .saturating_add(wait.saturating_mul(1000)),
         preferred,
         inm: if_none_match(request)?,
+        if_match: if_match.clone(),
     };
     let page = log.changes(since, limit).await?.map_err(Failure::from)?;
     if matches!(page, ChangesPage::Idle) && wait > 0 && !service.host.draining() {
@@ -670,18 +745,8 @@ async fn list<K: Kv, H: Host>(
     log: &Log<'_, K, H>,
     request: &Request<Vec<u8>>,
 ) -> Result<Response<Vec<u8>>, Failure> {
-    let params = query_params(request.uri().query()).map_err(|name| {
-        Problem::invalid_parameter(
-            &name,
-            "query parameters must be valid percent-encoded UTF-8",
-        )
-    })?;
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let params = query(request)?;
+    let get = |name: &str| params.get(name);
     let collection = match get("collection") {
         None => None,
         Some(c) if is_valid_name(c) => Some(c.to_owned()),
@@ -771,7 +836,7 @@ fn fingerprint(collection: &str, id: &str, action: &Action, conditions: &Conditi
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Problem> {
-    serde_json::from_slice(body)
+    strict_json::parse(body)
         .map_err(|e| Problem::invalid_json(format!("the body is not valid JSON: {e}")))
 }
 
@@ -795,7 +860,19 @@ fn shallow_enough(value: Value, what: &str) -> Result<Value, Problem> {
     Ok(value)
 }
 
+/// A body we can read: `expected` as its media type (parameters aside:
+/// JSON defines none, RFC 8259 §11) and no content coding, which we would
+/// otherwise parse as if it were plain.
 fn require_media_type<T>(request: &Request<T>, expected: &str) -> Result<(), Problem> {
+    let identity = request
+        .headers()
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .all(|coding| coding.trim().eq_ignore_ascii_case("identity"));
+    if !identity {
+        return Err(Problem::unsupported_content_encoding());
+    }
     // Two Content-Type fields name no one type: 415 like a wrong one.
     let content_type = single_field(request.headers(), &CONTENT_TYPE).unwrap_or(None);
     if media_type(content_type).as_deref() == Some(expected) {
@@ -834,7 +911,7 @@ async fn doc<K: Kv, H: Host>(
         require_media_type(request, "application/json")?;
         Action::Put(shallow_enough(parse_json(request.body())?, "the value")?)
     } else if method == Method::PATCH {
-        require_media_type(request, "application/merge-patch+json")?;
+        require_media_type(request, MERGE_PATCH)?;
         Action::Patch(shallow_enough(parse_json(request.body())?, "the patch")?)
     } else {
         Action::Delete
@@ -990,6 +1067,15 @@ async fn mutations<K: Kv, H: Host>(
     request: &Request<Vec<u8>>,
 ) -> Result<Response<Vec<u8>>, Failure> {
     require_media_type(request, "application/json")?;
+    if request.headers().contains_key(IDEMPOTENCY_KEY) {
+        // Ignoring it would let a client believe the batch is deduplicated
+        // as a whole; it is not, item by item it is.
+        return Err(Problem::invalid_parameter(
+            "Idempotency-Key",
+            "a batch takes no Idempotency-Key header: each item's \"id\" is its idempotency key",
+        )
+        .into());
+    }
     let batch = parse_batch(request.body())?;
     let mut results = Vec::with_capacity(batch.len());
     for (mutation, key) in &batch {

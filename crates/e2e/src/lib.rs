@@ -444,6 +444,7 @@ registry! { $;
     preconditions::patch_and_delete_honour_if_match => BASIC,
     preconditions::malformed_precondition_headers_are_400 => BASIC,
     preconditions::empty_if_none_match_matches_nothing => BASIC,
+    preconditions::tags_compare_as_strings_and_reads_honour_if_match => BASIC,
     // Idempotency.
     idempotency::put_replay_returns_first_result => BASIC,
     idempotency::patch_and_delete_replays => BASIC,

@@ -222,6 +222,10 @@ pub async fn bad_parameters_are_400(t: &Target) -> anyhow::Result<()> {
         ("wait=1.5".into(), "wait"),
         ("wait=".into(), "wait"),
         (format!("wait={huge}"), "wait"),
+        // Which of two values counts differs between servers and proxies.
+        ("since=1&since=0".into(), "since"),
+        ("wait=0&limit=5&wait=1".into(), "wait"),
+        ("limit=5&%6cimit=5".into(), "limit"),
     ];
     for (query, param) in cases {
         let path = format!("/v1/changes?{query}");
@@ -427,6 +431,14 @@ pub async fn prefer_wait_is_applied(t: &Target) -> anyhow::Result<()> {
         "Preference-Applied for Prefer: wait=1"
     );
     assert_poll_headers(&r, t.settings.poll_interval_seconds);
+    // RFC 7240 §2: an answer shaped by a preference says so to caches.
+    assert!(
+        r.header_tokens("vary")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("prefer")),
+        "Vary must name Prefer: {:?}",
+        r.headers
+    );
     // Above the maximum: clamped, and the applied value says so.
     let r = api
         .get("/v1/changes?since=0")

@@ -10,6 +10,8 @@ const EXPOSED: &[&str] = &[
     "location",
     "idempotent-replayed",
     "preference-applied",
+    "www-authenticate",
+    "accept-patch",
 ];
 const ALLOWED_HEADERS: &[&str] = &[
     "authorization",
@@ -186,6 +188,13 @@ pub async fn disallowed_origin_gets_no_cors_headers(t: &Target) -> anyhow::Resul
             "{origin}: no Allow-Origin on a request: {:?}",
             r.headers
         );
+        // The answer depends on Origin even when it carries no CORS
+        // headers: a cache must not reuse it for an allowed origin.
+        assert!(
+            lower_tokens(&r, "vary").iter().any(|v| v == "origin"),
+            "{origin}: Vary must name Origin: {:?}",
+            r.headers
+        );
         let r = api
             .options("/v1/docs/c/i")
             .header("Origin", origin)
@@ -202,6 +211,12 @@ pub async fn disallowed_origin_gets_no_cors_headers(t: &Target) -> anyhow::Resul
             "{origin}: no Allow-Methods on a preflight"
         );
     }
+    let r = api.get("/v1/head").auth(&u).send().await?.expect(200);
+    assert!(
+        lower_tokens(&r, "vary").iter().any(|v| v == "origin"),
+        "no Origin: Vary must still name Origin: {:?}",
+        r.headers
+    );
     // Allowed origins differing only by a trailing path or case are other origins.
     if let Some(o) = t.settings.cors_origins.first() {
         let other = format!("{o}.evil");

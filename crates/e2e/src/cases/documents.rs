@@ -125,7 +125,8 @@ pub async fn put_recreates_deleted_document_with_201(t: &Target) -> anyhow::Resu
 }
 
 /// `GET` carries `ETag` and `Cache-Control: private, no-cache`; absent
-/// documents are 404 `document-not-found`.
+/// documents are 404 `document-not-found` with `Cache-Control: no-store`,
+/// and so is a write's result.
 pub async fn get_has_etag_and_cache_control(t: &Target) -> anyhow::Result<()> {
     let api = t.api();
     let u = t.new_user();
@@ -133,7 +134,15 @@ pub async fn get_has_etag_and_cache_control(t: &Target) -> anyhow::Result<()> {
     let id = doc_id();
     let r = api.get(doc_path(&c, &id)).auth(&u).send().await?;
     r.expect_problem(404, "document-not-found");
-    put_ok(&api, &u, &c, &id, &json!({"a": 1})).await?;
+    // A (private) cache keeping this 404 would hide the document once it
+    // is made; errors and write results are not stored at all.
+    assert_eq!(
+        r.header("cache-control").as_deref(),
+        Some("no-store"),
+        "404 document: Cache-Control"
+    );
+    let w = put(&api, &u, &c, &id, &json!({"a": 1})).await?.expect(201);
+    assert_eq!(w.header("cache-control").as_deref(), Some("no-store"));
     let r = api
         .get(doc_path(&c, &id))
         .auth(&u)
@@ -470,13 +479,39 @@ pub async fn content_types_are_enforced_with_415(t: &Target) -> anyhow::Result<(
         };
         let r = req.send().await?;
         r.expect_problem(415, "unsupported-media-type");
+        // RFC 5789 §2.2: the refusal names the patch format taken.
+        assert_eq!(
+            r.header("accept-patch").as_deref(),
+            Some("application/merge-patch+json"),
+            "{}",
+            r.what
+        );
+    }
+    // A content coding would be parsed as if the body were plain: refused,
+    // with the codings taken (none) named.
+    for patch in [false, true] {
+        for coding in ["gzip", "identity, br", "x-custom"] {
+            let (req, ct) = if patch {
+                (api.patch(path.clone()), "application/merge-patch+json")
+            } else {
+                (api.put(path.clone()), "application/json")
+            };
+            let r = req
+                .auth(&u)
+                .header("Content-Encoding", coding)
+                .body_with_type(ct, r#"{"a":9}"#)
+                .send()
+                .await?;
+            r.expect_problem(415, "unsupported-media-type");
+            assert_eq!(r.header("accept-encoding").as_deref(), Some("identity"));
+        }
     }
     assert_nothing_changed(
         &api,
         &u,
         1,
         Some((&c, &id, 200)),
-        "PATCH with wrong content types",
+        "PATCH with wrong content types or codings",
     )
     .await?;
     let g = api.get(path.clone()).auth(&u).send().await?.expect(200);
@@ -485,6 +520,14 @@ pub async fn content_types_are_enforced_with_415(t: &Target) -> anyhow::Result<(
     api.patch(path.clone())
         .auth(&u)
         .body_with_type("Application/Merge-Patch+JSON; charset=utf-8", r#"{"a":3}"#)
+        .send()
+        .await?
+        .expect(200);
+    // `identity` is no coding at all.
+    api.patch(path.clone())
+        .auth(&u)
+        .header("Content-Encoding", "identity")
+        .merge_patch(&json!({"a": 4}))
         .send()
         .await?
         .expect(200);

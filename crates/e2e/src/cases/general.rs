@@ -123,7 +123,8 @@ pub async fn wrong_methods_are_405_with_allow(t: &Target) -> anyhow::Result<()> 
     assert_nothing_changed(&api, &u, 1, Some((&c, &id, 200)), "405 requests").await
 }
 
-/// `OPTIONS` on every route answers 204 with `Allow`.
+/// `OPTIONS` on every route answers 204 with `Allow` (and, for documents,
+/// `Accept-Patch`).
 pub async fn options_answers_204_with_allow(t: &Target) -> anyhow::Result<()> {
     let api = t.api();
     let u = t.new_user();
@@ -140,6 +141,15 @@ pub async fn options_answers_204_with_allow(t: &Target) -> anyhow::Result<()> {
         let want: Vec<String> = allow.split(", ").map(String::from).collect();
         assert_eq!(r.header_tokens("allow"), want, "OPTIONS {path}: Allow");
         assert!(r.body.is_empty(), "OPTIONS {path}: 204 has no body");
+        // RFC 5789 §3.1: where PATCH is allowed, the formats it takes.
+        let accept_patch = path
+            .starts_with("/v1/docs/")
+            .then_some("application/merge-patch+json");
+        assert_eq!(
+            r.header("accept-patch").as_deref(),
+            accept_patch,
+            "OPTIONS {path}: Accept-Patch"
+        );
     }
     assert_nothing_changed(&api, &u, 0, Some(("c", "i", 404)), "OPTIONS").await
 }

@@ -109,6 +109,9 @@ pub async fn bad_json_is_400(t: &Target) -> anyhow::Result<()> {
         br#"{"a":NaN}"#.to_vec(),
         b"[1,]".to_vec(),
         br#""unterminated"#.to_vec(),
+        // A member named twice: parsers disagree on which one counts.
+        br#"{"a":1,"a":2}"#.to_vec(),
+        br#"{"outer":{"x":1,"y":2,"x":3}}"#.to_vec(),
     ];
     for body in &bodies {
         let r = api

@@ -244,6 +244,8 @@ pub async fn listing_bad_parameters_are_400(t: &Target) -> anyhow::Result<()> {
         ("after=../x".into(), "after"),
         ("after=a/..".into(), "after"),
         ("after=".into(), "after"),
+        ("collection=a&collection=b".into(), "collection"),
+        ("limit=1&limit=1".into(), "limit"),
     ];
     for (q, param) in cases {
         let path = format!("/v1/docs?{q}");

@@ -409,7 +409,18 @@ pub async fn batch_input_errors(t: &Target) -> anyhow::Result<()> {
             .await?
             .expect_problem(415, "unsupported-media-type");
     }
-    for bad in [&body[..body.len() - 3], "not json", "", "{\"mutations\":["] {
+    // An item naming `op` twice (put, then delete) is refused as a whole,
+    // never read either way.
+    let twice = format!(
+        r#"{{"mutations":[{{"id":"k","op":"put","collection":"{c}","doc":"d","value":1,"op":"delete"}}]}}"#
+    );
+    for bad in [
+        &body[..body.len() - 3],
+        "not json",
+        "",
+        "{\"mutations\":[",
+        &twice,
+    ] {
         let r = api
             .post("/v1/mutations")
             .auth(&u)
@@ -434,5 +445,26 @@ pub async fn batch_input_errors(t: &Target) -> anyhow::Result<()> {
             .await?;
         r.expect_problem(400, "invalid-body");
     }
+    // Keys come from the items; a batch-wide header would be a promise
+    // the server does not keep.
+    let p = api
+        .post("/v1/mutations")
+        .auth(&u)
+        .header("Idempotency-Key", "batch-1")
+        .body_with_type("application/json", body.clone())
+        .send()
+        .await?
+        .expect_problem(400, "invalid-parameter");
+    assert_eq!(p["parameter"], "Idempotency-Key", "{p}");
+    // A compressed body is not read as if it were plain.
+    let r = api
+        .post("/v1/mutations")
+        .auth(&u)
+        .header("Content-Encoding", "gzip")
+        .body_with_type("application/json", body.clone())
+        .send()
+        .await?;
+    r.expect_problem(415, "unsupported-media-type");
+    assert_eq!(r.header("accept-encoding").as_deref(), Some("identity"));
     assert_nothing_changed(&api, &u, 0, Some((&c, "d", 404)), "bad batch bodies").await
 }

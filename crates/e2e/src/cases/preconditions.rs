@@ -1,6 +1,7 @@
 //! `If-Match` (strong comparison, `*` = must exist) and `If-None-Match: *`
 //! (must not exist) on writes: 412 `precondition-failed` with
-//! `current_version`, and nothing changed.
+//! `current_version`, and nothing changed. On reads, `If-Match` is checked
+//! against the answer's tag. Tags compare as strings, not as numbers.
 
 use serde_json::{json, Value};
 
@@ -304,5 +305,107 @@ pub async fn empty_if_none_match_matches_nothing(t: &Target) -> anyhow::Result<(
             );
         }
     }
+    Ok(())
+}
+
+/// Entity tags compare character by character (RFC 9110 §8.8.3.2): `"07"`
+/// is not the tag `"7"`, whatever it means as a number, on writes and on
+/// reads. A read's `If-Match` that does not hold is 412 (§13.1.1); one on
+/// an absent document leaves the 404 as it is (§13.2.1).
+pub async fn tags_compare_as_strings_and_reads_honour_if_match(t: &Target) -> anyhow::Result<()> {
+    let api = t.api();
+    let u = t.new_user();
+    let c = coll();
+    let id = doc_id();
+    let path = doc_path(&c, &id);
+    let v = put_ok(&api, &u, &c, &id, &json!(1)).await?;
+    let padded = format!("\"0{v}\"");
+    let r = api
+        .put(path.clone())
+        .auth(&u)
+        .header("If-Match", &padded)
+        .json(&json!(2))
+        .send()
+        .await?;
+    assert_412(&r, json!(v));
+    assert_nothing_changed(
+        &api,
+        &u,
+        v,
+        Some((&c, &id, 200)),
+        "If-Match with a padded tag",
+    )
+    .await?;
+    for (path, current) in [(path.clone(), v), ("/v1/head".to_owned(), v)] {
+        // Not the current tag under either comparison: the full answer.
+        api.get(path.clone())
+            .auth(&u)
+            .header("If-None-Match", &padded)
+            .send()
+            .await?
+            .expect(200);
+        for holds in [
+            etag(current),
+            "*".to_owned(),
+            format!("\"9\", {}", etag(current)),
+        ] {
+            api.get(path.clone())
+                .auth(&u)
+                .header("If-Match", &holds)
+                .send()
+                .await?
+                .expect(200);
+        }
+        for fails in [
+            padded.clone(),
+            format!("W/{}", etag(current)),
+            "\"999\"".to_owned(),
+        ] {
+            let r = api
+                .get(path.clone())
+                .auth(&u)
+                .header("If-Match", &fails)
+                .send()
+                .await?;
+            assert_412(&r, json!(current));
+        }
+        // A 304 is a success too: both conditions are evaluated, If-Match
+        // first.
+        api.get(path.clone())
+            .auth(&u)
+            .header("If-Match", etag(current))
+            .header("If-None-Match", etag(current))
+            .send()
+            .await?
+            .expect(304);
+    }
+    // The changes feed's tag is the cursor its answer ends at.
+    api.get(format!("/v1/changes?since={v}"))
+        .auth(&u)
+        .header("If-Match", etag(v))
+        .send()
+        .await?
+        .expect(200);
+    let r = api
+        .get("/v1/changes?since=0")
+        .auth(&u)
+        .header("If-Match", etag(0))
+        .send()
+        .await?;
+    assert_412(&r, json!(v));
+    // No representation to compare with: the 404 stands.
+    api.get(doc_path(&c, &doc_id()))
+        .auth(&u)
+        .header("If-Match", "*")
+        .send()
+        .await?
+        .expect_problem(404, "document-not-found");
+    // An empty If-Match is as malformed on a read as on a write.
+    api.get(path)
+        .auth(&u)
+        .header("If-Match", "")
+        .send()
+        .await?
+        .expect_problem(400, "invalid-parameter");
     Ok(())
 }
