@@ -81,9 +81,10 @@ pub enum ClientCommand {
     /// Human-readable lines by default, one JSON object per line with
     /// --json. On a terminal a status line shows online/syncing, pending
     /// mutations and lag; otherwise stderr says when the connection or the
-    /// error changes. A change the replica already holds a newer version
-    /// of (written meanwhile through the same replica by another command)
-    /// is not printed: the newer one is. Stops on Ctrl-C.
+    /// error changes. Every change is printed once, also when another
+    /// command on the same replica (`list`, a second `watch`) read it
+    /// first; a change the replica already holds a newer version of is
+    /// not printed: the newer one is. Stops on Ctrl-C.
     Watch {
         #[command(flatten)]
         client: ClientArgs,

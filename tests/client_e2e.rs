@@ -669,6 +669,59 @@ async fn a_shared_replica_announces_what_another_handle_wrote() {
     assert!(followed.try_recv().is_err(), "announced once");
 }
 
+/// Handles sharing a replica (two processes: `edgesync watch` beside
+/// `edgesync list`, or two `watch`es) each announce every change of the
+/// feed, including those another handle read first — a delete whose
+/// tombstone the other handle's cursor has pruned too — and each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_sharing_a_replica_each_announce_every_change() {
+    let dir = TempDir::new("shared-feed");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let path = dir.path().join("replica.db");
+    let first = replica(&server, "ivo", &path, Mode::Battery);
+    first.sync_once().await.unwrap();
+    let second = replica(&server, "ivo", &path, Mode::Battery);
+    second.sync_once().await.unwrap();
+    let mut heard_first = first.subscribe("todos");
+    let mut heard_second = second.subscribe("todos");
+    server_put(&server, "ivo", "todos", "a", &json!(1));
+    server_put(&server, "ivo", "todos", "b", &json!(2));
+    let (status, _) = http_request(
+        server.port,
+        "DELETE",
+        "/v1/docs/todos/b",
+        Some(&token("ivo")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 204);
+
+    // The first handle reads the feed (and moves the replica's cursor past
+    // all three, pruning the delete's tombstone); the second reads after it.
+    first.sync_once().await.unwrap();
+    assert_eq!(first.status().cursor, Some(3));
+    second.sync_once().await.unwrap();
+    for (name, heard) in [("first", &mut heard_first), ("second", &mut heard_second)] {
+        let mut events = Vec::new();
+        while let Ok(ev) = heard.try_recv() {
+            events.push((ev.op, ev.id, ev.version, ev.origin));
+        }
+        assert_eq!(
+            events,
+            vec![
+                (edgesync_client::Op::Put, "a".into(), 1, Origin::Remote),
+                (edgesync_client::Op::Put, "b".into(), 2, Origin::Remote),
+                (edgesync_client::Op::Delete, "b".into(), 3, Origin::Remote),
+            ],
+            "{name} handle"
+        );
+    }
+    // Nothing twice: the next reads bring nothing new to either.
+    first.sync_once().await.unwrap();
+    second.sync_once().await.unwrap();
+    assert!(heard_first.try_recv().is_err() && heard_second.try_recv().is_err());
+}
+
 /// A handle's own change is announced once, when its mutation is
 /// acknowledged, not again when the changes feed brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,6 +165,14 @@ pub(crate) struct NetState {
     /// say `edgesync put` beside `edgesync watch`) stored it, and it is
     /// announced now as a remote change.
     announced_local: HashMap<(String, String), u64>,
+    /// The cursor up to which this handle has read the feed and told its
+    /// subscribers. The storage's cursor may be ahead of it: another
+    /// handle on the same storage (another process: `edgesync list` beside
+    /// `edgesync watch`, or a second `watch`) read further. Polls start
+    /// from here, so subscribers still hear of every change — including
+    /// those the other handle stored first, whose deletes it may have
+    /// pruned already. `None` until the first poll: the storage's cursor.
+    seen: Option<u64>,
 }
 
 pub(crate) struct Shared {
@@ -219,6 +227,7 @@ impl Shared {
             auth_reported: false,
             resyncs_in_row: 0,
             announced_local: HashMap::new(),
+            seen: None,
         };
         let status = Status {
             mode: config.mode,
@@ -625,6 +634,7 @@ impl Shared {
         self.store.replace_all(docs, cursor, cursor)?;
         // The events above describe the new replica as a whole.
         st.announced_local.clear();
+        st.seen = Some(cursor);
         st.resync_reason = None;
         st.stalls = 0;
         st.schedule.activity();
@@ -656,8 +666,9 @@ impl Shared {
 
     // ---------------------------------------------------------------- poll
 
-    /// One changes request from `cursor`. Returns whether the cursor
-    /// advanced.
+    /// One changes request, from what this handle has read (the stored
+    /// `cursor`, unless another handle on the storage moved it on; see
+    /// `NetState::seen`). Returns whether this handle's cursor advanced.
     pub async fn poll(
         &self,
         st: &mut NetState,
@@ -665,11 +676,12 @@ impl Shared {
         head: Option<u64>,
         wait: Duration,
     ) -> Result<bool, Error> {
-        let lag = head.map_or(0, |h| h.saturating_sub(cursor));
+        let since = st.seen.map_or(cursor, |seen| seen.min(cursor));
+        let lag = head.map_or(0, |h| h.saturating_sub(since));
         let limit = (lag > DEFAULT_PAGE).then_some(CATCH_UP_LIMIT);
         self.set_status(|s| s.syncing = lag > 0);
         let started = self.clock.now();
-        let resp = match self.wire.changes(cursor, wait, limit).await {
+        let resp = match self.wire.changes(since, wait, limit).await {
             Ok(resp) => resp,
             Err(failure) => {
                 // A 429/503 carries the server's poll advice too: the retry
@@ -681,7 +693,7 @@ impl Shared {
             }
         };
         let elapsed = self.clock.now().saturating_sub(started);
-        let r = self.on_changes(st, cursor, head, resp, wait, elapsed);
+        let r = self.on_changes(st, since, cursor, head, resp, wait, elapsed);
         // Only an answer the replica could use is a success: a page that
         // breaks the protocol counts as a failure, backed off from like an
         // unreadable one (else every retry would be the first).
@@ -692,10 +704,12 @@ impl Shared {
         r
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_changes(
         &self,
         st: &mut NetState,
         since: u64,
+        stored_cursor: u64,
         known_head: Option<u64>,
         resp: ChangesResponse,
         wait: Duration,
@@ -710,12 +724,13 @@ impl Shared {
                 // 304 means nothing after `since`: the head is the cursor.
                 // Written only when it differs: an idle probe should not
                 // cost a disk sync.
-                if known_head != Some(since) {
+                if known_head != Some(since) && since >= stored_cursor {
                     self.store.commit(Commit {
                         head: Some(since),
                         ..Default::default()
                     })?;
                 }
+                st.seen = Some(since);
                 (false, false, false)
             }
             ChangesOutcome::Page(page) => {
@@ -749,6 +764,9 @@ impl Shared {
                     ..Default::default()
                 })?;
                 for (c, outcome) in page.changes.iter().zip(result.docs) {
+                    // Not yet told here (a page may repeat what this
+                    // handle read when the storage's cursor lagged it).
+                    let fresh = st.seen.is_none_or(|seen| c.seq > seen);
                     let key = (c.collection.clone(), c.id.clone());
                     let announced = match st.announced_local.get(&key) {
                         Some(&v) if v <= c.version => {
@@ -759,8 +777,16 @@ impl Shared {
                     };
                     let publish = match outcome {
                         WriteOutcome::Applied { was_live } => c.op != Op::Delete || was_live,
-                        WriteOutcome::Same => !announced,
-                        WriteOutcome::Stale => false,
+                        // Stored by another handle first (its own write's
+                        // result, or its read of the feed).
+                        WriteOutcome::Same => fresh && !announced,
+                        // Another handle read the feed past it; the latest
+                        // change of a document still reaches subscribers
+                        // here, a delete included.
+                        WriteOutcome::BelowCursor => fresh,
+                        // A newer version is stored: that one is (or was)
+                        // announced instead.
+                        WriteOutcome::Superseded => false,
                     };
                     if publish {
                         self.bus.publish(ChangeEvent {
@@ -778,11 +804,20 @@ impl Shared {
                         });
                     }
                 }
+                st.seen = Some(st.seen.map_or(page.next, |seen| seen.max(page.next)));
                 let progress = page.next > since;
                 // Entries that do not move the cursor, or a head ahead of a
                 // page that brought nothing, would make us re-ask at once.
                 let anomaly = !progress && (!page.changes.is_empty() || page.head > since);
                 (progress, progress && page.next < page.head, anomaly)
+            }
+            ChangesOutcome::CursorExpired if since < stored_cursor => {
+                // This handle fell behind the retained log while another
+                // one kept the storage current: the replica needs no
+                // resync, this handle goes on from the storage's cursor
+                // (the changes in between are not announced here).
+                st.seen = None;
+                return Ok(false);
             }
             ChangesOutcome::CursorAhead | ChangesOutcome::CursorExpired => {
                 let reason = if matches!(resp.outcome, ChangesOutcome::CursorAhead) {

@@ -68,6 +68,13 @@
 //!   at or below it, the feed has already brought it or something later
 //!   (perhaps a delete whose tombstone is gone), so a late or replayed result
 //!   never brings a deleted document back.
+//! * **Handles sharing a storage** (processes on one SQLite replica) each
+//!   follow the feed from the cursor they last read themselves, not from the
+//!   storage's (which another handle may have moved on), so each announces
+//!   every change once: a change another handle stored first is announced
+//!   here as `Origin::Remote`, a delete whose tombstone it already pruned
+//!   included. Only a handle that falls behind the retained log meanwhile
+//!   skips to the storage's cursor without announcing the gap.
 //!
 //! ## Modes
 //!

@@ -1418,3 +1418,51 @@ async fn oversized_response_bodies_are_refused() {
     assert!(err.to_string().contains("larger than"), "{err}");
     assert_eq!(c.status().cursor, Some(5));
 }
+
+/// A handle that fell behind the retained log while another handle on the
+/// same storage kept it current (410 for its own cursor, which is behind
+/// the storage's) goes on from the storage's cursor: the replica is fine,
+/// so no resync — no listing is read and the shared replica is left alone.
+#[tokio::test]
+async fn a_handle_behind_a_shared_replica_skips_ahead_instead_of_resyncing() {
+    let clock = VirtualClock::new();
+    let compacted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let compacted2 = compacted.clone();
+    let server = FakeServer::start(clock.clone(), move |req| {
+        let since: u64 = req.query("since").unwrap().parse().unwrap();
+        if compacted2.load(Ordering::SeqCst) && since < 8 {
+            Response::problem(410, "cursor-expired", "Cursor expired")
+        } else {
+            not_modified(req)
+        }
+    })
+    .await;
+    let storage = following(5);
+    let c = client(&server, &clock, storage.clone(), Mode::Battery, 1);
+    c.sync_once().await.unwrap();
+    // Meanwhile another handle on the storage reads on to 12, and the
+    // server compacts past 5.
+    storage
+        .commit(Commit {
+            cursor: Some(12),
+            head: Some(12),
+            ..Default::default()
+        })
+        .unwrap();
+    compacted.store(true, Ordering::SeqCst);
+    c.sync_once().await.unwrap();
+    assert!(!storage.meta().unwrap().needs_resync, "no resync");
+    c.sync_once().await.unwrap();
+    let sinces: Vec<String> = server
+        .requests_to("/v1/changes")
+        .iter()
+        .map(|r| r.query("since").unwrap())
+        .collect();
+    assert_eq!(
+        sinces,
+        ["5", "5", "12"],
+        "its own cursor, then the storage's"
+    );
+    assert!(server.requests_to("/v1/docs").is_empty(), "no listing read");
+    assert_eq!(storage.meta().unwrap().cursor, Some(12));
+}

@@ -81,9 +81,9 @@ impl Storage for MemoryStorage {
         for w in commit.docs {
             let key = (w.collection.clone(), w.id.clone());
             let outcome = match s.docs.get(&key) {
-                Some(old) if old.version > w.version => WriteOutcome::Stale,
+                Some(old) if old.version > w.version => WriteOutcome::Superseded,
                 Some(old) if old.version == w.version => WriteOutcome::Same,
-                _ if cursor.is_some_and(|c| w.version <= c) => WriteOutcome::Stale,
+                _ if cursor.is_some_and(|c| w.version <= c) => WriteOutcome::BelowCursor,
                 old => WriteOutcome::Applied {
                     was_live: old.is_some_and(|o| o.value.is_some()),
                 },

@@ -93,9 +93,13 @@ pub struct DocWrite {
 /// What happened to one [`DocWrite`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// Older than the stored version, or at or below the cursor (the feed
-    /// already brought it or something later): nothing changed.
-    Stale,
+    /// Older than the stored version: nothing changed.
+    Superseded,
+    /// No stored row, and at or below the cursor: the feed already brought
+    /// it or something later (a delete whose tombstone has been pruned), so
+    /// nothing changed. When the feed itself brings such a change, another
+    /// handle on the same storage applied it and moved the cursor past it.
+    BelowCursor,
     /// The stored row already has this version (tombstones included):
     /// nothing changed. Either the change was applied before, or another
     /// handle on the same storage (another process) stored it first, e.g.
@@ -286,7 +290,7 @@ pub(crate) mod conformance {
             vec![
                 WriteOutcome::Applied { was_live: false },
                 WriteOutcome::Same,
-                WriteOutcome::Stale,
+                WriteOutcome::Superseded,
                 WriteOutcome::Applied { was_live: false },
                 WriteOutcome::Applied { was_live: false },
             ]
@@ -322,7 +326,7 @@ pub(crate) mod conformance {
             r.docs,
             vec![
                 WriteOutcome::Applied { was_live: true },
-                WriteOutcome::Stale
+                WriteOutcome::Superseded
             ]
         );
         let tomb = s.get("t", "a").unwrap().unwrap();
@@ -462,7 +466,10 @@ pub(crate) mod conformance {
                 ..Default::default()
             })
             .unwrap();
-        assert_eq!(r.docs, vec![WriteOutcome::Stale, WriteOutcome::Stale]);
+        assert_eq!(
+            r.docs,
+            vec![WriteOutcome::BelowCursor, WriteOutcome::BelowCursor]
+        );
         assert_eq!(s.get("t", "r").unwrap(), None, "not resurrected");
         let r = s
             .commit(Commit {

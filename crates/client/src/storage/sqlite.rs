@@ -336,9 +336,9 @@ impl Storage for SqliteStorage {
                 .optional()?;
             let version = to_i64(w.version)?;
             let outcome = match old {
-                Some((v, _)) if v > version => WriteOutcome::Stale,
+                Some((v, _)) if v > version => WriteOutcome::Superseded,
                 Some((v, _)) if v == version => WriteOutcome::Same,
-                _ if cursor.is_some_and(|c| w.version <= c) => WriteOutcome::Stale,
+                _ if cursor.is_some_and(|c| w.version <= c) => WriteOutcome::BelowCursor,
                 old => WriteOutcome::Applied {
                     was_live: old.is_some_and(|(_, live)| live),
                 },
