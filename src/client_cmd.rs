@@ -43,10 +43,11 @@ pub struct WriteArgs {
     /// take it now.
     #[arg(long, visible_alias = "no-queue")]
     pub fail_fast: bool,
-    /// Only apply if the document is at this version (0: only if it does not
-    /// exist); otherwise fail with the server's current version. Without it
-    /// the write is last-writer-wins: it replaces whatever the server holds,
-    /// an edit made meanwhile elsewhere included.
+    /// Only apply if the document is at this version (0, for put: only if
+    /// it does not exist yet); otherwise the server refuses it with its
+    /// current version (exit 1, or parked for `edgesync resolve` if it was
+    /// queued). Without it the write is last-writer-wins: it applies to
+    /// whatever the server holds, an edit made meanwhile elsewhere included.
     #[arg(long, value_name = "VERSION")]
     pub if_version: Option<u64>,
 }
@@ -729,7 +730,8 @@ impl Printer {
                     );
                 }
             }
-            if s.online && before.is_some_and(|b| !b.online) {
+            // Back from an outage, not merely started.
+            if s.online && before.is_some_and(|b| !b.online && b.last_error.is_some()) {
                 eprintln!("edgesync: online again");
             }
         }

@@ -201,7 +201,7 @@ pub(crate) async fn run(
             }
             Ok(Err(edgesync_sqlite::BackupError::Closed)) => return,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "backup failed; trying again");
+                tracing::warn!(error = %with_causes(&e), "backup failed; trying again");
                 due = Instant::now() + options.interval.min(RETRY_AFTER);
             }
             Err(e) => {
@@ -212,9 +212,31 @@ pub(crate) async fn run(
     }
 }
 
+/// `e` and its causes, `: `-separated: error messages leave their cause
+/// to the source chain, and a log line must carry it.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_errors_carry_their_causes_once() {
+        let e = edgesync_sqlite::BackupError::Io {
+            path: "/b/x.sqlite3".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(with_causes(&e), "cannot back up to /b/x.sqlite3: disk full");
+    }
 
     #[test]
     fn names_sort_by_time_and_are_recognised() {

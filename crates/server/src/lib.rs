@@ -117,9 +117,15 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    /// The store could not be opened.
-    #[error("store: {0}")]
-    Store(String),
+    /// The store could not be opened (the cause is the source, as above).
+    #[error("store: {context}")]
+    Store {
+        /// What was being done.
+        context: &'static str,
+        /// The error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Backups are configured for a store that the server cannot back up.
     #[error(
         "EDGESYNC_BACKUP_DIR backs up the embedded SQLite store; a Redis/Valkey store is backed \
@@ -184,7 +190,10 @@ impl Server {
                 Ok(host) => host,
                 Err(e) => {
                     kv.close().await;
-                    return Err(ServerError::Store(format!("change notification: {e}")));
+                    return Err(ServerError::Store {
+                        context: "change notification",
+                        source: e.into(),
+                    });
                 }
             },
         };

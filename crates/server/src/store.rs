@@ -97,17 +97,23 @@ impl Store {
                 let options = sqlite.clone();
                 // Opening runs SQLite's recovery of a WAL left by a crash:
                 // blocking file I/O, so keep it off the runtime's workers.
+                let store =
+                    |source: Box<dyn std::error::Error + Send + Sync>| crate::ServerError::Store {
+                        context: "opening the SQLite store",
+                        source,
+                    };
                 let kv = tokio::task::spawn_blocking(move || SqliteKv::open(path, options))
                     .await
-                    .map_err(|e| crate::ServerError::Store(e.to_string()))?
-                    .map_err(|e| crate::ServerError::Store(e.to_string()))?;
+                    .map_err(|e| store(e.into()))?
+                    .map_err(|e| store(e.into()))?;
                 Ok(Self::Sqlite(kv))
             }
-            StoreKind::Redis(url) => Ok(Self::Redis(
-                RedisKv::connect(url)
-                    .await
-                    .map_err(|e| crate::ServerError::Store(e.to_string()))?,
-            )),
+            StoreKind::Redis(url) => Ok(Self::Redis(RedisKv::connect(url).await.map_err(|e| {
+                crate::ServerError::Store {
+                    context: "connecting to Redis",
+                    source: e.into(),
+                }
+            })?)),
         }
     }
 

@@ -31,7 +31,7 @@ use crate::variables::{validate_name, Template, VariableError};
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The file could not be read.
-    #[error("cannot read manifest {path}: {source}")]
+    #[error("cannot read manifest {path}")]
     Read {
         /// The path.
         path: PathBuf,

@@ -29,7 +29,7 @@ pub enum BackupError {
     #[error("{0} exists already")]
     Exists(PathBuf),
     /// SQLite could not read the store or write the copy.
-    #[error("cannot back up to {path}: {source}")]
+    #[error("cannot back up to {path}")]
     Sqlite {
         /// The destination.
         path: PathBuf,
@@ -38,7 +38,7 @@ pub enum BackupError {
         source: rusqlite::Error,
     },
     /// The copy could not be made durable or put in place.
-    #[error("cannot back up to {path}: {source}")]
+    #[error("cannot back up to {path}")]
     Io {
         /// The destination.
         path: PathBuf,
@@ -192,12 +192,21 @@ pub enum RestoreError {
         /// What is wrong with it.
         why: String,
     },
+    /// The backup could not be opened for reading.
+    #[error("cannot read the backup {path}")]
+    Unreadable {
+        /// The file given as the backup.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The destination is in use by a store (a running server) or cannot
     /// be locked.
     #[error(transparent)]
     Store(#[from] OpenError),
     /// Copying or moving files failed.
-    #[error("cannot restore to {path}: {source}")]
+    #[error("cannot restore to {path}")]
     Io {
         /// The store's path.
         path: PathBuf,
@@ -218,12 +227,15 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
         path: path.to_path_buf(),
         source,
     };
+    let mut from = File::open(backup).map_err(|source| RestoreError::Unreadable {
+        path: backup.to_path_buf(),
+        source,
+    })?;
     let _lock = lock_store(path)?;
     let partial = with_suffix(path, ".restore.partial");
     let _ = std::fs::remove_file(&partial);
     let copied = (|| {
         create_private(&partial)?;
-        let mut from = File::open(backup)?;
         let mut to = std::fs::OpenOptions::new().write(true).open(&partial)?;
         let bytes = std::io::copy(&mut from, &mut to)?;
         to.sync_all()?;

@@ -204,7 +204,7 @@ impl Default for SqliteOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// SQLite could not open or set up the file.
-    #[error("cannot open SQLite store {path}: {source}")]
+    #[error("cannot open SQLite store {path}")]
     Sqlite {
         /// The database file.
         path: PathBuf,
@@ -213,7 +213,7 @@ pub enum OpenError {
         source: rusqlite::Error,
     },
     /// The file could not be created.
-    #[error("cannot create SQLite store {path}: {source}")]
+    #[error("cannot create SQLite store {path}")]
     Create {
         /// The database file.
         path: PathBuf,
@@ -230,7 +230,7 @@ pub enum OpenError {
         lock: PathBuf,
     },
     /// The lock file could not be created or locked.
-    #[error("cannot lock SQLite store {path} (lock file {lock}): {source}")]
+    #[error("cannot lock SQLite store {path} (lock file {lock})")]
     Lock {
         /// The database file.
         path: PathBuf,

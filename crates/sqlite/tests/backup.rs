@@ -253,10 +253,16 @@ async fn restore_refuses_what_is_not_a_backup() {
             "{err}"
         );
     }
-    let err = edgesync_sqlite::restore(&dir.path().join("missing"), &path).unwrap_err();
+    // A missing backup is named as such, not as the store it would replace.
+    let missing = dir.path().join("missing");
+    let err = edgesync_sqlite::restore(&missing, &path).unwrap_err();
     assert!(
-        matches!(err, edgesync_sqlite::RestoreError::Io { .. }),
+        matches!(&err, edgesync_sqlite::RestoreError::Unreadable { path, .. } if *path == missing),
         "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("cannot read the backup {}", missing.display())
     );
 
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
