@@ -763,10 +763,9 @@ impl Printer {
 }
 
 async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow::Result<()> {
-    let mut changes = match &collection {
-        Some(c) => client.subscribe(c),
-        None => client.subscribe_all(),
-    };
+    // Lossless: every change is printed, however slowly the output is
+    // read (a slow pipe slows the replica instead).
+    let mut changes = client.changes(collection.as_deref());
     let mut events = client.events();
     let mut status = client.watch_status();
     let mut printer = Printer {
@@ -783,12 +782,9 @@ async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow
         tokio::select! {
             ev = changes.recv() => match ev {
                 // The first snapshot is the starting point, not a change.
-                Ok(ev) if ev.origin == edgesync_client::Origin::Snapshot => {}
-                Ok(ev) => printer.change(&ev)?,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    printer.note(&format!("warning: {n} changes were not printed (output too slow)"))?;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break Ok(()),
+                Some(ev) if ev.origin == edgesync_client::Origin::Snapshot => {}
+                Some(ev) => printer.change(&ev)?,
+                None => break Ok(()),
             },
             ev = events.recv() => match ev {
                 Ok(SyncEvent::AuthFailed(p)) => break Err(anyhow!("{p}")),

@@ -722,6 +722,27 @@ async fn handles_sharing_a_replica_each_announce_every_change() {
     assert!(heard_first.try_recv().is_err() && heard_second.try_recv().is_err());
 }
 
+/// The first sync is a snapshot, also of a replica that already holds the
+/// result of a write made before it (`edgesync put` before the first
+/// `edgesync watch`): what was on the server is announced as the starting
+/// point (origin `snapshot`), never as changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sync_is_a_snapshot_even_after_a_write() {
+    let dir = TempDir::new("first-snapshot");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    server_put(&server, "lea", "todos", "old", &json!("there before"));
+    let c = replica(&server, "lea", &dir.path().join("r.db"), Mode::Live);
+    c.put("todos", "new", json!("mine")).unwrap();
+    c.flush().await.unwrap();
+    let mut heard = c.changes(None);
+    c.sync_once().await.unwrap();
+    let mut origins = Vec::new();
+    while let Some(ev) = heard.try_recv() {
+        origins.push((ev.id, ev.origin));
+    }
+    assert_eq!(origins, vec![("old".to_string(), Origin::Snapshot)]);
+}
+
 /// A handle's own change is announced once, when its mutation is
 /// acknowledged, not again when the changes feed brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1246,6 +1267,23 @@ fn spawn_watch(
     state: &Path,
     args: &[&str],
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let (watch, rx, go) = spawn_watch_paused(server_url, user, state, args);
+    go.send(()).unwrap();
+    (watch, rx)
+}
+
+/// Like [`spawn_watch`], but after the first line its output is not read
+/// until `()` is sent on the returned sender: a slow reader of the pipe.
+fn spawn_watch_paused(
+    server_url: &str,
+    user: &str,
+    state: &Path,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::sync::mpsc::Sender<()>,
+) {
     let mut watch = Command::new(bin())
         .args(["watch", "--json"])
         .args(args)
@@ -1259,14 +1297,18 @@ fn spawn_watch(
         .expect("run edgesync watch");
     let stdout = watch.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (go_tx, go) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        for (n, line) in BufReader::new(stdout).lines().enumerate() {
+            if n == 1 && go.recv().is_err() {
+                return;
+            }
             if tx.send(line.unwrap_or_default()).is_err() {
                 return;
             }
         }
     });
-    (watch, rx)
+    (watch, rx, go_tx)
 }
 
 /// Call `write(0)`, `write(1)`, … until `watch` prints a line (waiting
@@ -1685,6 +1727,65 @@ async fn cli_watch_prints_json_lines() {
     );
     assert_eq!(v["op"], "put");
     assert!(v["version"].as_u64().is_some());
+}
+
+/// `watch` prints every change even when its output is read slowly: more
+/// changes than any event buffer holds wait in the pipe and in the watch,
+/// and come out complete and in order once the reader catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_watch_prints_every_change_when_its_output_is_read_slowly() {
+    let dir = TempDir::new("watch-slow");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("EDGESYNC_RATE_LIMIT_PER_SECOND", "0")],
+    );
+    let url = server.url();
+    let (mut watch, rx, go) = spawn_watch_paused(&url, "kai", &dir.path().join("watch-state"), &[]);
+    let w = replica(&server, "kai", &dir.path().join("w.db"), Mode::Live);
+    // Following: a marker write shows up (one before the first sync would
+    // be part of its snapshot instead).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first = None;
+    for i in 0.. {
+        assert!(Instant::now() < deadline, "watch printed nothing");
+        w.put("marks", &format!("m{i}"), json!(i)).unwrap();
+        w.flush().await.unwrap();
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            first = Some(line);
+            break;
+        }
+    }
+    assert!(first.is_some());
+    // Far more than a broadcast buffer (1,024) and a pipe (64 KiB) hold,
+    // written while nobody reads the output.
+    const N: usize = 1500;
+    let pad = "x".repeat(200);
+    for i in 0..N {
+        w.put("bulk", &format!("b{i:04}"), json!({"n": i, "pad": pad}))
+            .unwrap();
+    }
+    w.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    go.send(()).unwrap();
+    let mut bulk = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bulk.len() < N && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
+        if v["collection"] == "bulk" {
+            bulk.push(v["value"]["n"].as_u64().unwrap() as usize);
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let first_wrong = bulk.iter().enumerate().find(|(i, n)| i != *n);
+    assert!(
+        bulk.len() == N && first_wrong.is_none(),
+        "every change, in order: got {} of {N}, first out of place: {first_wrong:?}",
+        bulk.len()
+    );
 }
 
 /// The README's walkthrough: `edgesync watch` in one terminal, `edgesync

@@ -2,6 +2,7 @@ use crate::backoff::{Backoff, Rng};
 use crate::clock::{Clock, SystemClock};
 use crate::engine::{FlushError, FlushReport, SendOutcome, Shared};
 use crate::error::Error;
+use crate::feed::ChangeFeed;
 use crate::location::token_subject;
 use crate::model::{
     ChangeEvent, Document, Mode, Mutation, Op, ParkReason, ParkedMutation, PendingMutation,
@@ -536,6 +537,16 @@ impl Client {
     /// Changes to any document.
     pub fn subscribe_all(&self) -> broadcast::Receiver<ChangeEvent> {
         self.shared.bus.subscribe_all()
+    }
+
+    /// Every change (or every change to `collection`), in order, none
+    /// dropped: for consumers that must see each one, such as a log or
+    /// `edgesync watch`. A feed that falls far behind ([`MAX_BACKLOG`]
+    /// unread) holds the replica back until it catches up.
+    ///
+    /// [`MAX_BACKLOG`]: crate::MAX_BACKLOG
+    pub fn changes(&self, collection: Option<&str>) -> ChangeFeed {
+        self.shared.bus.feeds.subscribe(collection)
     }
 
     /// Deliveries, conflicts, rejections, resyncs, auth failures. Events are

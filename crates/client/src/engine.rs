@@ -4,6 +4,7 @@
 use crate::backoff::{Backoff, PollSchedule, Rng};
 use crate::clock::Clock;
 use crate::error::Error;
+use crate::feed::Feeds;
 use crate::model::{
     ChangeEvent, Document, Mode, Op, Origin, ParkReason, ParkedMutation, PendingMutation, Phase,
     Polling, ResyncReason, Status, StoredDoc, SyncEvent,
@@ -86,6 +87,7 @@ pub enum SendOutcome {
 pub(crate) struct Bus {
     all: broadcast::Sender<ChangeEvent>,
     by_collection: Mutex<HashMap<String, broadcast::Sender<ChangeEvent>>>,
+    pub feeds: Feeds,
 }
 
 impl Bus {
@@ -93,6 +95,7 @@ impl Bus {
         Bus {
             all: broadcast::channel(CHANNEL_CAPACITY).0,
             by_collection: Mutex::new(HashMap::new()),
+            feeds: Feeds::default(),
         }
     }
 
@@ -110,6 +113,7 @@ impl Bus {
     }
 
     fn publish(&self, ev: ChangeEvent) {
+        self.feeds.publish(&ev);
         let mut map = self.by_collection.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = map.get(&ev.collection) {
             // No receivers left: forget the collection.
@@ -327,6 +331,12 @@ impl Shared {
     pub async fn run(self: Arc<Self>) {
         self.refresh_status();
         while !self.stopping.load(Ordering::SeqCst) {
+            // A lossless feed that is far behind holds the engine back
+            // rather than have it drop changes or buffer without bound.
+            tokio::select! {
+                _ = self.bus.feeds.wait_until_read() => {}
+                _ = self.stopped() => break,
+            }
             let mut st = self.gate.lock().await;
             if self.stopping.load(Ordering::SeqCst) {
                 break;
@@ -595,7 +605,9 @@ impl Shared {
             .map(|d| ((d.collection.clone(), d.id.clone()), d))
             .collect();
         let new_len = docs.len();
-        let origin = if reason == ResyncReason::Initial && old.is_empty() {
+        // The first sync is the starting point, even of a replica that
+        // already holds the results of writes made before it.
+        let origin = if reason == ResyncReason::Initial {
             Origin::Snapshot
         } else {
             Origin::Resync

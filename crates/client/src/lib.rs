@@ -265,16 +265,18 @@
 //!   applied.
 //! * Change events are published after the transaction that made them, per
 //!   collection ([`Client::subscribe`]) and for all ([`Client::subscribe_all`]).
-//!   A slow receiver may lose events (`RecvError::Lagged`); re-read with
-//!   [`Client::list`] then.
+//!   These suit a UI: a slow receiver may lose events (`RecvError::Lagged`);
+//!   re-read with [`Client::list`] then. A [`ChangeFeed`]
+//!   ([`Client::changes`]) loses none: while one is more than
+//!   [`MAX_BACKLOG`] changes behind, the replica stops reading the feed
+//!   until it catches up.
 //! * Events are per [`Client`]. When several handles share one replica (two
 //!   processes on one file), a change that another handle already stored —
 //!   the acknowledged result of its own mutation — is still announced here
 //!   when the changes feed brings it (origin `remote`); a handle's own
-//!   change is announced once, when acknowledged. The handles share the
-//!   cursor too: a change is announced by the handle that applies it from
-//!   the feed, so give each of several followers its own replica if each
-//!   must see every change.
+//!   change is announced once, when acknowledged. Each handle follows the
+//!   feed from its own cursor (see "Handles sharing a storage" above), so
+//!   each announces every change.
 //! * Time for waits comes from a [`Clock`]; [`VirtualClock`] runs simulated
 //!   hours of back-off in milliseconds.
 
@@ -283,6 +285,7 @@ mod client;
 mod clock;
 mod engine;
 mod error;
+mod feed;
 mod location;
 mod model;
 mod names;
@@ -294,6 +297,7 @@ pub use client::{Client, ClientBuilder, SyncConfig};
 pub use clock::{Clock, Sleep, SystemClock, VirtualClock};
 pub use engine::{Delivered, FlushError, FlushReport, SendOutcome};
 pub use error::Error;
+pub use feed::{ChangeFeed, MAX_BACKLOG};
 pub use location::{default_replica_path, default_state_dir, NoDefaultLocation, REPLICA_FILE};
 pub use model::{
     ChangeEvent, Document, Mode, Mutation, Op, Origin, ParkReason, ParkedMutation, PendingMutation,
