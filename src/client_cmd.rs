@@ -579,15 +579,34 @@ async fn resolve(client: Client, number: u64, how: Resolution) -> anyhow::Result
 }
 
 async fn get(client: Client, collection: &str, id: &str, fail_fast: bool) -> anyhow::Result<()> {
-    // Deliver queued writes first so the read sees them; if that fails the
-    // read below reports the reason.
-    if client.status().pending > 0 {
-        // What became of them shows in the parked list just below.
-        let _ = client.flush().await;
-    }
+    // Deliver queued writes first so the read sees them. What became of
+    // those refused shows in the parked list just below; one still queued
+    // for this document (a rate limit, say) is named with the answer.
+    let flush_error = if client.status().pending > 0 {
+        client.flush().await.err()
+    } else {
+        None
+    };
     warn_parked(&client.parked()?, None);
+    let queued_here = client
+        .pending()?
+        .iter()
+        .any(|p| p.mutation.collection == collection && p.mutation.id == id);
+    let why_queued = || match &flush_error {
+        Some(e) => format!("a queued write to {collection}/{id} is not delivered yet ({e})"),
+        None => format!("a queued write to {collection}/{id} is not delivered yet"),
+    };
     match client.fetch(collection, id).await {
-        Ok(Some(doc)) => print_json(&doc),
+        Ok(Some(doc)) => {
+            if queued_here {
+                eprintln!("warning: {}; this is the server's version", why_queued());
+            }
+            print_json(&doc)
+        }
+        Ok(None) if queued_here => Err(anyhow!(
+            "{collection}/{id}: not on the server: {}",
+            why_queued()
+        )),
         Ok(None) => Err(anyhow!("{collection}/{id}: document not found")),
         Err(e) if e.is_transient() && !fail_fast => match client.get(collection, id)? {
             Some(doc) => {
@@ -655,7 +674,12 @@ fn origin_name(o: edgesync_client::Origin) -> &'static str {
 }
 
 fn format_status(s: &Status) -> String {
-    let conn = if s.online { "online" } else { "offline" };
+    // Not online and no error yet: the first request has not come back.
+    let conn = match (s.online, &s.last_error) {
+        (true, _) => "online",
+        (false, None) => "connecting",
+        (false, Some(_)) => "offline",
+    };
     let activity = if s.syncing { "syncing" } else { "idle" };
     let lag = s.lag.map_or("?".to_string(), |l| l.to_string());
     let cursor = s.cursor.map_or("-".to_string(), |c| c.to_string());
@@ -852,6 +876,17 @@ mod tests {
         assert_eq!(
             format_status(&s),
             "[online · idle · pending 2 · lag 0 · cursor 17]"
+        );
+        // Before the first answer nothing says the server is down.
+        let starting = Status::default();
+        assert!(format_status(&starting).starts_with("[connecting · "));
+        let down = Status {
+            last_error: Some("connect: Connection refused".into()),
+            ..Status::default()
+        };
+        assert_eq!(
+            format_status(&down),
+            "[offline · idle · pending 0 · lag ? · cursor -] Connection refused"
         );
     }
 

@@ -2,6 +2,7 @@
 //! same environment / data-directory resolution as `serve`, so it works with
 //! the secret `serve` generated).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -72,7 +73,12 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         audience: config.jwt_audience.as_deref(),
         issuer: config.jwt_issuer.as_deref(),
     };
-    println!("{}", mint(&expect, &args.sub, now, args.ttl));
+    // Not `println!`, which panics when nobody reads the output.
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        mint(&expect, &args.sub, now, args.ttl)
+    )?;
     Ok(())
 }
 

@@ -1360,6 +1360,66 @@ fn cli_usage_errors_exit_2() {
     }
 }
 
+/// A command whose reader has gone (`edgesync token … | true`) ends
+/// quietly with success, neither panicking nor reporting an error.
+#[test]
+fn cli_output_to_a_closed_pipe_is_not_an_error() {
+    let dir = TempDir::new("cli-pipe");
+    for _ in 0..3 {
+        let mut child = Command::new(bin())
+            .args(["token", "--sub", "pat", "--data-dir"])
+            .arg(dir.path())
+            .env("EDGESYNC_JWT_SECRET", "0123456789abcdef0123456789abcdef")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command gets to write.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    }
+}
+
+/// `get` of a document whose queued write the server has not taken yet (a
+/// rate limit stops the flush first) says so, rather than "not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_get_names_a_write_still_queued_for_the_document() {
+    let dir = TempDir::new("get-queued");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("EDGESYNC_RATE_LIMIT_PER_SECOND", "1")],
+    );
+    let url = server.url();
+    let state = dir.path().join("state");
+    let queue = Client::builder(&url, token("max"))
+        .sqlite(state.join(edgesync_client::REPLICA_FILE))
+        .build()
+        .unwrap();
+    // More than the rate limit's burst (100): the flush stops before the last.
+    for i in 0..150 {
+        queue.put("bulk", &format!("d{i}"), json!(i)).unwrap();
+    }
+    drop(queue);
+    let out = cli(&url, &state, "max", &["get", "bulk", "d149"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bulk/d149: not on the server")
+            && err.contains("not delivered yet")
+            && err.contains("429"),
+        "{err}"
+    );
+    let pending = pending_json(&url, &state, "max");
+    assert!(
+        pending.iter().any(|p| p["mutation"]["id"] == "d149"),
+        "d149 still queued ({} pending)",
+        pending.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_put_get_delete_and_offline_queue() {
     let dir = TempDir::new("cli");

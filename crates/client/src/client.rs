@@ -9,7 +9,9 @@ use crate::model::{
     Resolution, ResyncReason, Status, SyncEvent,
 };
 use crate::names;
-use crate::storage::{Commit, MemoryStorage, Meta, NewMutation, SqliteStorage, Storage};
+use crate::storage::{
+    Commit, MemoryStorage, Meta, NewMutation, SqliteStorage, Storage, StorageError,
+};
 use crate::wire::Wire;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -511,7 +513,7 @@ impl Client {
             validate(m)?;
         }
         let result = self.shared.store.commit(Commit {
-            remove: vec![seq],
+            unpark: Some(seq),
             enqueue: replacement
                 .into_iter()
                 .map(|mutation| NewMutation {
@@ -521,7 +523,12 @@ impl Client {
                 })
                 .collect(),
             ..Default::default()
-        })?;
+        });
+        let result = match result {
+            // Settled meanwhile by another handle on the replica.
+            Err(StorageError::NotParked(seq)) => return Err(Error::NotParked(seq)),
+            other => other?,
+        };
         self.shared.refresh_status();
         self.shared.wake.notify_one();
         Ok(result.enqueued.into_iter().next())

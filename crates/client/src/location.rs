@@ -44,10 +44,14 @@ pub fn default_state_dir(url: &str, user: &str) -> Option<PathBuf> {
 }
 
 /// A stable name for a (server, user) pair. FNV-1a because it must not
-/// change between Rust versions (std's hasher may).
+/// change between Rust versions (std's hasher may). The URL is taken as the
+/// replica records its server (scheme and host lower-cased, default port
+/// and credentials dropped, no trailing slash), so every spelling of one
+/// server finds the same replica and queue.
 fn state_dir_name(url: &str, user: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let url = url.trim_end_matches('/');
+    let normal = crate::wire::normalize_url(url);
+    let url = normal.as_deref().unwrap_or(url).trim_end_matches('/');
     for b in url
         .bytes()
         .chain(std::iter::once(b'\n'))
@@ -85,9 +89,20 @@ mod tests {
             state_dir_name("http://x/", "alice"),
             state_dir_name("http://x", "alice")
         );
+        for spelling in ["HTTP://X", "http://x:80/", "http://u:p@x"] {
+            assert_eq!(
+                state_dir_name(spelling, "alice"),
+                state_dir_name("http://x", "alice"),
+                "{spelling}"
+            );
+        }
         assert_ne!(
             state_dir_name("http://x", "alice"),
             state_dir_name("http://x", "bob")
+        );
+        assert_ne!(
+            state_dir_name("http://x", "alice"),
+            state_dir_name("https://x", "alice")
         );
         // Pinned: changing it would orphan existing replicas.
         assert_eq!(state_dir_name("", ""), "af63c74c8601c8dd");

@@ -227,8 +227,23 @@ impl Wire {
         let outcome = match status {
             StatusCode::NOT_MODIFIED => ChangesOutcome::NotModified,
             StatusCode::OK => ChangesOutcome::Page(json_body(resp).await?),
-            StatusCode::CONFLICT => ChangesOutcome::CursorAhead,
-            StatusCode::GONE => ChangesOutcome::CursorExpired,
+            // Only the server's own verdict on the cursor means a resync: a
+            // 409 or 410 from anything else (a proxy, a CDN) would otherwise
+            // make us re-read every document each time.
+            StatusCode::CONFLICT | StatusCode::GONE => match server_error(resp).await {
+                Error::Server { problem, .. } if problem.kind == "cursor-ahead" => {
+                    ChangesOutcome::CursorAhead
+                }
+                Error::Server { problem, .. } if problem.kind == "cursor-expired" => {
+                    ChangesOutcome::CursorExpired
+                }
+                error => {
+                    return Err(ChangesFailure {
+                        error,
+                        poll_interval,
+                    })
+                }
+            },
             _ => {
                 return Err(ChangesFailure {
                     error: server_error(resp).await,

@@ -1466,3 +1466,29 @@ async fn a_handle_behind_a_shared_replica_skips_ahead_instead_of_resyncing() {
     assert!(server.requests_to("/v1/docs").is_empty(), "no listing read");
     assert_eq!(storage.meta().unwrap().cursor, Some(12));
 }
+
+/// A 409 or 410 that is not the server's verdict on the cursor (a proxy's
+/// or a CDN's, without the problem type) is an error to back off from, not
+/// a reason to re-read every document.
+#[tokio::test]
+async fn a_foreign_409_or_410_is_an_error_not_a_resync() {
+    for status in [409, 410] {
+        let clock = VirtualClock::new();
+        let server = FakeServer::start(clock.clone(), move |_| {
+            Response::new(status).body(b"<html>Gone</html>".to_vec())
+        })
+        .await;
+        let storage = following(5);
+        let c = client(&server, &clock, storage.clone(), Mode::Battery, 1);
+        let err = c.sync_once().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Server { status: s, .. } if *s == status),
+            "{status}: {err}"
+        );
+        assert!(
+            server.requests_to("/v1/docs").is_empty(),
+            "{status}: no listing"
+        );
+        assert!(!storage.meta().unwrap().needs_resync, "{status}: no resync");
+    }
+}

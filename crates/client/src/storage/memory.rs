@@ -74,6 +74,16 @@ impl Storage for MemoryStorage {
 
     fn commit(&self, commit: Commit) -> Result<CommitResult, StorageError> {
         let mut s = self.lock();
+        if let Some(seq) = commit.unpark {
+            if !s
+                .queue
+                .get(&seq)
+                .is_some_and(|(_, parked)| parked.is_some())
+            {
+                return Err(StorageError::NotParked(seq));
+            }
+            s.queue.remove(&seq);
+        }
         let mut result = CommitResult::default();
         // The cursor before this commit: writes at or below it are already
         // reflected by the feed (see `DocWrite`).

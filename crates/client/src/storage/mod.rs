@@ -40,6 +40,10 @@ pub enum StorageError {
     /// Opening the store failed.
     #[error("cannot open the replica store: {0}")]
     Io(#[from] std::io::Error),
+    /// [`Commit::unpark`] named an entry that is not parked (any more):
+    /// another handle settled it first. Nothing was committed.
+    #[error("mutation #{0} is not parked")]
+    NotParked(u64),
 }
 
 /// Sync position of the replica.
@@ -143,6 +147,11 @@ pub struct Commit {
     pub remove: Vec<u64>,
     /// Queue entries to park with a reason.
     pub park: Vec<(u64, ParkReason)>,
+    /// Settle this parked entry: remove it, and commit the rest only if it
+    /// was still parked (else [`StorageError::NotParked`] and nothing
+    /// changes), so that two handles resolving one conflict at once cannot
+    /// both queue a replacement.
+    pub unpark: Option<u64>,
     /// Mutations to append to the queue.
     pub enqueue: Vec<NewMutation>,
 }
@@ -413,6 +422,15 @@ pub(crate) mod conformance {
             }
         );
         assert_eq!(s.pending(10).unwrap()[0].key, "k3");
+        // Unparking is all or nothing: an entry that is queued, not parked,
+        // is refused with nothing else applied.
+        let refused = s.commit(Commit {
+            unpark: Some(seqs[2]),
+            enqueue: vec![nm("k-no", Mutation::delete("t", "z"))],
+            ..Default::default()
+        });
+        assert!(matches!(refused, Err(StorageError::NotParked(n)) if n == seqs[2]));
+        assert_eq!(s.counts().unwrap().pending, 1, "nothing enqueued");
         let parked = s.parked().unwrap();
         assert_eq!(parked.len(), 1);
         assert_eq!(parked[0].pending.key, "k2");

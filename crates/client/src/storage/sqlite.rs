@@ -321,6 +321,16 @@ impl Storage for SqliteStorage {
         // IMMEDIATE: take the write lock up front, so the read-then-write of
         // the version check cannot interleave with another process.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(seq) = commit.unpark {
+            // Dropping `tx` on the error rolls everything back.
+            let removed = tx.execute(
+                "DELETE FROM queue WHERE seq = ?1 AND parked IS NOT NULL",
+                [to_i64(seq)?],
+            )?;
+            if removed == 0 {
+                return Err(StorageError::NotParked(seq));
+            }
+        }
         let mut result = CommitResult::default();
         // The cursor before this commit: writes at or below it are already
         // reflected by the feed (see `DocWrite`).
