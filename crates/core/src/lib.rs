@@ -172,6 +172,7 @@
 //! | request | read calls | keys read | write calls |
 //! |---|---|---|---|
 //! | `GET /v1/changes` at the head (idle poll, 304) | 1 | 1 | 0 |
+//! | the same, for a user who has never written (no log yet) | 2 | 2 | 0 |
 //! | `GET /v1/head` with `If-None-Match` at the head (304) | 1 | 1 | 0 |
 //! | held long-poll, per wake-up | 1 | 1 | 0 |
 //! | `GET /v1/changes`, a few new changes | 3 | ~13 | 0 |

@@ -21,6 +21,10 @@
 //!   exists, answers a one-element list of key names that older host
 //!   builds cannot parse as key/value pairs (the host panics). So a
 //!   one-key batch is sent as a plain `get`, and an empty one as nothing.
+//! * The DynamoDB backend's batches are `BatchGetItem` (at most 100 keys)
+//!   and `BatchWriteItem` (at most 25): larger ones fail, and would fall back
+//!   to one call per key. Batches go out in chunks of [`MAX_BATCH_READ`] and
+//!   [`MAX_BATCH_WRITE`] keys on every backend.
 //! * A `swap` on a key that was absent at `current()` is an upsert on the
 //!   SQLite backend: the adapter refuses to swap when `current()` returned
 //!   nothing or something other than the expected bytes, so the core's
@@ -128,14 +132,9 @@ impl<B: RawBucket> WasiKv<B> {
     pub fn bucket(&self) -> &B {
         &self.bucket
     }
-}
 
-impl<B: RawBucket> Kv for WasiKv<B> {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.bucket.get(key).await
-    }
-
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+    /// `get_many` of at most [`MAX_BATCH_READ`] keys, in `keys`' order.
+    async fn get_chunk(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         match keys {
             [] => return Ok(Vec::new()),
             // Never `KEYS k` on Redis (see the crate docs).
@@ -162,20 +161,42 @@ impl<B: RawBucket> Kv for WasiKv<B> {
             }
         }
     }
+}
+
+/// Most keys one `get-many` asks for: DynamoDB's `BatchGetItem` takes at
+/// most 100, and a larger batch would fail and fall back to one `get` per
+/// key.
+pub const MAX_BATCH_READ: usize = 100;
+
+/// Most keys one `delete-many` names: DynamoDB's `BatchWriteItem` takes at
+/// most 25.
+pub const MAX_BATCH_WRITE: usize = 25;
+
+impl<B: RawBucket> Kv for WasiKv<B> {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.bucket.get(key).await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_BATCH_READ) {
+            out.extend(self.get_chunk(chunk).await?);
+        }
+        Ok(out)
+    }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
         self.bucket.set(key, value).await
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        if self.bucket.delete_many(keys.to_vec()).await.is_ok() {
-            return Ok(());
-        }
-        for key in keys {
-            self.bucket.delete(key).await?;
+        for chunk in keys.chunks(MAX_BATCH_WRITE) {
+            if self.bucket.delete_many(chunk.to_vec()).await.is_ok() {
+                continue;
+            }
+            for key in chunk {
+                self.bucket.delete(key).await?;
+            }
         }
         Ok(())
     }
@@ -377,6 +398,36 @@ mod tests {
             vec![None, Some(b"1".to_vec())]
         );
         assert_eq!(kv.bucket().calls(), strings(&["get-many u/b u/a"]));
+    }
+
+    #[test]
+    fn batches_stay_within_what_every_backend_takes_in_one_call() {
+        let kv = WasiKv::new(Scripted::new(Report::Truthfully));
+        let keys: Vec<String> = (0..250).map(|i| format!("u/{i:03}")).collect();
+        kv.bucket().put("u/007", b"7");
+        kv.bucket().put("u/207", b"207");
+        let got = block_on(kv.get_many(&keys)).unwrap();
+        assert_eq!(got.len(), 250);
+        assert_eq!(got[7].as_deref(), Some(&b"7"[..]));
+        assert_eq!(got[207].as_deref(), Some(&b"207"[..]));
+        assert_eq!(got.iter().filter(|v| v.is_some()).count(), 2);
+        let sizes: Vec<usize> = kv
+            .bucket()
+            .calls()
+            .iter()
+            .map(|c| c.strip_prefix("get-many ").unwrap().split(' ').count())
+            .collect();
+        assert_eq!(sizes, [100, 100, 50]);
+
+        block_on(kv.delete_many(&keys[..60])).unwrap();
+        let sizes: Vec<usize> = kv
+            .bucket()
+            .calls()
+            .iter()
+            .map(|c| c.strip_prefix("delete-many ").unwrap().split(' ').count())
+            .collect();
+        assert_eq!(sizes, [25, 25, 10]);
+        assert_eq!(block_on(kv.get("u/007")).unwrap(), None);
     }
 
     #[test]

@@ -94,6 +94,22 @@ fn route_costs_stay_within_their_budget() {
     println!("| request | read calls | keys read | bytes read | write calls |");
     println!("|---|---|---|---|---|");
 
+    // Before the user's first write there is no next slot to read: the
+    // floor must be read too, to tell "no log yet" from "compacted away".
+    let (s, c) = b.call(
+        "GET",
+        "/v1/changes?since=0",
+        &[("if-none-match", "\"0\"")],
+        "",
+    );
+    assert_eq!(s, 304);
+    print("GET /v1/changes?since=0, user with no log yet (304)", c);
+    assert_eq!(
+        (c.read_calls, c.keys_read, c.write_calls),
+        (2, 2, 0),
+        "a user without a log: the absent slot, then the floor"
+    );
+
     // A first write sets up the user's log.
     let (s, c) = b.call("PUT", "/v1/docs/todos/a", &[JSON], r#"{"title":"first"}"#);
     assert_eq!(s, 201);

@@ -55,7 +55,9 @@
 //! | 10 s | 50 | 5.0 |
 //! | 25 s (the default `max_wait_seconds`) | 119 | 4.8 |
 //!
-//! So 200 clients holding default long-polls cost about 950 reads/s, the
+//! A user who has never written has no next slot to read yet, so each
+//! re-check also reads the floor: twice these figures until the first
+//! write. So 200 clients holding default long-polls cost about 950 reads/s, the
 //! order of a managed host's per-app cap (~1,000 reads/s): plan capacity
 //! with that in mind, or raise clients' smart-polling intervals instead.
 //!
