@@ -199,11 +199,45 @@ enum Resolution {
     Committed(u64, Entry),
     /// The pointed-to intent is not committed; `pending` when its target
     /// slot is still the free tail (so another writer may take it over).
+    /// `holder` is what its target slot holds instead (0: nothing).
     Open {
         intent: u64,
         x: Entry,
         pending: bool,
+        holder: u64,
     },
+}
+
+/// An intent a request wrote and gave up on before any document pointer
+/// named it, while its key's pointer (`pointer`) did.
+#[derive(Debug, Clone)]
+struct Abandoned {
+    id: u64,
+    pointer: String,
+}
+
+/// What a pointer naming an entry that is not there means.
+#[derive(Debug, Clone, Copy)]
+enum Missing {
+    /// A document pointer never names a deleted entry for long: its old
+    /// target is deleted only after it moved on. Read again.
+    Retry,
+    /// An idempotency pointer may keep naming an intent that was deleted
+    /// as dead: one whose target slot went to an entry without the key
+    /// (so the key was not used there). No committed use of the key is
+    /// named then, as for an absent pointer; a later use swaps it on.
+    Nothing,
+}
+
+/// Whether `x`, an intent whose target slot holds `holder`, is dead for
+/// both pointers that may name it: its document's (the slot went to
+/// another entry) and, if it carries an idempotency key, the key's (the
+/// holder does not carry that key, so the key was not used there and the
+/// intent is no link to a use of it). Only then may it be deleted.
+fn dead_for_its_key(cache: &HashMap<u64, Option<Entry>>, x: &Entry, holder: u64) -> bool {
+    let Some(key) = &x.ik else { return true };
+    let holder_key = cache.get(&holder).cloned().flatten().and_then(|h| h.ik);
+    holder_key.as_ref() != Some(key)
 }
 
 /// A snapshot of where the log ends.
@@ -450,15 +484,20 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         tail: &Tail,
         cache: &mut HashMap<u64, Option<Entry>>,
         matches: &(dyn Fn(&Entry) -> bool + Sync),
+        missing: Missing,
     ) -> Result<Step<Resolution>, Failure> {
         if ptr == 0 {
             return Ok(Step::Done(Resolution::Nothing));
         }
         self.load_entries(cache, &[ptr]).await?;
         let Some(x) = cache.get(&ptr).cloned().flatten() else {
-            // The pointer moved on and its old target was cleaned up
-            // between our two reads.
-            return Ok(Step::Retry);
+            return Ok(match missing {
+                // The pointer moved on and its old target was cleaned up
+                // between our two reads.
+                Missing::Retry => Step::Retry,
+                // See `Missing::Nothing`.
+                Missing::Nothing => Step::Done(Resolution::Nothing),
+            });
         };
         if x.k > tail.tail {
             // Our view of the tail is older than the pointer: start over.
@@ -469,6 +508,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 intent: ptr,
                 x,
                 pending: true,
+                holder: 0,
             }));
         }
         let slot = match tail.claimed.get(&x.k) {
@@ -493,6 +533,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             intent: ptr,
             x,
             pending: false,
+            holder: slot,
         }))
     }
 
@@ -503,8 +544,19 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
     /// Apply a mutation, retrying lost races.
     pub async fn mutate(&self, m: &Mutation) -> Result<Outcome, Failure> {
         let _turn = self.host.writer_turn(self.keys.topic()).await;
+        let mut abandoned = Vec::new();
+        let result = self.mutate_attempts(m, &mut abandoned).await;
+        self.forget_abandoned(&abandoned).await;
+        result
+    }
+
+    async fn mutate_attempts(
+        &self,
+        m: &Mutation,
+        abandoned: &mut Vec<Abandoned>,
+    ) -> Result<Outcome, Failure> {
         for attempt in 0..MAX_ATTEMPTS {
-            if let Step::Done(outcome) = self.try_mutate(m).await? {
+            if let Step::Done(outcome) = self.try_mutate(m, abandoned).await? {
                 return Ok(outcome);
             }
             if attempt >= 2 {
@@ -521,7 +573,50 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         Err(Problem::unavailable("too much contention on this user's log; retry").into())
     }
 
-    async fn try_mutate(&self, m: &Mutation) -> Result<Step<Outcome>, Failure> {
+    /// Clean up this request's abandoned intents, now that it is done with
+    /// them. One the key's pointer has left (another use of the key moved
+    /// it on) is named by nothing: deleted. One it still names is dead when
+    /// its target slot went to an entry without the key: the pointer is
+    /// cleared (which means the same, "no use of the key committed") and
+    /// the intent deleted. One whose slot is still free, or went to a use
+    /// of the key (it is then the link to it), stays; compaction deletes
+    /// links with their pointer. Best effort, like all cleanup: what a
+    /// failure leaves is what a crash here would.
+    async fn forget_abandoned(&self, abandoned: &[Abandoned]) {
+        for a in abandoned {
+            let _ = self.forget_one(a).await;
+        }
+    }
+
+    async fn forget_one(&self, a: &Abandoned) -> Result<(), Failure> {
+        let pointer = self.read_counter(a.pointer.clone()).await?;
+        if pointer.value == a.id {
+            let mut cache = HashMap::new();
+            self.load_entries(&mut cache, &[a.id]).await?;
+            let Some(Some(x)) = cache.get(&a.id).cloned() else {
+                return Ok(());
+            };
+            let holder = self.read_counter(self.keys.slot(x.k)).await?.value;
+            if holder == 0 || holder == a.id {
+                return Ok(());
+            }
+            self.load_entries(&mut cache, &[holder]).await?;
+            if !dead_for_its_key(&cache, &x, holder) || !self.swap(&pointer, 0).await? {
+                // A link, or the pointer moved on meanwhile: then it is
+                // another writer's to decide, and this intent unnamed.
+                if self.read_counter(a.pointer.clone()).await?.value == a.id {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(self.kv.delete_many(&[self.keys.entry(a.id)]).await?)
+    }
+
+    async fn try_mutate(
+        &self,
+        m: &Mutation,
+        abandoned: &mut Vec<Abandoned>,
+    ) -> Result<Step<Outcome>, Failure> {
         let z = self.fresh_id();
         let doc_key = self.keys.doc(&m.collection, &m.id);
         let first = self
@@ -585,11 +680,14 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         // use of the key.
         let mut idem_current: Option<Counter> = None;
         let mut idem_pending_here = false;
+        // An intent of this request's that only the key's pointer names,
+        // dead now: deleted once the pointer has moved on from it.
+        let mut retire = None;
         if let Some((key, fingerprint)) = &m.idempotency {
             let same_key = |e: &Entry| e.ik.as_deref() == Some(key.as_str());
             for (i, ptr) in idem_ptrs.iter().enumerate() {
                 match self
-                    .resolve(ptr.value, &tail, &mut cache, &same_key)
+                    .resolve(ptr.value, &tail, &mut cache, &same_key, Missing::Nothing)
                     .await?
                 {
                     Step::Retry => return Ok(Step::Retry),
@@ -610,6 +708,11 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                         return Ok(Step::Retry);
                     }
                     Step::Done(Resolution::Open { pending: true, .. }) => idem_pending_here = true,
+                    Step::Done(Resolution::Open { intent, .. })
+                        if i == 0 && abandoned.iter().any(|a| a.id == intent) =>
+                    {
+                        retire = Some(intent);
+                    }
                     Step::Done(_) => {}
                 }
             }
@@ -623,7 +726,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         // document from fighting over the pointer.
         let same_doc = |e: &Entry| e.is_for(&m.collection, &m.id);
         let resolution = self
-            .resolve(doc_ptr.value, &tail, &mut cache, &same_doc)
+            .resolve(doc_ptr.value, &tail, &mut cache, &same_doc, Missing::Retry)
             .await?;
         let (state, dead_intent, doc_pending_here) = match resolution {
             Step::Retry => return Ok(Step::Retry),
@@ -632,16 +735,22 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 // A pointer naming an intent that another writer took over
                 // (its entry committed at the intent's slot instead) is
                 // about to move on: the intent's entry is then garbage no
-                // one can find, unless an idempotency pointer names it.
+                // one can find, unless it links its key's pointer to that
+                // entry (the two share the key).
                 let taken_over = (id != doc_ptr.value)
                     .then(|| cache.get(&doc_ptr.value).cloned().flatten())
                     .flatten()
-                    .filter(|x| x.ik.is_none())
+                    .filter(|x| dead_for_its_key(&cache, x, id))
                     .map(|_| doc_ptr.value);
                 (DocState::from_entry(id, e), taken_over, false)
             }
-            Step::Done(Resolution::Open { intent, x, pending }) => {
-                let dead = (!pending && x.ik.is_none()).then_some(intent);
+            Step::Done(Resolution::Open {
+                intent,
+                x,
+                pending,
+                holder,
+            }) => {
+                let dead = (!pending && dead_for_its_key(&cache, &x, holder)).then_some(intent);
                 (DocState::before(&x), dead, pending)
             }
         };
@@ -732,7 +841,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             }
         }
 
-        if let Some(ptr) = idem_current.filter(|_| !idem_pending_here) {
+        if let Some(ptr) = idem_current.clone().filter(|_| !idem_pending_here) {
             // Resolved above to nothing or to an uncommitted intent; the swap
             // from exactly what we read catches any change since.
             let resolved = ptr.value;
@@ -741,15 +850,28 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 self.kv.delete_many(&[self.keys.entry(z)]).await?;
                 return Ok(Step::Retry);
             }
+            if let Some(old) = retire.filter(|old| *old == resolved) {
+                // Our own earlier intent, which no document pointer ever
+                // named and the key's pointer has just left: garbage.
+                self.kv.delete_many(&[self.keys.entry(old)]).await?;
+                abandoned.retain(|a| a.id != old);
+            }
         }
 
         if !doc_pending_here {
             let resolved = doc_ptr.value;
             let doc_ptr = self.ensure(doc_ptr).await?;
             if doc_ptr.value != resolved || !self.swap(&doc_ptr, z).await? {
-                if m.idempotency.is_none() {
+                match idem_current.as_ref().filter(|_| !idem_pending_here) {
+                    // The key's pointer names our entry, and another use of
+                    // the key may have taken it over as the link to its
+                    // commit: it stays until the pointer moves on.
+                    Some(ptr) => abandoned.push(Abandoned {
+                        id: z,
+                        pointer: ptr.key.clone(),
+                    }),
                     // Nothing points at our entry: drop it.
-                    self.kv.delete_many(&[self.keys.entry(z)]).await?;
+                    None => self.kv.delete_many(&[self.keys.entry(z)]).await?,
                 }
                 return Ok(Step::Retry);
             }
@@ -770,6 +892,15 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             let named = !doc_pending_here || (m.idempotency.is_some() && !idem_pending_here);
             if !named {
                 self.kv.delete_many(&[self.keys.entry(z)]).await?;
+            } else if doc_pending_here {
+                // Only the key's pointer names it: ours to clean up, as
+                // when the document's pointer refused us.
+                if let Some(ptr) = &idem_current {
+                    abandoned.push(Abandoned {
+                        id: z,
+                        pointer: ptr.key.clone(),
+                    });
+                }
             }
             return Ok(Step::Retry);
         }
@@ -1265,6 +1396,29 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         let mut cache = HashMap::new();
         let ids: Vec<u64> = slots.iter().map(|c| c.value).collect();
         self.load_entries(&mut cache, &ids).await?;
+        // The idempotency pointers of the window's entries, in one read.
+        let pointers: Vec<String> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                let key = cache.get(&slot.value).cloned().flatten()?.ik?;
+                let seq = from + 1 + i as u64;
+                Some(
+                    self.keys
+                        .idempotency(seq / self.cfg.retention_entries, &key),
+                )
+            })
+            .collect();
+        let links: HashMap<String, u64> = if pointers.is_empty() {
+            HashMap::new()
+        } else {
+            self.read_counters(pointers.clone())
+                .await?
+                .into_iter()
+                .zip(pointers)
+                .map(|(c, key)| (key, c.value))
+                .collect()
+        };
         for (i, slot) in slots.iter().enumerate() {
             let seq = from + 1 + i as u64;
             let Some(Some(entry)) = cache.get(&slot.value) else {
@@ -1276,7 +1430,23 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 garbage.push(self.keys.slot(entry.pv));
             }
             if let Some(key) = &entry.ik {
-                garbage.push(self.keys.idempotency(seq / self.cfg.retention_entries, key));
+                let pointer = self.keys.idempotency(seq / self.cfg.retention_entries, key);
+                // The key's pointer names this entry, or an intent another
+                // use of the key wrote for this seq and this entry took
+                // over: the link, garbage with the pointer — unless its
+                // document's pointer still names it.
+                let link = links.get(&pointer).copied().unwrap_or(0);
+                if link != 0 && link != slot.value {
+                    let mut found = HashMap::new();
+                    self.load_entries(&mut found, &[link]).await?;
+                    if let Some(Some(x)) = found.get(&link) {
+                        let doc = self.read_counter(self.keys.doc(&x.c, &x.i)).await?;
+                        if doc.value != link {
+                            garbage.push(self.keys.entry(link));
+                        }
+                    }
+                }
+                garbage.push(pointer);
             }
             if entry.op == Op::Delete {
                 let ptr = self.read_counter(self.keys.doc(&entry.c, &entry.i)).await?;

@@ -206,16 +206,26 @@
 //!   at least `retention_entries` later changes.
 //! * Storage is bounded by retention, the current documents, and a little
 //!   garbage no one can find to delete: entries of writers that crashed
-//!   before a pointer named them (or before deleting them), entries of
-//!   intents that died *and* carry an idempotency key (their pointer may
-//!   still name them), and tombstones of deletes committed by taking over
-//!   another writer's intent. The first come only from crashes, the others
-//!   from lost races or crashes. A writer deletes its own entry when it
-//!   loses a race before anything names it, and a dead intent (never to
-//!   commit, or committed for by another writer's entry) as soon as it has
-//!   moved the document pointer off it; the simulation checks that a run
-//!   without crashes leaves no entry that nothing names, idempotent ones
-//!   aside.
+//!   before a pointer named them (or before deleting them), and tombstones
+//!   of deletes committed by taking over another writer's intent. A writer
+//!   deletes its own entry when it loses a race before anything names it,
+//!   and a dead intent (never to commit, or committed for by another
+//!   writer's entry) as soon as it has moved the document pointer off it.
+//!   An intent with an idempotency key has a second pointer, the key's:
+//!   it is deleted by the document path only when dead for the key too
+//!   (its slot went to an entry without the key: an idempotency pointer
+//!   naming a deleted entry means "no use of the key", as an absent one
+//!   does); one its writer gave up on before the document pointer named
+//!   it is deleted by that writer when done (clearing the key's pointer if
+//!   it still names it and the intent is dead); one that links the key's
+//!   pointer to a use of the key committed by another writer at its slot
+//!   stays until compaction deletes it with the pointer. One case is left:
+//!   an intent still pending when its request ended (refused on its next
+//!   attempt), that dies later and whose key is then used again — that use
+//!   moves the pointer on but cannot tell whether the intent's writer is
+//!   still about to name it from the document pointer, so it leaves it.
+//!   The simulation checks that a run without crashes leaves no entry that
+//!   nothing names.
 
 pub mod auth;
 pub mod config;

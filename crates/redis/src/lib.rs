@@ -179,7 +179,12 @@ impl RedisKv {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| kv_error("SCAN", e))?;
-            if let Some(foreign) = keys.iter().find(|k| !k.starts_with(b"u/")) {
+            // The marker itself may appear: a sibling instance starting at
+            // the same moment has claimed the database since our EXISTS.
+            if let Some(foreign) = keys
+                .iter()
+                .find(|k| !k.starts_with(b"u/") && k.as_slice() != MARKER.as_bytes())
+            {
                 return Err(KvError::new(
                     KvErrorKind::Other,
                     format!(
@@ -250,7 +255,9 @@ where
     Fut: std::future::Future<Output = Result<T, RedisError>>,
 {
     match command(conn.clone()).await {
-        Err(e) if connection_broke(&e) => command(conn.clone()).await,
+        // A server that did not answer in time would not answer a second
+        // try sooner: that would only double the wait before the 503.
+        Err(e) if connection_broke(&e) && !e.is_timeout() => command(conn.clone()).await,
         done => done,
     }
 }

@@ -279,6 +279,26 @@ async fn a_database_holding_foreign_keys_is_refused() {
     RedisKv::connect(&server.url(3)).await.unwrap();
 }
 
+/// Instances starting together on an unclaimed database all start: the
+/// marker one of them writes is not a foreign key to the others, whose
+/// check for foreign keys may run after it appeared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_claiming_one_database_at_once_all_start() {
+    let server = RedisServer::start();
+    for db in 4..12 {
+        let url = server.url(db);
+        let starts: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { RedisKv::connect(&url).await.map(|_| ()) })
+            })
+            .collect();
+        for start in starts {
+            start.await.unwrap().unwrap();
+        }
+    }
+}
+
 /// Something that is not Redis on the port: the error says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_not_redis_is_named_as_such() {

@@ -711,9 +711,7 @@ fn tag_of(v: &Value) -> Option<String> {
 /// Storage stays bounded: with no crash in the run, every log entry left
 /// in the store is named by a slot, a document pointer or an idempotency
 /// pointer, so that compaction or a later writer can find and delete it.
-/// The garbage the core documents as unreachable comes only from crashes,
-/// and from intents with an idempotency key (whose pointer may have named
-/// them), which are let be.
+/// The garbage the core documents as unreachable comes only from crashes.
 fn unreachable_entries(store: &MemStore) -> Result<(), String> {
     let dump = store.dump();
     let mut named = std::collections::HashSet::new();
@@ -732,11 +730,9 @@ fn unreachable_entries(store: &MemStore) -> Result<(), String> {
             continue;
         }
         let entry: Value = serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?;
-        if entry.get("ik").is_none() {
-            return Err(format!(
-                "entry {key} ({entry}) is left in the store, and nothing names it"
-            ));
-        }
+        return Err(format!(
+            "entry {key} ({entry}) is left in the store, and nothing names it"
+        ));
     }
     Ok(())
 }
