@@ -394,6 +394,18 @@ async fn dispatch<K: Kv, H: Host>(
         }
     };
     let user_hash = Some(user_hash(&service.log_hasher, &claims.sub));
+    // Every route's query is checked, also where no parameter is read: a
+    // repeated one is refused everywhere alike.
+    let params = match query(&request) {
+        Ok(params) => params,
+        Err(problem) => {
+            return (
+                template,
+                user_hash,
+                Dispatched::Respond(Err(problem.into())),
+            )
+        }
+    };
     // On a read, `If-Match` is checked against the tag the answer carries
     // (RFC 9110 §13.1.1); on a write it is part of the mutation.
     let read_if_match = if method == Method::GET || method == Method::HEAD {
@@ -413,15 +425,17 @@ async fn dispatch<K: Kv, H: Host>(
     let log = Log::new(&service.kv, &service.host, &service.config, &claims.sub);
     let result = match route {
         Route::Head => head(service, &log, &request).await,
-        Route::Changes => match changes_start(service, &log, &request, &read_if_match).await {
-            Ok(ChangesStart::Respond(r)) => Ok(r),
-            Ok(ChangesStart::Wait(waiting)) => {
-                let user = claims.sub;
-                return (template, user_hash, Dispatched::Wait { user, waiting });
+        Route::Changes => {
+            match changes_start(service, &log, &request, &params, &read_if_match).await {
+                Ok(ChangesStart::Respond(r)) => Ok(r),
+                Ok(ChangesStart::Wait(waiting)) => {
+                    let user = claims.sub;
+                    return (template, user_hash, Dispatched::Wait { user, waiting });
+                }
+                Err(failure) => Err(failure),
             }
-            Err(failure) => Err(failure),
-        },
-        Route::List => list(&log, &request).await,
+        }
+        Route::List => list(&log, &params).await,
         Route::Doc { collection, id } => doc(&log, &request, collection, id).await,
         Route::Mutations => mutations(&log, &request).await,
         Route::Health => unreachable!("answered above"),
@@ -543,9 +557,10 @@ fn query<T>(request: &Request<T>) -> Result<Query, Problem> {
             &name,
             "query parameters must be valid percent-encoded UTF-8",
         ),
-        QueryError::Repeated(name) => {
-            Problem::invalid_parameter(&name, format!("{name} is given more than once"))
-        }
+        QueryError::Repeated(name) => Problem::invalid_parameter(
+            &name,
+            format!("the parameter {name:?} is given more than once"),
+        ),
     })
 }
 
@@ -608,9 +623,9 @@ async fn changes_start<K: Kv, H: Host>(
     service: &Service<K, H>,
     log: &Log<'_, K, H>,
     request: &Request<Vec<u8>>,
+    params: &Query,
     if_match: &Option<ETagList>,
 ) -> Result<ChangesStart, Failure> {
-    let params = query(request)?;
     let get = |name: &str| params.get(name);
     let since = match get("since") {
         None => 0,
@@ -743,9 +758,8 @@ fn changes_response<K: Kv, H: Host>(
 
 async fn list<K: Kv, H: Host>(
     log: &Log<'_, K, H>,
-    request: &Request<Vec<u8>>,
+    params: &Query,
 ) -> Result<Response<Vec<u8>>, Failure> {
-    let params = query(request)?;
     let get = |name: &str| params.get(name);
     let collection = match get("collection") {
         None => None,
@@ -869,7 +883,9 @@ fn require_media_type<T>(request: &Request<T>, expected: &str) -> Result<(), Pro
         .get_all(CONTENT_ENCODING)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .all(|coding| coding.trim().eq_ignore_ascii_case("identity"));
+        .map(str::trim)
+        // An empty list element (or field) names no coding.
+        .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("identity"));
     if !identity {
         return Err(Problem::unsupported_content_encoding());
     }

@@ -418,6 +418,7 @@ registry! { $;
     general::wrong_methods_are_405_with_allow => BASIC,
     general::options_answers_204_with_allow => BASIC,
     general::head_mirrors_get => BASIC,
+    general::repeated_query_parameters_are_400_everywhere => BASIC,
     // Authentication.
     auth::missing_token_is_401_on_every_route => BASIC,
     auth::malformed_tokens_are_401 => BASIC,

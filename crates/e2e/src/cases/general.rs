@@ -198,3 +198,35 @@ pub async fn head_mirrors_get(t: &Target) -> anyhow::Result<()> {
     assert_eq!(r.status, 401, "HEAD /v1/head without a token");
     Ok(())
 }
+
+/// A query parameter given twice is 400 `invalid-parameter` on every
+/// authenticated route, also one that reads no parameter, and changes
+/// nothing.
+pub async fn repeated_query_parameters_are_400_everywhere(t: &Target) -> anyhow::Result<()> {
+    let api = t.api();
+    let u = t.new_user();
+    let batch = json!({"mutations": [
+        {"id": "rq", "op": "put", "collection": "c", "doc": "i", "value": 1}
+    ]});
+    let requests = [
+        api.get("/v1/head?x=1&x=2"),
+        api.get("/v1/changes?since=0&since=0"),
+        api.get("/v1/docs?limit=5&limit=5"),
+        api.get("/v1/docs/c/i?x=1&x=1"),
+        api.put("/v1/docs/c/i?x=1&x=1").json(&json!(1)),
+        api.post("/v1/mutations?x=1&x=2").json(&batch),
+    ];
+    for req in requests {
+        let r = req.auth(&u).send().await?;
+        let p = r.expect_problem(400, "invalid-parameter");
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("more than once"),
+            "{}: {p}",
+            r.what
+        );
+    }
+    assert_nothing_changed(&api, &u, 0, Some(("c", "i", 404)), "repeated parameters").await
+}
