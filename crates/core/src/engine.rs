@@ -728,6 +728,10 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         let resolution = self
             .resolve(doc_ptr.value, &tail, &mut cache, &same_doc, Missing::Retry)
             .await?;
+        // An intent the document pointer names that links its key's
+        // pointer to a use of the key committed at its slot: garbage too
+        // once that pointer no longer names it (compaction removed it).
+        let mut link = None;
         let (state, dead_intent, doc_pending_here) = match resolution {
             Step::Retry => return Ok(Step::Retry),
             Step::Done(Resolution::Nothing) => (DocState::default(), None, false),
@@ -737,11 +741,17 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 // about to move on: the intent's entry is then garbage no
                 // one can find, unless it links its key's pointer to that
                 // entry (the two share the key).
-                let taken_over = (id != doc_ptr.value)
+                let over = (id != doc_ptr.value)
                     .then(|| cache.get(&doc_ptr.value).cloned().flatten())
-                    .flatten()
-                    .filter(|x| dead_for_its_key(&cache, x, id))
-                    .map(|_| doc_ptr.value);
+                    .flatten();
+                let taken_over = match over {
+                    Some(x) if dead_for_its_key(&cache, &x, id) => Some(doc_ptr.value),
+                    Some(x) => {
+                        link = Some((doc_ptr.value, x));
+                        None
+                    }
+                    None => None,
+                };
                 (DocState::from_entry(id, e), taken_over, false)
             }
             Step::Done(Resolution::Open {
@@ -751,6 +761,9 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 holder,
             }) => {
                 let dead = (!pending && dead_for_its_key(&cache, &x, holder)).then_some(intent);
+                if !pending && dead.is_none() {
+                    link = Some((intent, x.clone()));
+                }
                 (DocState::before(&x), dead, pending)
             }
         };
@@ -881,6 +894,13 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 // names it any more. Now, not after our commit: if we lose
                 // the slot, no one else would know to.
                 self.kv.delete_many(&[self.keys.entry(dead)]).await?;
+            }
+            if let Some((id, x)) = &link {
+                let key = x.ik.as_deref().unwrap_or_default();
+                let pointer = self.keys.idempotency(x.k / retention, key);
+                if self.read_counter(pointer).await?.value != *id {
+                    self.kv.delete_many(&[self.keys.entry(*id)]).await?;
+                }
             }
         }
 
@@ -1387,6 +1407,31 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         Ok(())
     }
 
+    /// Whether the intent `link` (named by its key's pointer, never
+    /// committed) can no longer be named by its document's pointer: that
+    /// pointer names an entry written after it. Its writer's swap of the
+    /// document pointer expects an older value, which a pointer (moving
+    /// only to fresh ids) never holds again. Otherwise (the pointer names
+    /// it, nothing, or something older) a stalled writer might still name
+    /// it, and it is let be.
+    async fn link_is_settled(&self, link: u64) -> Result<bool, Failure> {
+        let mut cache = HashMap::new();
+        self.load_entries(&mut cache, &[link]).await?;
+        let Some(Some(x)) = cache.get(&link).cloned() else {
+            return Ok(false);
+        };
+        let doc = self.read_counter(self.keys.doc(&x.c, &x.i)).await?.value;
+        if doc == 0 || doc == link {
+            return Ok(false);
+        }
+        self.load_entries(&mut cache, &[doc]).await?;
+        Ok(cache
+            .get(&doc)
+            .cloned()
+            .flatten()
+            .is_some_and(|now| now.k > x.k))
+    }
+
     /// Remove garbage for seqs in (from, to]: each entry's predecessor for
     /// the same document (superseded now that the entry is below the
     /// floor), its idempotency record, and deleted documents altogether.
@@ -1396,29 +1441,6 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         let mut cache = HashMap::new();
         let ids: Vec<u64> = slots.iter().map(|c| c.value).collect();
         self.load_entries(&mut cache, &ids).await?;
-        // The idempotency pointers of the window's entries, in one read.
-        let pointers: Vec<String> = slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, slot)| {
-                let key = cache.get(&slot.value).cloned().flatten()?.ik?;
-                let seq = from + 1 + i as u64;
-                Some(
-                    self.keys
-                        .idempotency(seq / self.cfg.retention_entries, &key),
-                )
-            })
-            .collect();
-        let links: HashMap<String, u64> = if pointers.is_empty() {
-            HashMap::new()
-        } else {
-            self.read_counters(pointers.clone())
-                .await?
-                .into_iter()
-                .zip(pointers)
-                .map(|(c, key)| (key, c.value))
-                .collect()
-        };
         for (i, slot) in slots.iter().enumerate() {
             let seq = from + 1 + i as u64;
             let Some(Some(entry)) = cache.get(&slot.value) else {
@@ -1431,20 +1453,9 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             }
             if let Some(key) = &entry.ik {
                 let pointer = self.keys.idempotency(seq / self.cfg.retention_entries, key);
-                // The key's pointer names this entry, or an intent another
-                // use of the key wrote for this seq and this entry took
-                // over: the link, garbage with the pointer — unless its
-                // document's pointer still names it.
-                let link = links.get(&pointer).copied().unwrap_or(0);
-                if link != 0 && link != slot.value {
-                    let mut found = HashMap::new();
-                    self.load_entries(&mut found, &[link]).await?;
-                    if let Some(Some(x)) = found.get(&link) {
-                        let doc = self.read_counter(self.keys.doc(&x.c, &x.i)).await?;
-                        if doc.value != link {
-                            garbage.push(self.keys.entry(link));
-                        }
-                    }
+                let link = self.read_counter(pointer.clone()).await?.value;
+                if link != 0 && link != slot.value && self.link_is_settled(link).await? {
+                    garbage.push(self.keys.entry(link));
                 }
                 garbage.push(pointer);
             }

@@ -219,13 +219,16 @@
 //!   it is deleted by that writer when done (clearing the key's pointer if
 //!   it still names it and the intent is dead); one that links the key's
 //!   pointer to a use of the key committed by another writer at its slot
-//!   stays until compaction deletes it with the pointer. One case is left:
-//!   an intent still pending when its request ended (refused on its next
-//!   attempt), that dies later and whose key is then used again — that use
-//!   moves the pointer on but cannot tell whether the intent's writer is
-//!   still about to name it from the document pointer, so it leaves it.
+//!   is deleted by whichever comes last: compaction removing the key's
+//!   pointer (if the document's pointer has moved past it to a later
+//!   entry, so that no stalled writer can still name it from there), or
+//!   the writer moving the document's pointer off it (if the key's pointer
+//!   is gone). Left are intents of a key that several requests used at
+//!   once (an intent still pending when its request ended, that dies later
+//!   and whose key is then used again: that use cannot tell whether the
+//!   intent's writer is still about to name it from the document pointer).
 //!   The simulation checks that a run without crashes leaves no entry that
-//!   nothing names.
+//!   nothing names, but for keys more than one request sent.
 
 pub mod auth;
 pub mod config;
