@@ -1441,6 +1441,29 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         let mut cache = HashMap::new();
         let ids: Vec<u64> = slots.iter().map(|c| c.value).collect();
         self.load_entries(&mut cache, &ids).await?;
+        // The key pointers of the window's idempotent entries, in one read.
+        let pointer_of = |i: usize, slot: &Counter| {
+            let key = cache.get(&slot.value).cloned().flatten()?.ik?;
+            let seq = from + 1 + i as u64;
+            Some(
+                self.keys
+                    .idempotency(seq / self.cfg.retention_entries, &key),
+            )
+        };
+        let pointers: Vec<String> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| pointer_of(i, slot))
+            .collect();
+        let links: HashMap<String, u64> = if pointers.is_empty() {
+            HashMap::new()
+        } else {
+            let values = self.read_counters(pointers.clone()).await?;
+            pointers
+                .into_iter()
+                .zip(values.iter().map(|c| c.value))
+                .collect()
+        };
         for (i, slot) in slots.iter().enumerate() {
             let seq = from + 1 + i as u64;
             let Some(Some(entry)) = cache.get(&slot.value) else {
@@ -1453,7 +1476,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             }
             if let Some(key) = &entry.ik {
                 let pointer = self.keys.idempotency(seq / self.cfg.retention_entries, key);
-                let link = self.read_counter(pointer.clone()).await?.value;
+                let link = links.get(&pointer).copied().unwrap_or(0);
                 if link != 0 && link != slot.value && self.link_is_settled(link).await? {
                     garbage.push(self.keys.entry(link));
                 }

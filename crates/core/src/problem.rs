@@ -153,28 +153,31 @@ impl Problem {
         )
     }
     pub fn precondition_failed(current_version: Option<u64>) -> Self {
-        Self::new(
-            StatusCode::PRECONDITION_FAILED,
-            "precondition-failed",
-            "Precondition failed",
+        Self::failed_precondition(
+            current_version,
             match current_version {
                 Some(v) => format!("the document is at version {v}"),
                 None => "the document does not exist".to_owned(),
             },
         )
-        .with("current_version", json!(current_version))
     }
     /// `If-Match` on a read did not hold; `current` is the number in the
     /// answer's `ETag` (the document's version, the head, the next cursor).
     pub fn read_precondition_failed(current: Option<u64>) -> Self {
-        Self::new(
-            StatusCode::PRECONDITION_FAILED,
-            "precondition-failed",
-            "Precondition failed",
+        Self::failed_precondition(
+            current,
             match current {
                 Some(v) => format!("If-Match does not list the current entity tag \"{v}\""),
                 None => "this answer has no entity tag for If-Match to match".to_owned(),
             },
+        )
+    }
+    fn failed_precondition(current: Option<u64>, detail: String) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            "Precondition failed",
+            detail,
         )
         .with("current_version", json!(current))
     }

@@ -395,9 +395,15 @@ async fn dispatch<K: Kv, H: Host>(
     };
     let user_hash = Some(user_hash(&service.log_hasher, &claims.sub));
     // Every route's query is checked, also where no parameter is read: a
-    // repeated one is refused everywhere alike.
-    let params = match query(&request) {
-        Ok(params) => params,
+    // repeated one is refused everywhere alike. On a read, `If-Match` is
+    // checked against the tag the answer carries (RFC 9110 §13.1.1); on a
+    // write it is part of the mutation.
+    let checked = query(&request).and_then(|params| {
+        let read = method == Method::GET || method == Method::HEAD;
+        Ok((params, if read { if_match(&request)? } else { None }))
+    });
+    let (params, read_if_match) = match checked {
+        Ok(checked) => checked,
         Err(problem) => {
             return (
                 template,
@@ -405,22 +411,6 @@ async fn dispatch<K: Kv, H: Host>(
                 Dispatched::Respond(Err(problem.into())),
             )
         }
-    };
-    // On a read, `If-Match` is checked against the tag the answer carries
-    // (RFC 9110 §13.1.1); on a write it is part of the mutation.
-    let read_if_match = if method == Method::GET || method == Method::HEAD {
-        match if_match(&request) {
-            Ok(list) => list,
-            Err(problem) => {
-                return (
-                    template,
-                    user_hash,
-                    Dispatched::Respond(Err(problem.into())),
-                )
-            }
-        }
-    } else {
-        None
     };
     let log = Log::new(&service.kv, &service.host, &service.config, &claims.sub);
     let result = match route {
