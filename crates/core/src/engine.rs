@@ -948,8 +948,15 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
     /// [`HINT_EVERY`] seqs; it is only where tail scans start) and compact
     /// (every [`COMPACT_STEP`] seqs; it resumes from the persisted floor and
     /// cleaned mark). Failures are dropped: see the caller.
+    ///
+    /// The committer of a multiple of [`HINT_EVERY`] may crash, or that
+    /// seq may go to a writer that never commits; then whoever commits
+    /// with the hint two steps behind moves it, so a stale hint heals on
+    /// the next commit instead of lengthening every tail scan until
+    /// compaction comes by.
     async fn after_commit(&self, t: u64, hint: &Counter) {
-        if t.is_multiple_of(HINT_EVERY) && hint.value < t {
+        let due = t.is_multiple_of(HINT_EVERY) || t >= hint.value + 2 * HINT_EVERY;
+        if due && hint.value < t {
             if let Ok(hint) = self.ensure(hint.clone()).await {
                 if hint.value < t {
                     let _ = self.swap(&hint, t).await;

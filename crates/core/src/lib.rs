@@ -98,8 +98,9 @@
 //! 9. Housekeeping anyone could do, whose failure no longer matters to
 //!    this request (it is acknowledged): pre-create slot `t + 1` (so
 //!    "anything new after t?" is one read of an existing zero), notify
-//!    waiters ([`Host::log_changed`]), advance the hint every 8 seqs,
-//!    compact every 16.
+//!    waiters ([`Host::log_changed`]), advance the hint every 8 seqs (or
+//!    whenever it trails by 16 or more: the writer due to move it may have
+//!    crashed), compact every 16.
 //!
 //! # Reading
 //!
@@ -189,7 +190,7 @@
 //! The four writes of an update are: the entry, the document pointer, the
 //! slot (the commit), and pre-creating the next slot. Creates add the
 //! collection index (blob, root swap, old blob removal) and the pointer's
-//! creation. Every 8th commit adds a hint swap, every 16th a compaction
+//! creation. About every 8th commit adds a hint swap, every 16th a compaction
 //! step (a few reads, then deletes of what it cleans). On the Spin
 //! components each swap also reads the key back (see `edgesync-kv-wasi`).
 //!

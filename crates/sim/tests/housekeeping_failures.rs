@@ -82,3 +82,60 @@ fn failed_housekeeping_never_fails_a_committed_write() {
         assert_eq!(doc.body["value"], value, "{id}");
     }
 }
+
+#[test]
+fn a_stale_hint_heals_on_the_next_commit() {
+    // The writers due to move the hint (every 8th seq) all failed to:
+    // tail scans would start ever further back until a compaction came
+    // by. The first commit that finds the hint two steps behind moves it,
+    // whatever its seq.
+    let store = MemStore::new();
+    let hint_swaps_fail = AtomicBool::new(true);
+    let kv = Faulty::new(StrictKv::new(store.clone()), |op: Op<'_>| {
+        let hint_swap = matches!(op, Op::CompareAndSwap(key) if key.ends_with("/h"));
+        if hint_swap && hint_swaps_fail.load(Ordering::SeqCst) {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        }
+    });
+    let mut config = Config::with_secret(Vec::new());
+    config.rate_limit_per_second = 0;
+    let api = Api::new(config, &kv, NOW, "tidy");
+    let hint = || {
+        let raw = store.dump().remove("u/tidy/h");
+        raw.map_or(0, |raw| {
+            edgesync_core::decode_counter(&raw).expect("a counter")
+        })
+    };
+    let put = |n: u64| {
+        let a = api.call("PUT", "/v1/docs/c/d", Some(&json!(n)));
+        assert!(matches!(a.status, 200 | 201), "write {n}: {}", a.body);
+    };
+
+    for n in 1..=12 {
+        put(n);
+    }
+    assert_eq!(hint(), 0, "every hint swap failed");
+    hint_swaps_fail.store(false, Ordering::SeqCst);
+    put(13);
+    assert_eq!(
+        hint(),
+        0,
+        "13 is not a multiple of 8 and trails by less than 16"
+    );
+    for n in 14..=17 {
+        put(n);
+    }
+    assert_eq!(hint(), 16, "the writer of 16 moved it");
+
+    hint_swaps_fail.store(true, Ordering::SeqCst);
+    for n in 18..=33 {
+        put(n);
+    }
+    assert_eq!(hint(), 16);
+    hint_swaps_fail.store(false, Ordering::SeqCst);
+    put(34);
+    assert_eq!(hint(), 34, "the first commit 16 past the hint moved it");
+    assert_eq!(api.head(), 34);
+}
