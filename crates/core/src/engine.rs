@@ -1415,18 +1415,29 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
     }
 
     /// Whether the intent `link` (named by its key's pointer, never
-    /// committed) can no longer be named by its document's pointer: that
-    /// pointer names an entry written after it. Its writer's swap of the
-    /// document pointer expects an older value, which a pointer (moving
-    /// only to fresh ids) never holds again. Otherwise (the pointer names
-    /// it, nothing, or something older) a stalled writer might still name
-    /// it, and it is let be.
+    /// committed: another entry with its key took its slot) can no longer
+    /// be named by its document's pointer.
+    ///
+    /// Its writer's swap of that pointer expects the value it read, `E`.
+    /// A pointer moves only to fresh ids, and back to 0 only when
+    /// compaction removes a deleted document. If the writer found the
+    /// document (`p != 0`), `E` is not 0, and the pointer has left `E` for
+    /// good since: whoever committed at the link's slot moved it on, or
+    /// found it naming an intent pending for that slot, which the link's
+    /// writer, had it read that too, takes over without a swap. If the
+    /// writer was creating the document, the pointer must name an entry
+    /// written after the link; otherwise (it names the link, nothing, or
+    /// something older) a stalled writer might still name it, and it is
+    /// let be.
     async fn link_is_settled(&self, link: u64) -> Result<bool, Failure> {
         let mut cache = HashMap::new();
         self.load_entries(&mut cache, &[link]).await?;
         let Some(Some(x)) = cache.get(&link).cloned() else {
             return Ok(false);
         };
+        if x.p != 0 {
+            return Ok(true);
+        }
         let doc = self.read_counter(self.keys.doc(&x.c, &x.i)).await?.value;
         if doc == 0 || doc == link {
             return Ok(false);

@@ -221,8 +221,9 @@
 //!   it still names it and the intent is dead); one that links the key's
 //!   pointer to a use of the key committed by another writer at its slot
 //!   is deleted by whichever comes last: compaction removing the key's
-//!   pointer (if the document's pointer has moved past it to a later
-//!   entry, so that no stalled writer can still name it from there), or
+//!   pointer (if no stalled writer can still name it from the document's
+//!   pointer: its writer found the document, so expected a pointer that
+//!   has moved on for good, or the pointer names a later entry), or
 //!   the writer moving the document's pointer off it (if the key's pointer
 //!   is gone). Left are intents of a key that several requests used at
 //!   once (an intent still pending when its request ended, that dies later

@@ -38,6 +38,29 @@ fn seeds_900_to_1199() {
     run_range(900, 300);
 }
 
+/// Seeds beyond the ranges above that once caught a real defect, kept so
+/// that it cannot come back unnoticed.
+#[test]
+fn seeds_that_once_failed() {
+    const SEEDS: &[(u64, &str)] = &[
+        (2556, "an idempotent intent leaked under contention"),
+        (2713, "an idempotent intent leaked under contention"),
+        (200143, "a link intent outlived its key's pointer"),
+        (201275, "a link intent outlived its key's pointer"),
+        (204126, "a stale hint lengthened every tail scan"),
+        (311889, "a stale hint lengthened every tail scan"),
+    ];
+    let failures: Vec<String> = SEEDS
+        .iter()
+        .filter_map(|(seed, caught)| {
+            edgesync_sim::run(*seed)
+                .err()
+                .map(|violation| format!("seed {seed} (once: {caught}): {violation}"))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The seeds above must exercise what the invariants are about: crashes,
 /// compaction, every backend. If the workload generator drifted so that
 /// they don't, the other tests would pass without proving much.
