@@ -24,6 +24,11 @@ const CHANNEL_CAPACITY: usize = 1024;
 const DEFAULT_PAGE: u64 = 100;
 const CATCH_UP_LIMIT: u32 = 1000;
 
+/// How long a step held back for a lossless feed sleeps at most; the
+/// feed's reader, a new mutation or queued mutations coming due end it
+/// sooner.
+const HELD_FOR_A_FEED: Duration = Duration::from_secs(3600);
+
 /// What one flush delivered and parked.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlushReport {
@@ -331,12 +336,6 @@ impl Shared {
     pub async fn run(self: Arc<Self>) {
         self.refresh_status();
         while !self.stopping.load(Ordering::SeqCst) {
-            // A lossless feed that is far behind holds the engine back
-            // rather than have it drop changes or buffer without bound.
-            tokio::select! {
-                _ = self.bus.feeds.wait_until_read() => {}
-                _ = self.stopped() => break,
-            }
             let mut st = self.gate.lock().await;
             if self.stopping.load(Ordering::SeqCst) {
                 break;
@@ -356,7 +355,12 @@ impl Shared {
             match result {
                 Ok(Some(sleep)) => {
                     drop(st);
-                    self.sleep_wakeable(sleep).await;
+                    // Held back for a lossless feed: go on once it is read.
+                    let behind = self.bus.feeds.is_behind();
+                    tokio::select! {
+                        _ = self.sleep_wakeable(sleep) => {}
+                        _ = self.bus.feeds.wait_until_read(), if behind => {}
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => self.on_failure(&mut st, &e),
@@ -398,6 +402,13 @@ impl Shared {
         // Sleep no longer than until the queue is due again.
         let until =
             |at: Duration, now: Duration| write_due.map_or(at, |w| w.min(at)).saturating_sub(now);
+        // A lossless feed that is far behind holds reading back (not the
+        // delivery of queued mutations, above) rather than have it drop
+        // changes or buffer without bound.
+        if self.bus.feeds.is_behind() {
+            let now = self.clock.now();
+            return Ok(Some(until(now + HELD_FOR_A_FEED, now)));
+        }
         let meta = self.store.meta()?;
         let Some(cursor) = meta.cursor.filter(|_| !meta.needs_resync) else {
             let reason = match meta.cursor {

@@ -109,15 +109,24 @@ impl Feeds {
         });
     }
 
+    /// Whether some open feed is over [`MAX_BACKLOG`].
+    pub fn is_behind(&self) -> bool {
+        self.first_behind().is_some()
+    }
+
+    fn first_behind(&self) -> Option<Arc<Backlog>> {
+        self.lock()
+            .iter()
+            .find(|s| s.backlog.over() && !s.tx.is_closed())
+            .map(|s| s.backlog.clone())
+    }
+
     /// Return once no feed is over [`MAX_BACKLOG`].
     pub async fn wait_until_read(&self) {
         loop {
-            let behind = self
-                .lock()
-                .iter()
-                .find(|s| s.backlog.over() && !s.tx.is_closed())
-                .map(|s| s.backlog.clone());
-            let Some(backlog) = behind else { return };
+            let Some(backlog) = self.first_behind() else {
+                return;
+            };
             let read = backlog.read.notified();
             tokio::pin!(read);
             // Registered before the check, so a read in between wakes us.

@@ -1492,3 +1492,45 @@ async fn a_foreign_409_or_410_is_an_error_not_a_resync() {
         assert!(!storage.meta().unwrap().needs_resync, "{status}: no resync");
     }
 }
+
+/// A lossless feed far behind holds back reading the changes feed, not
+/// the delivery of queued mutations; once it is read, reading resumes.
+#[tokio::test]
+async fn a_feed_behind_holds_reading_back_but_not_writing() {
+    // Sleeps past the horizon never end: only the feed's reader can
+    // release the engine then.
+    let clock = VirtualClock::with_horizon(HOUR);
+    let n = edgesync_client::MAX_BACKLOG + 10;
+    let server = FakeServer::start(clock.clone(), move |req| match req.path() {
+        "/v1/docs" => {
+            let docs: Vec<_> = (0..n)
+                .map(|i| json!({"collection":"t","id":format!("d{i:05}"),"version":1,"value":i}))
+                .collect();
+            Response::json(200, json!({"documents": docs, "cursor": 10}))
+        }
+        "/v1/mutations" => all_applied(req, 11),
+        _ => not_modified(req),
+    })
+    .await;
+    let c = client(&server, &clock, MemoryStorage::new(), Mode::Battery, 5);
+    // A lossless consumer (a log, an export) that is busy for now.
+    let mut feed = c.changes(None);
+    c.start();
+    eventually("bootstrapped", || c.status().cursor == Some(10)).await;
+    c.put("t", "mine", json!("queued")).unwrap();
+    eventually("the queued put is delivered", || {
+        !server.requests_to("/v1/mutations").is_empty()
+    })
+    .await;
+    clock.wait_for_horizon().await;
+    assert!(
+        server.requests_to("/v1/changes").is_empty(),
+        "the feed is read while the lossless feed is behind"
+    );
+    while feed.try_recv().is_some() {}
+    eventually("reading resumes once the feed is read", || {
+        !server.requests_to("/v1/changes").is_empty()
+    })
+    .await;
+    c.stop().await;
+}
