@@ -616,6 +616,14 @@ impl Shared {
             .map(|d| ((d.collection.clone(), d.id.clone()), d))
             .collect();
         let new_len = docs.len();
+        // Listed at a version past the cursor (written while the listing
+        // was read): the feed from the cursor brings that version again,
+        // and the events below already tell of it.
+        let listed_ahead: Vec<((String, String), u64)> = docs
+            .iter()
+            .filter(|d| d.version > cursor)
+            .map(|d| ((d.collection.clone(), d.id.clone()), d.version))
+            .collect();
         // The first sync is the starting point, even of a replica that
         // already holds the results of writes made before it.
         let origin = if reason == ResyncReason::Initial {
@@ -657,6 +665,7 @@ impl Shared {
         self.store.replace_all(docs, cursor, cursor)?;
         // The events above describe the new replica as a whole.
         st.announced_local.clear();
+        st.announced_local.extend(listed_ahead);
         st.seen = Some(cursor);
         st.resync_reason = None;
         st.stalls = 0;

@@ -1493,6 +1493,60 @@ async fn a_foreign_409_or_410_is_an_error_not_a_resync() {
     }
 }
 
+/// A listing's cursor is read before its page, so a document written
+/// meanwhile is listed at a version past the cursor, and the feed from the
+/// cursor brings that version again: the resync told of it already, and it
+/// is not told twice (to subscribers or to a lossless feed).
+#[tokio::test]
+async fn a_document_written_during_the_listing_is_announced_once() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| match req.path() {
+        "/v1/docs" => Response::json(
+            200,
+            json!({"documents":[{"collection":"t","id":"x","version":12,
+                "value":"new","updated_at":"2026-11-29T20:03:00.000Z"}],
+                "cursor": 10}),
+        ),
+        "/v1/changes" => match req.query("since").as_deref() {
+            Some("3") => Response::problem(410, "cursor-expired", "Cursor expired"),
+            Some("10") => Response::json(
+                200,
+                json!({"changes":[{"seq":12,"op":"put","collection":"t","id":"x",
+                    "version":12,"value":"new","ts":"2026-11-29T20:03:00.000Z"}],
+                    "next":12,"head":12}),
+            )
+            .poll_headers(12, 10),
+            _ => not_modified(req),
+        },
+        _ => Response::new(404),
+    })
+    .await;
+    let storage = following_with(
+        3,
+        vec![DocWrite {
+            collection: "t".into(),
+            id: "x".into(),
+            version: 2,
+            value: Some(json!("old")),
+            updated_at: None,
+        }],
+    );
+    let c = client(&server, &clock, storage, Mode::Live, 5);
+    let mut all = c.subscribe_all();
+    let mut feed = c.changes(None);
+    c.sync_once().await.unwrap();
+    assert_eq!(c.get("t", "x").unwrap().unwrap().version, 12);
+    assert_eq!(c.status().cursor, Some(12));
+    let told: Vec<_> = std::iter::from_fn(|| all.try_recv().ok())
+        .map(|e| (e.id, e.version, e.origin))
+        .collect();
+    assert_eq!(told, [("x".to_string(), 12, Origin::Resync)], "subscribers");
+    let told: Vec<_> = std::iter::from_fn(|| feed.try_recv())
+        .map(|e| (e.id, e.version, e.origin))
+        .collect();
+    assert_eq!(told, [("x".to_string(), 12, Origin::Resync)], "feed");
+}
+
 /// A lossless feed far behind holds back reading the changes feed, not
 /// the delivery of queued mutations; once it is read, reading resumes.
 #[tokio::test]
