@@ -40,6 +40,13 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
             old.display()
         );
     }
+    if let Some(wal) = restored.orphaned_wal {
+        eprintln!(
+            "edgesync: a write-ahead log without its database was there; it is kept as {} \
+             (SQLite would have applied it to the restored store)",
+            wal.display()
+        );
+    }
     eprintln!(
         "edgesync: writes made after the backup are not in it; clients that saw them hold \
          cursors past the restored logs (see README, Durability)"

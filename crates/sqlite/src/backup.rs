@@ -178,6 +178,9 @@ pub struct Restored {
     /// Where the store that was replaced went (with its WAL, so it is
     /// still a whole database), if there was one.
     pub replaced: Option<PathBuf>,
+    /// Where a WAL found without its database went (SQLite would have
+    /// applied it to the restored store), if there was one.
+    pub orphaned_wal: Option<PathBuf>,
 }
 
 /// A backup could not be restored. The store at the destination is as it
@@ -261,10 +264,10 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
         let _ = std::fs::remove_file(&partial);
         return Err(io(e));
     }
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let replaced = if path.exists() {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
         let aside = with_suffix(path, &format!(".replaced-{millis}"));
         // Fold the old store's WAL into its file, so that the file alone is
         // the whole old store and no WAL stays beside the new one (SQLite
@@ -282,11 +285,25 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
     } else {
         None
     };
+    // A WAL whose database is gone (moved away by hand after a crash, say)
+    // would be applied to the restored one: keep it aside instead.
+    let wal = with_suffix(path, "-wal");
+    let orphaned_wal = if wal.exists() {
+        let aside = with_suffix(path, &format!(".orphaned-wal-{millis}"));
+        std::fs::rename(&wal, &aside).map_err(io)?;
+        Some(aside)
+    } else {
+        None
+    };
     // A shared-memory index left by another tool describes the old WAL.
     let _ = std::fs::remove_file(with_suffix(path, "-shm"));
     std::fs::rename(&partial, path).map_err(io)?;
     sync_parent(path).map_err(io)?;
-    Ok(Restored { bytes, replaced })
+    Ok(Restored {
+        bytes,
+        replaced,
+        orphaned_wal,
+    })
 }
 
 /// Give `copy` the owner of the store it is to replace (or of the store's

@@ -280,3 +280,39 @@ async fn restore_refuses_what_is_not_a_backup() {
     assert!(kv.get("mine").await.unwrap().is_some());
     kv.close().await;
 }
+
+/// A WAL whose database is gone (moved away by hand after a crash, say)
+/// must not stay beside the restored store: SQLite would apply it there.
+/// It is kept aside, not deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_sets_aside_a_wal_whose_database_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kv, path, backup) = store_with_backup(dir.path()).await;
+    kv.close().await;
+    drop(kv);
+    // The old store, crashed with a write only in its WAL...
+    crash_with_wal_only_write(&path, "crashed");
+    // ...moved away by the operator, leaving its WAL behind.
+    std::fs::rename(&path, dir.path().join("moved-away.sqlite3")).unwrap();
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    let old_wal = std::fs::read(&wal).unwrap();
+
+    let restored = edgesync_sqlite::restore(&backup, &path).unwrap();
+    assert_eq!(restored.replaced, None);
+    let aside = restored.orphaned_wal.expect("the orphaned WAL is reported");
+    assert_eq!(std::fs::read(&aside).unwrap(), old_wal, "kept whole");
+    assert!(
+        !wal.exists(),
+        "an old WAL was left beside the restored store"
+    );
+    let kv = SqliteKv::open(&path, SqliteOptions::default()).unwrap();
+    assert!(kv.get("before").await.unwrap().is_some());
+    assert_eq!(
+        kv.get("crashed").await.unwrap(),
+        None,
+        "the old WAL was applied to the restored store"
+    );
+    kv.close().await;
+}
