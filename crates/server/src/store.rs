@@ -58,18 +58,41 @@ impl FromStr for StoreKind {
 }
 
 impl std::fmt::Display for StoreKind {
-    /// Never prints a Redis password.
+    /// Never prints a Redis password: neither the user information of a
+    /// URL nor the `pass`/`password` query parameters of a Unix-socket one
+    /// (where the redis crate reads credentials from).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite => f.write_str("sqlite"),
             Self::Redis(url) => {
-                let redacted = match (url.find("://"), url.rfind('@')) {
-                    (Some(scheme), Some(at)) if at > scheme => {
-                        format!("{}://<credentials>{}", &url[..scheme], &url[at..])
-                    }
-                    _ => url.clone(),
+                let (address, query) = match url.split_once('?') {
+                    Some((address, query)) => (address, Some(query)),
+                    None => (url.as_str(), None),
                 };
-                f.write_str(&redacted)
+                match (address.find("://"), address.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => write!(
+                        f,
+                        "{}://<credentials>{}",
+                        &address[..scheme],
+                        &address[at..]
+                    )?,
+                    _ => f.write_str(address)?,
+                }
+                let Some(query) = query else { return Ok(()) };
+                for (i, pair) in query.split('&').enumerate() {
+                    f.write_str(if i == 0 { "?" } else { "&" })?;
+                    match pair.split_once('=') {
+                        Some((name, _))
+                            if ["pass", "password"]
+                                .iter()
+                                .any(|secret| name.eq_ignore_ascii_case(secret)) =>
+                        {
+                            write!(f, "{name}=<credentials>")?
+                        }
+                        _ => f.write_str(pair)?,
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -210,6 +233,26 @@ mod tests {
             let refused = url.parse::<StoreKind>().unwrap_err();
             assert!(matches!(refused, ParseStoreError::Tls(_)), "{url}");
             assert!(refused.to_string().contains("tunnel"), "{refused}");
+        }
+    }
+
+    /// The redis crate reads a Unix-socket URL's password from its `pass`
+    /// query parameter: the start-up log line must not print that either.
+    #[test]
+    fn unix_socket_urls_never_print_passwords() {
+        for (url, shown) in [
+            (
+                "redis+unix:///run/redis.sock?db=0&pass=hunter2",
+                "redis+unix:///run/redis.sock?db=0&pass=<credentials>",
+            ),
+            (
+                "unix:///run/redis.sock?PASSWORD=hunter2&user=app",
+                "unix:///run/redis.sock?PASSWORD=<credentials>&user=app",
+            ),
+            ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ] {
+            let kind: StoreKind = url.parse().unwrap();
+            assert_eq!(kind.to_string(), shown);
         }
     }
 }
