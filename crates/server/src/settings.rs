@@ -218,20 +218,23 @@ fn load_or_generate_secret(
         return Err(SettingsError::NoSecret { path, advice });
     }
     ensure_data_dir(data_dir).map_err(io_err)?;
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; 40];
     getrandom::fill(&mut bytes).map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+    let (secret, nonce) = (hex(&bytes[..32]), hex(&bytes[32..]));
 
     // Write a complete file under a temporary name, then link it into place:
     // the link fails if another process created the secret meanwhile, and
-    // a crash never leaves a half-written secret behind.
-    let tmp = data_dir.join(format!(".{SECRET_FILE}.{}.tmp", std::process::id()));
+    // a crash never leaves a half-written secret behind. The name is
+    // unpredictable and the file new (O_EXCL: never a file or symlink
+    // someone left there, whose permissions the secret would take).
+    let tmp = data_dir.join(format!(".{SECRET_FILE}.{nonce}.tmp"));
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).map_err(io_err)?;
     let written = (|| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
         file.write_all(secret.as_bytes())?;
         file.write_all(b"\n")?;
         file.sync_all()?;
@@ -437,5 +440,41 @@ mod tests {
         fs::write(dir.path().join(SECRET_FILE), "abc\n").unwrap();
         let err = load_config(dir.path(), env(&[]), MissingSecret::Generate).unwrap_err();
         assert!(matches!(err, SettingsError::BadSecretFile(_)), "{err}");
+    }
+
+    /// A file (or symlink) someone left where a temporary file could be
+    /// is never what the secret is written to: the secret is a new file,
+    /// readable by its owner only.
+    #[cfg(unix)]
+    #[test]
+    fn a_generated_secret_is_private_whatever_was_left_in_the_data_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".{SECRET_FILE}.{}.tmp", std::process::id()));
+        fs::write(&tmp, b"").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, source) = load_config(dir.path(), env(&[]), MissingSecret::Generate).unwrap();
+        let path = dir.path().join(SECRET_FILE);
+        assert_eq!(source, SecretSource::Generated(path.clone()));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the generated secret is readable by others");
+        assert_eq!(
+            fs::read(&tmp).unwrap(),
+            b"",
+            "the file left there is untouched"
+        );
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let planted = tmp.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            names,
+            [planted, SECRET_FILE.to_owned()],
+            "nothing else left"
+        );
     }
 }
