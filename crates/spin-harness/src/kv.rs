@@ -40,10 +40,23 @@
 //!   `other("list_keys: cursor not supported")`; empty batches do not touch
 //!   the database.
 //!
+//!
+//! **Spin before 3.2** wrapped every store in a `CachingStoreManager`
+//! (`crates/factor-key-value/src/util.rs`, removed by spinframework/spin
+//! PR 2995): each opened store handle keeps every value it read or wrote
+//! and never reads that key from the database again, so a component
+//! re-reading a key through one handle never sees another instance's
+//! write. [`KvAccess::with_read_cache`] reproduces it (reads, writes,
+//! `get-many` serving cached values first, `increment`, and a CAS whose
+//! `current()` reads the database and refreshes the handle's copy). Its
+//! write-behind (writes returning before they reach the database, their
+//! errors surfacing at the next read of the handle) is not reproduced:
+//! writes here are synchronous.
+//!
 //! Not reproduced: Spin's per-call result-size limits (`max_result_bytes`),
 //! which only matter for results of many megabytes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -187,6 +200,7 @@ impl KvBackend {
         Ok(SqliteStore {
             backend: self.clone(),
             name: label.to_string(),
+            cache: None,
         })
     }
 
@@ -229,6 +243,7 @@ impl KvBackend {
 pub struct KvAccess {
     backend: Arc<KvBackend>,
     allowed: Arc<BTreeSet<String>>,
+    read_cache: bool,
 }
 
 impl KvAccess {
@@ -237,7 +252,15 @@ impl KvAccess {
         Self {
             backend,
             allowed: Arc::new(allowed.into_iter().collect()),
+            read_cache: false,
         }
+    }
+
+    /// The same, as on Spin before 3.2: every store handle opened keeps
+    /// what it read or wrote (see the module docs).
+    pub fn with_read_cache(mut self) -> Self {
+        self.read_cache = true;
+        self
     }
 
     /// Open `label`: `access-denied` unless the component listed it,
@@ -246,15 +269,25 @@ impl KvAccess {
         if !self.allowed.contains(label) {
             return Err(KvError::AccessDenied);
         }
-        self.backend.store(label)
+        let mut store = self.backend.store(label)?;
+        if self.read_cache {
+            store.cache = Some(Arc::default());
+        }
+        Ok(store)
     }
 }
+
+/// What one handle of Spin before 3.2 holds: per key, the value it last
+/// read or wrote (`None`: absent).
+type ReadCache = Arc<Mutex<HashMap<String, Option<Vec<u8>>>>>;
 
 /// One label of the database (Spin's `SqliteStore`).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     backend: Arc<KvBackend>,
     name: String,
+    /// Spin before 3.2 only: this handle's copies (see [`KvAccess::with_read_cache`]).
+    cache: Option<ReadCache>,
 }
 
 impl SqliteStore {
@@ -267,8 +300,33 @@ impl SqliteStore {
         self.backend.lock(&self.name)
     }
 
+    /// Keep `value` as this handle's copy of `key` (Spin before 3.2).
+    fn remember(&self, key: &str, value: Option<Vec<u8>>) {
+        if let Some(cache) = &self.cache {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.insert(key.to_owned(), value);
+        }
+    }
+
+    /// This handle's copy of `key`, if it has one (Spin before 3.2).
+    fn cached(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        let cache = self.cache.as_ref()?;
+        let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(key).cloned()
+    }
+
     /// `get`: the value, or `None`.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        if let Some(value) = self.cached(key) {
+            return Ok(value);
+        }
+        let value = self.read(key)?;
+        self.remember(key, value.clone());
+        Ok(value)
+    }
+
+    /// The value in the database, whatever the handle holds.
+    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.conn()?
             .prepare_cached(SELECT_VALUE)
             .map_err(other)?
@@ -283,8 +341,9 @@ impl SqliteStore {
             .prepare_cached(UPSERT)
             .map_err(other)?
             .execute(rusqlite::params![&self.name, key, value])
-            .map_err(other)
-            .map(drop)
+            .map_err(other)?;
+        self.remember(key, Some(value.to_vec()));
+        Ok(())
     }
 
     /// `delete`: absent keys are fine.
@@ -293,12 +352,16 @@ impl SqliteStore {
             .prepare_cached("DELETE FROM spin_key_value WHERE store=$1 AND key=$2")
             .map_err(other)?
             .execute([&self.name, key])
-            .map_err(other)
-            .map(drop)
+            .map_err(other)?;
+        self.remember(key, None);
+        Ok(())
     }
 
     /// `exists`.
     pub fn exists(&self, key: &str) -> Result<bool, KvError> {
+        if self.cache.is_some() {
+            return Ok(self.get(key)?.is_some());
+        }
         self.conn()?
             .prepare_cached("SELECT 1 FROM spin_key_value WHERE store=$1 AND key=$2 LIMIT 1")
             .map_err(other)?
@@ -318,8 +381,30 @@ impl SqliteStore {
         rows.map(|r| r.map_err(other)).collect()
     }
 
-    /// `get-many`: only the keys that exist, in SQLite's row order.
+    /// `get-many`: only the keys that exist, in SQLite's row order (on
+    /// Spin before 3.2, the handle's copies of existing values first).
     pub fn get_many(&self, keys: Vec<String>) -> Result<Vec<KeyValue>, KvError> {
+        if self.cache.is_none() {
+            return self.read_many(keys);
+        }
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for key in keys {
+            match self.cached(&key) {
+                Some(Some(value)) => found.push((key, Some(value))),
+                _ => missing.push(key),
+            }
+        }
+        if !missing.is_empty() {
+            for (key, value) in self.read_many(missing)? {
+                self.remember(&key, value.clone());
+                found.push((key, value));
+            }
+        }
+        Ok(found)
+    }
+
+    fn read_many(&self, keys: Vec<String>) -> Result<Vec<KeyValue>, KvError> {
         let array: rusqlite::vtab::array::Array =
             Rc::new(keys.into_iter().map(rusqlite::types::Value::from).collect());
         let conn = self.conn()?;
@@ -340,25 +425,36 @@ impl SqliteStore {
     pub fn set_many(&self, key_values: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction().map_err(other)?;
-        for (key, value) in key_values {
+        for (key, value) in &key_values {
             tx.prepare_cached(UPSERT)
                 .map_err(other)?
                 .execute(rusqlite::params![&self.name, key, value])
                 .map_err(other)?;
         }
-        tx.commit().map_err(other)
+        tx.commit().map_err(other)?;
+        for (key, value) in key_values {
+            self.remember(&key, Some(value));
+        }
+        Ok(())
     }
 
     /// `delete-many`.
     pub fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
-        let array: rusqlite::vtab::array::Array =
-            Rc::new(keys.into_iter().map(rusqlite::types::Value::from).collect());
+        let array: rusqlite::vtab::array::Array = Rc::new(
+            keys.iter()
+                .cloned()
+                .map(rusqlite::types::Value::from)
+                .collect(),
+        );
         self.conn()?
             .prepare_cached("DELETE FROM spin_key_value WHERE store=:name AND key IN rarray(:keys)")
             .map_err(other)?
             .execute(named_params! {":name": &self.name, ":keys": array})
-            .map_err(other)
-            .map(drop)
+            .map_err(other)?;
+        for key in &keys {
+            self.remember(key, None);
+        }
+        Ok(())
     }
 
     /// `increment`: an absent key counts as 0; the result is stored as 8
@@ -401,6 +497,7 @@ impl SqliteStore {
             .execute(rusqlite::params![&self.name, key, new_value.to_le_bytes()])
             .map_err(other)?;
         tx.commit().map_err(other)?;
+        self.remember(key, Some(new_value.to_le_bytes().to_vec()));
         Ok(new_value)
     }
 
@@ -434,9 +531,12 @@ impl Cas {
         &self.store
     }
 
-    /// Read the value and remember it for [`Cas::swap`].
+    /// Read the value and remember it for [`Cas::swap`]. Always from the
+    /// database: on Spin before 3.2 too, where it also refreshes the
+    /// handle's copy.
     pub fn current(&mut self) -> Result<Option<Vec<u8>>, KvError> {
-        let value = self.store.get(&self.key)?;
+        let value = self.store.read(&self.key)?;
+        self.store.remember(&self.key, value.clone());
         self.value.clone_from(&value);
         Ok(value)
     }
@@ -472,6 +572,8 @@ impl Cas {
             }
         };
         if rows_changed == 1 {
+            drop(conn);
+            self.store.remember(&self.key, Some(value.to_vec()));
             Ok(())
         } else {
             Err(SwapError::CasFailed("failed to update 1 row".to_owned()))
@@ -711,5 +813,50 @@ mod tests {
             b.store("default").unwrap().get("k").unwrap(),
             Some(b"v".to_vec())
         );
+    }
+
+    #[test]
+    fn before_spin_3_2_a_handle_keeps_what_it_read_or_wrote() {
+        let backend = KvBackend::open_in_memory(&[]).unwrap();
+        let access = KvAccess::new(backend.clone(), keys(&["default"])).with_read_cache();
+        let mine = access.open("default").unwrap();
+        let theirs = backend.store("default").unwrap();
+        theirs.set("k", b"1").unwrap();
+        assert_eq!(mine.get("k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(mine.get("absent").unwrap(), None);
+        theirs.set("k", b"2").unwrap();
+        theirs.set("absent", b"here").unwrap();
+        theirs.set("fresh", b"f").unwrap();
+        // Never read again through this handle...
+        assert_eq!(mine.get("k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(mine.get("absent").unwrap(), None);
+        assert!(!mine.exists("absent").unwrap());
+        // ...but get-many reads what it holds no value for.
+        let mut many = mine.get_many(keys(&["k", "absent", "fresh"])).unwrap();
+        many.sort();
+        assert_eq!(
+            many,
+            [
+                ("absent".to_string(), Some(b"here".to_vec())),
+                ("fresh".to_string(), Some(b"f".to_vec())),
+                ("k".to_string(), Some(b"1".to_vec())),
+            ]
+        );
+        // Its own writes, and a CAS's `current()`, refresh its copy.
+        mine.set("k", b"3").unwrap();
+        theirs.set("k", b"4").unwrap();
+        assert_eq!(mine.get("k").unwrap(), Some(b"3".to_vec()));
+        let mut cas = mine.new_cas("k");
+        assert_eq!(cas.current().unwrap(), Some(b"4".to_vec()));
+        assert_eq!(mine.get("k").unwrap(), Some(b"4".to_vec()));
+        cas.swap(b"5").unwrap();
+        assert_eq!(mine.get("k").unwrap(), Some(b"5".to_vec()));
+        // A handle opened afterwards starts with nothing.
+        theirs.set("k", b"6").unwrap();
+        assert_eq!(
+            access.open("default").unwrap().get("k").unwrap(),
+            Some(b"6".to_vec())
+        );
+        assert_eq!(mine.get("k").unwrap(), Some(b"5".to_vec()));
     }
 }

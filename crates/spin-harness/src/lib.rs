@@ -28,7 +28,8 @@
 //!
 //! or the binary: `edgesync-spin-harness --manifest spin.toml --listen
 //! 127.0.0.1:0 --data-dir DIR --var jwt_secret=...` (also `--kv-label L`,
-//! `--shutdown-grace SECS`, `--compile-cache DIR`, `--no-compile-cache`),
+//! `--shutdown-grace SECS`, `--compile-cache DIR`, `--no-compile-cache`,
+//! `--kv-read-cache` for Spin before 3.2),
 //! which prints exactly one line, `listening on http://127.0.0.1:PORT`, on
 //! stdout once it serves, logs one line per request (method, path,
 //! component, status, ms) on stderr (`RUST_LOG` filters), and serves until
@@ -85,6 +86,10 @@
 //!   harness traps the request (500, logged as an error) and every later
 //!   operation on that label traps too, until the harness restarts. See
 //!   [`kv`].
+//! * **Key-value on Spin before 3.2** (`crates/factor-key-value/src/util.rs`
+//!   `CachingStoreManager`, removed by spinframework/spin PR 2995), with
+//!   [`HarnessOptions::kv_read_cache`]: every opened store handle keeps
+//!   each value it read or wrote, and never reads that key again.
 //!
 //! ## Imports provided
 //!

@@ -39,6 +39,10 @@ struct Cli {
     /// Compile the components on every start.
     #[arg(long)]
     no_compile_cache: bool,
+    /// Behave like Spin before 3.2: each opened key-value store handle
+    /// keeps every value it read or wrote.
+    #[arg(long)]
+    kv_read_cache: bool,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             Some(cli.compile_cache.unwrap_or_else(default_compile_cache))
         },
+        kv_read_cache: cli.kv_read_cache,
     })?;
     println!("listening on {}", harness.base_url());
     wait_for_signal()?;

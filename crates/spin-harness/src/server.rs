@@ -54,6 +54,9 @@ pub struct HarnessOptions {
     /// the `.wasm` bytes and the wasmtime configuration); `None` compiles
     /// every time. Default: [`default_compile_cache`].
     pub compile_cache: Option<PathBuf>,
+    /// Behave like Spin before 3.2, whose store handles keep every value
+    /// they read or wrote (see [`crate::kv::KvAccess::with_read_cache`]).
+    pub kv_read_cache: bool,
 }
 
 impl Default for HarnessOptions {
@@ -66,6 +69,7 @@ impl Default for HarnessOptions {
             kv_labels: vec![],
             shutdown_grace: Duration::from_secs(5),
             compile_cache: Some(default_compile_cache()),
+            kv_read_cache: false,
         }
     }
 }
@@ -339,7 +343,14 @@ fn load(options: &HarnessOptions) -> anyhow::Result<App> {
             Arc::new(PreparedComponent {
                 id: c.id.as_str().into(),
                 pre,
-                kv: KvAccess::new(backend.clone(), c.key_value_stores.iter().cloned()),
+                kv: {
+                    let kv = KvAccess::new(backend.clone(), c.key_value_stores.iter().cloned());
+                    if options.kv_read_cache {
+                        kv.with_read_cache()
+                    } else {
+                        kv
+                    }
+                },
                 variables: Arc::new(variables),
                 environment: c.environment.clone().into_iter().collect(),
                 outbound_allowed: !c.allowed_outbound_hosts.is_empty(),
