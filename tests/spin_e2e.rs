@@ -2,7 +2,8 @@
 //! (`components/write`, `components/read`), run from `spin.toml` in the
 //! wasmtime-based harness (`edgesync-spin-harness`), with the settings as
 //! Spin variables. Two harness instances (see `common::standard` and
-//! `common::tight`) are started on first use and shared by every case.
+//! `common::tight`) are started on first use and shared by every case; a
+//! third, behaving like Spin before 3.2, runs the suite once more.
 //!
 //! The components must be built first:
 //!
@@ -77,13 +78,14 @@ fn manifest() -> PathBuf {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn start(settings: &TargetSettings, data_dir: &Path) -> Harness {
+fn start(settings: &TargetSettings, data_dir: &Path, kv_read_cache: bool) -> Harness {
     let mut variables = settings.variables();
     variables.push(("jwt_secret".into(), common::SECRET.into()));
     let harness = Harness::start(HarnessOptions {
         manifest: manifest(),
         data_dir: data_dir.to_path_buf(),
         variables,
+        kv_read_cache,
         ..HarnessOptions::default()
     })
     .unwrap_or_else(|e| panic!("the Spin harness did not start: {e:?}"));
@@ -93,6 +95,16 @@ fn start(settings: &TargetSettings, data_dir: &Path) -> Harness {
 }
 
 fn shared(name: &'static str, settings: fn() -> TargetSettings) -> &'static Target {
+    shared_on(name, settings, false)
+}
+
+/// As [`shared`]; with `kv_read_cache`, a harness that behaves like Spin
+/// before 3.2 (see `HarnessOptions::kv_read_cache`).
+fn shared_on(
+    name: &'static str,
+    settings: fn() -> TargetSettings,
+    kv_read_cache: bool,
+) -> &'static Target {
     // Harnesses run on threads of their own; leaked, they serve until the
     // test process exits.
     static HARNESSES: Mutex<BTreeMap<&'static str, &'static (Harness, Target)>> =
@@ -101,7 +113,7 @@ fn shared(name: &'static str, settings: fn() -> TargetSettings) -> &'static Targ
     let entry = all.entry(name).or_insert_with(|| {
         let settings = settings();
         let dir = common::temp_dir(&format!("edgesync-spin-e2e-{name}-"));
-        let harness = start(&settings, &dir);
+        let harness = start(&settings, &dir, kv_read_cache);
         let target = Target {
             base_url: harness.base_url(),
             jwt_secret: common::SECRET.as_bytes().to_vec(),
@@ -134,4 +146,30 @@ async fn cors_with_any_origin() {
             .await
             .unwrap();
     }
+}
+
+/// Spin before 3.2 kept, in each opened key-value store handle, every
+/// value the handle read or wrote, and never read that key from the store
+/// again. The suite (every case the standard settings fit) passes on such
+/// a host too: among others, a long-poll held in the read component sees a
+/// write made through the write component, rather than only its own first
+/// read of the log until the wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_passes_on_spin_before_3_2() {
+    let target = shared_on("before-3.2", common::standard, true);
+    let runs: Vec<_> = edgesync_e2e::CASES
+        .iter()
+        .filter(|case| case.fits(target))
+        .map(|case| (case.name, tokio::spawn(edgesync_e2e::run(case, target))))
+        .collect();
+    assert!(runs.len() > 50, "only {} cases fit", runs.len());
+    let mut failures = Vec::new();
+    for (name, run) in runs {
+        match run.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(format!("{name}: {e:#}")),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -11,7 +11,9 @@
 //!   `store`, `atomics` and `batch` imports (bindings generated from the
 //!   repository's `wit/` with wit-bindgen 0.51, the version spin-sdk 5.2
 //!   uses). The bucket is the store labelled `default`, opened once per
-//!   request on first use. [`edgesync_kv_wasi::WasiKv`] turns it into the
+//!   request on first use, and opened again before a key is read a second
+//!   time (Spin before 3.2 cached every read of a handle for good; see
+//!   `SpinBucket`). [`edgesync_kv_wasi::WasiKv`] turns it into the
 //!   core's `Kv`, correcting for the backends' quirks.
 //! * **Host**: `SpinHost` gives the core the wall clock, `wasi:random`
 //!   entropy and long-poll waiting; `log_changed` does nothing, because
@@ -44,7 +46,8 @@
 //! | after that | 215 ms | 4.7 |
 //!
 //! The core's own reads before it starts waiting and after it wakes up to
-//! a change are not in this table. A held request never sleeps past the
+//! a change are not in this table. Each re-check also opens the store
+//! again (a host call, not a KV operation; see `SpinBucket`). A held request never sleeps past the
 //! deadline the core sets. A write is therefore seen by a waiter at most
 //! 215 ms later, plus one KV read. Over whole holds, per waiting client:
 //!
