@@ -3,7 +3,7 @@
 //! Deliberately a one-to-one mapping: every backend quirk is corrected in
 //! `edgesync_kv_wasi::WasiKv`, where the simulator exercises it too.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{OnceCell, RefCell};
 use std::collections::BTreeSet;
 
 use edgesync_core::{KvError, KvErrorKind};
@@ -15,31 +15,33 @@ use crate::store_errors::{message, StoreError};
 /// The store label the app's `spin.toml` grants both components.
 pub const STORE_LABEL: &str = "default";
 
-/// One `wasi:keyvalue` bucket, opened on first use and then kept for the
+/// The store with one label, opened on first use and then kept for the
 /// rest of the request (a Spin instance serves exactly one request).
 /// Opening lazily keeps requests that never touch the store, such as
 /// `/v1/health`, from failing when the store is unreachable.
 ///
-/// **Re-reads open the store again.** Spin before 3.2 wrapped every store
-/// in a cache (`CachingStoreManager`, removed by spinframework/spin PR
-/// 2995): an opened handle keeps each value it read or wrote and never
-/// reads that key from the backend again, and its `set` and `delete`
-/// return before they reach the backend. The core reads a key a second
-/// time only to see whether it changed (a long-poll's re-check, a retry
-/// after losing a race), which such a handle would never show: a held
-/// long-poll would sleep through every write, a writer would retry on the
-/// same stale root until it gave up. So a read of a key this handle read
-/// before first lets it go and opens the store again (a host call, no KV
-/// operation), after flushing what it still had to write (an empty
-/// `get-many`, which such a handle answers only once its writes are in).
-/// On later Spin versions this changes nothing but the extra open.
+/// **Reads go through a handle of their own, opened again for a re-read.**
+/// Spin before 3.2 wrapped every store in a cache (`CachingStoreManager`,
+/// removed by spinframework/spin PR 2995): an opened handle keeps each
+/// value it read or wrote and never reads that key from the backend
+/// again. The core reads a key a second time only to see whether it
+/// changed (a long-poll's re-check, a retry after losing a race), which
+/// such a handle would never show: a held long-poll would sleep through
+/// every write, a writer would retry on the same stale root until it gave
+/// up. So `get` and `get-many` use a reading handle that is let go and
+/// opened again (a host call, no KV operation) before it would read a key
+/// a second time. Writes, increments and compare-and-swaps use one writing
+/// handle for the whole request: such a handle's `set` and `delete` return
+/// before they reach the backend, in order, and its compare-and-swap
+/// flushes them first and always asks the backend, so nothing the core
+/// makes reachable by a swap can be missing from the store. On later Spin
+/// versions this changes nothing but the extra opens.
 pub struct SpinBucket {
     label: &'static str,
-    bucket: RefCell<Option<Result<store::Bucket, KvError>>>,
-    /// Keys read through the current handle.
+    writer: OnceCell<Result<store::Bucket, KvError>>,
+    reader: RefCell<Option<Result<store::Bucket, KvError>>>,
+    /// Keys the current reading handle has read.
     read: RefCell<BTreeSet<String>>,
-    /// Whether a `set` or `delete` may not have reached the backend yet.
-    writing: Cell<bool>,
 }
 
 impl SpinBucket {
@@ -47,59 +49,45 @@ impl SpinBucket {
     pub fn new(label: &'static str) -> Self {
         Self {
             label,
-            bucket: RefCell::new(None),
+            writer: OnceCell::new(),
+            reader: RefCell::new(None),
             read: RefCell::new(BTreeSet::new()),
-            writing: Cell::new(false),
         }
     }
 
-    /// Run `op` on the open handle (opening it first if needed).
-    fn with<T>(&self, op: impl FnOnce(&store::Bucket) -> Result<T, KvError>) -> Result<T, KvError> {
-        let mut bucket = self.bucket.borrow_mut();
-        let bucket = bucket.get_or_insert_with(|| {
-            store::open(self.label).map_err(|e| {
-                let err = store_error(&format!("open `{}`", self.label), e);
-                // Almost always a deployment mistake: make it visible.
-                eprintln!("edgesync: {err}");
-                err
-            })
-        });
-        op(bucket.as_ref().map_err(Clone::clone)?)
+    fn open(&self) -> Result<store::Bucket, KvError> {
+        store::open(self.label).map_err(|e| {
+            let err = store_error(&format!("open `{}`", self.label), e);
+            // Almost always a deployment mistake: make it visible.
+            eprintln!("edgesync: {err}");
+            err
+        })
     }
 
-    /// Run the read `op` of `keys` on a handle that has not read any of
-    /// them yet (see the type's docs).
+    /// The writing handle.
+    fn writer(&self) -> Result<&store::Bucket, KvError> {
+        self.writer
+            .get_or_init(|| self.open())
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Run the read `op` of `keys` on a reading handle that has not read
+    /// any of them yet (see the type's docs).
     fn reading<T>(
         &self,
         keys: &[&str],
         op: impl FnOnce(&store::Bucket) -> Result<T, KvError>,
     ) -> Result<T, KvError> {
-        let again = {
-            let read = self.read.borrow();
-            keys.iter().any(|k| read.contains(*k))
-        };
-        if again {
-            if self.writing.get() {
-                self.with(|b| batch::get_many(b, &[]).map_err(|e| store_error("get-many", e)))?;
-            }
-            self.bucket.replace(None);
-            self.read.borrow_mut().clear();
+        let mut read = self.read.borrow_mut();
+        let mut reader = self.reader.borrow_mut();
+        if keys.iter().any(|k| read.contains(*k)) {
+            *reader = None;
+            read.clear();
         }
-        self.read
-            .borrow_mut()
-            .extend(keys.iter().map(|k| (*k).to_owned()));
-        let result = self.with(op);
-        // A handle flushes its writes before reading from the backend.
-        self.writing.set(false);
-        result
-    }
-
-    fn writing<T>(
-        &self,
-        op: impl FnOnce(&store::Bucket) -> Result<T, KvError>,
-    ) -> Result<T, KvError> {
-        self.writing.set(true);
-        self.with(op)
+        read.extend(keys.iter().map(|k| (*k).to_owned()));
+        let reader = reader.get_or_insert_with(|| self.open());
+        op(reader.as_ref().map_err(Clone::clone)?)
     }
 }
 
@@ -122,11 +110,15 @@ impl RawBucket for SpinBucket {
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.writing(|b| b.set(key, value).map_err(|e| store_error("set", e)))
+        self.writer()?
+            .set(key, value)
+            .map_err(|e| store_error("set", e))
     }
 
     async fn delete(&self, key: &str) -> Result<(), KvError> {
-        self.writing(|b| b.delete(key).map_err(|e| store_error("delete", e)))
+        self.writer()?
+            .delete(key)
+            .map_err(|e| store_error("delete", e))
     }
 
     async fn get_many(&self, keys: Vec<String>) -> Result<Vec<(String, Option<Vec<u8>>)>, KvError> {
@@ -137,21 +129,17 @@ impl RawBucket for SpinBucket {
     }
 
     async fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
-        self.with(|b| batch::delete_many(b, &keys).map_err(|e| store_error("delete-many", e)))
+        batch::delete_many(self.writer()?, &keys).map_err(|e| store_error("delete-many", e))
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        self.with(|b| atomics::increment(b, key, delta).map_err(|e| store_error("increment", e)))
+        atomics::increment(self.writer()?, key, delta).map_err(|e| store_error("increment", e))
     }
 
     async fn cas_current(&self, key: &str) -> Result<(Self::Cas, Option<Vec<u8>>), KvError> {
-        // `current()` always asks the backend (after flushing the handle's
-        // writes), and the handle keeps what it answered: a read like any.
-        self.reading(&[key], |b| {
-            let cas = atomics::Cas::new(b, key).map_err(|e| store_error("cas.new", e))?;
-            let current = cas.current().map_err(|e| store_error("cas.current", e))?;
-            Ok((cas, current))
-        })
+        let cas = atomics::Cas::new(self.writer()?, key).map_err(|e| store_error("cas.new", e))?;
+        let current = cas.current().map_err(|e| store_error("cas.current", e))?;
+        Ok((cas, current))
     }
 
     async fn cas_swap(&self, cas: Self::Cas, value: &[u8]) -> Result<(), SwapError> {
