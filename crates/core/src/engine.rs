@@ -1461,12 +1461,9 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
         self.load_entries(&mut cache, &ids).await?;
         // The key pointers of the window's idempotent entries, in one read.
         let pointer_of = |i: usize, slot: &Counter| {
-            let key = cache.get(&slot.value).cloned().flatten()?.ik?;
+            let key = cache.get(&slot.value)?.as_ref()?.ik.as_deref()?;
             let seq = from + 1 + i as u64;
-            Some(
-                self.keys
-                    .idempotency(seq / self.cfg.retention_entries, &key),
-            )
+            Some(self.keys.idempotency(seq / self.cfg.retention_entries, key))
         };
         let pointers: Vec<String> = slots
             .iter()
@@ -1492,8 +1489,7 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
                 garbage.push(self.keys.entry(entry.p));
                 garbage.push(self.keys.slot(entry.pv));
             }
-            if let Some(key) = &entry.ik {
-                let pointer = self.keys.idempotency(seq / self.cfg.retention_entries, key);
+            if let Some(pointer) = pointer_of(i, slot) {
                 let link = links.get(&pointer).copied().unwrap_or(0);
                 if link != 0 && link != slot.value && self.link_is_settled(link).await? {
                     garbage.push(self.keys.entry(link));
