@@ -597,6 +597,10 @@ pub(crate) struct ChangesWait {
     since: u64,
     limit: u64,
     wait: u64,
+    /// Wall-clock ms when the request came in. A clock that reads earlier
+    /// than this has been stepped back: the wait ends there rather than
+    /// being stretched by the step (which could be hours).
+    started: u64,
     deadline: u64,
     preferred: bool,
     inm: Option<ETagList>,
@@ -654,14 +658,13 @@ async fn changes_start<K: Kv, H: Host>(
         },
     };
     let wait = wait.min(service.config.max_wait_seconds);
+    let started = service.host.now_millis();
     let waiting = ChangesWait {
         since,
         limit,
         wait,
-        deadline: service
-            .host
-            .now_millis()
-            .saturating_add(wait.saturating_mul(1000)),
+        started,
+        deadline: started.saturating_add(wait.saturating_mul(1000)),
         preferred,
         inm: if_none_match(request)?,
         if_match: if_match.clone(),
@@ -693,7 +696,10 @@ async fn changes_resume<K: Kv, H: Host>(
             .await?
             .map_err(Failure::from)?,
     };
-    let over = service.host.now_millis() >= waiting.deadline || service.host.draining();
+    // A step back of the clock smaller than the time already waited can
+    // lengthen the wait by at most that much; a larger one ends it.
+    let now = service.host.now_millis();
+    let over = now >= waiting.deadline || now < waiting.started || service.host.draining();
     if matches!(page, ChangesPage::Idle) && !over {
         return Ok(None);
     }

@@ -38,6 +38,11 @@ impl DirectHost {
             seed: AtomicU64::new(1),
         }
     }
+
+    /// Set the clock, backwards too (as an NTP step or an operator can).
+    pub fn set_now(&self, now_millis: u64) {
+        self.now.store(now_millis, Ordering::SeqCst);
+    }
 }
 
 impl Host for DirectHost {
@@ -100,20 +105,7 @@ impl<K: edgesync_core::Kv> Api<K> {
     /// `method uri` with `body` as `application/json` (`PATCH`:
     /// `application/merge-patch+json`).
     pub fn call(&self, method: &str, uri: &str, body: Option<&serde_json::Value>) -> Answer {
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", format!("Bearer {}", self.token));
-        if body.is_some() {
-            let content_type = if method == "PATCH" {
-                "application/merge-patch+json"
-            } else {
-                "application/json"
-            };
-            request = request.header("content-type", content_type);
-        }
-        let body = body.map_or_else(Vec::new, |b| serde_json::to_vec(b).expect("JSON"));
-        let response = block_on(self.service.handle(request.body(body).expect("a request")));
+        let response = block_on(self.service.handle(self.request(method, uri, body)));
         Answer {
             status: response.status().as_u16(),
             retry_after: response
@@ -127,6 +119,30 @@ impl<K: edgesync_core::Kv> Api<K> {
                 serde_json::from_slice(response.body()).expect("a JSON body")
             },
         }
+    }
+
+    /// The request [`Api::call`] sends, for tests that drive the service
+    /// step by step ([`edgesync_core::Service::start`]).
+    pub fn request(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&serde_json::Value>,
+    ) -> http::Request<Vec<u8>> {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", self.token));
+        if body.is_some() {
+            let content_type = if method == "PATCH" {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
+            request = request.header("content-type", content_type);
+        }
+        let body = body.map_or_else(Vec::new, |b| serde_json::to_vec(b).expect("JSON"));
+        request.body(body).expect("a request")
     }
 
     /// The user's head (`GET /v1/head` must answer 200).
