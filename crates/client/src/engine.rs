@@ -12,7 +12,7 @@ use crate::model::{
 use crate::storage::{open_private, Commit, DocWrite, Storage, StorageError, WriteOutcome};
 use crate::wire::{ChangesOutcome, ChangesResponse, ItemResult, Wire};
 use crate::SyncConfig;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -978,7 +978,8 @@ impl Shared {
         } else {
             self.config.batch_size.clamp(1, 100)
         };
-        let batch = self.store.pending(limit)?;
+        let mut batch = self.store.pending(limit)?;
+        batch.truncate(batch_len(&batch));
         self.set_status(|s| s.syncing = true);
         let resp = self.wire.mutations(&batch).await;
         self.set_status(|s| s.syncing = false);
@@ -1296,4 +1297,28 @@ fn classify(p: &PendingMutation, r: &ItemResult) -> Settled {
         }),
         _ => Settled::Transient,
     }
+}
+
+/// How many of `queue`'s first items may share one batch. A batch whose
+/// answer is lost is sent again whole, and the server remembers only the
+/// mutations it applied: an item it refused is judged again. So an item
+/// whose outcome depends on its document's state (a patch or delete: the
+/// document must exist; anything with `if_version`) must not share a batch
+/// with a later item on the same document, or its second judgement would
+/// see that later item (a patch refused for a missing document, applied
+/// after the put behind it). Unconditional puts depend on no state and
+/// batch freely; so do items on different documents.
+fn batch_len(queue: &[PendingMutation]) -> usize {
+    let mut judged = HashSet::new();
+    for (i, pending) in queue.iter().enumerate() {
+        let m = &pending.mutation;
+        let doc = (m.collection.as_str(), m.id.as_str());
+        if judged.contains(&doc) {
+            return i;
+        }
+        if m.op != Op::Put || m.if_version.is_some() {
+            judged.insert(doc);
+        }
+    }
+    queue.len()
 }

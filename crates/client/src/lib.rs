@@ -172,7 +172,14 @@
 //! the mutation with a fresh idempotency key (`<replica id>-<64 random
 //! bits>`) and returns at once. The engine sends the queue in order in
 //! batches of ≤ 100; every retry reuses the keys, so a batch whose response
-//! was lost is applied exactly once. Per item:
+//! was lost is applied exactly once. The server remembers only the
+//! mutations it applied — one it refused is judged again when sent again —
+//! so a batch ends before an item on a document that an earlier item of
+//! the batch depends on the state of (a patch or delete, or anything with
+//! `if_version`): resent after a lost answer, that earlier item is judged
+//! against its document as it was, not after the items that followed it
+//! (unconditional puts, and items on different documents, batch freely).
+//! Per item:
 //!
 //! * 200/201/204: removed from the queue, and its result document applied
 //!   to the replica (event origin `local`);

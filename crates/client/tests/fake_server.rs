@@ -730,6 +730,54 @@ async fn a_batch_refused_whole_is_split_to_find_the_bad_item() {
     assert_eq!(sent, [vec!["1", "2", "3"], vec!["1"], vec!["2"], vec!["3"]]);
 }
 
+/// A batch whose answer is lost is sent again whole, and a refused item is
+/// judged again then: an item that depends on its document's state never
+/// shares a batch with a later item on that document, so that its second
+/// judgement cannot see that item.
+#[tokio::test]
+async fn a_state_dependent_item_does_not_share_a_batch_with_a_later_one_on_its_document() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| all_applied(req, 7)).await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    c.put("t", "a", json!(1)).unwrap();
+    c.put("t", "a", json!(2)).unwrap(); // unconditional puts batch freely
+    c.patch("t", "a", json!({"x": 1})).unwrap();
+    c.put("t", "b", json!(1)).unwrap(); // another document
+    c.put("t", "a", json!(3)).unwrap(); // after the patch of `a`: next batch
+    c.delete("t", "b").unwrap();
+    c.enqueue(Mutation::put("t", "b", json!(4)).if_version(0))
+        .unwrap(); // after the delete of `b`: next batch
+    c.put("t", "c", json!(1)).unwrap();
+    let report = c.flush().await.unwrap();
+    assert_eq!(report.delivered.len(), 8);
+    let sent: Vec<Vec<String>> = server
+        .requests_to("/v1/mutations")
+        .iter()
+        .map(|r| {
+            r.json()["mutations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} {}",
+                        m["op"].as_str().unwrap(),
+                        m["doc"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            vec!["put a", "put a", "patch a", "put b"],
+            vec!["put a", "delete b"],
+            vec!["put b", "put c"],
+        ]
+    );
+}
+
 #[tokio::test]
 async fn own_mutation_echoed_by_the_feed_is_applied_once() {
     let clock = VirtualClock::new();

@@ -1134,7 +1134,18 @@ async fn mutations<K: Kv, H: Host>(
             }),
         });
     }
-    let head = log.head().await?;
+    // Should the head not be read now, every item is settled all the same:
+    // the stop answer carries all their results, so that no client sends a
+    // refused item again (it would be judged afresh).
+    let head = match log.head().await {
+        Ok(head) => head,
+        Err(cause) => {
+            return Err(Failure::BatchStopped {
+                cause: Box::new(cause),
+                settled: results,
+            })
+        }
+    };
     Ok(json_response(
         StatusCode::OK,
         &json!({"results": results, "head": head}),

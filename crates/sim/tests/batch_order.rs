@@ -123,3 +123,32 @@ fn an_item_that_loses_every_race_stops_the_batch_and_the_retry_keeps_its_order()
     );
     assert_eq!(call("GET", "/v1/docs/todos/a", None).2["value"], 3);
 }
+
+#[test]
+fn a_batch_whose_head_cannot_be_read_still_settles_every_item() {
+    // Every item is handled, then reading the head (a plain read of the
+    // hint, `…/h`) fails: the 503 lists every item's result, so that the
+    // client sends none of them again — the refused patch would be judged
+    // afresh, after the put of its document that followed it.
+    let kv = Faulty::new(StrictKv::new(MemStore::new()), |op: Op<'_>| match op {
+        Op::Get(key) if key.ends_with("/h") => Verdict::Fail,
+        _ => Verdict::Pass,
+    });
+    let mut config = Config::with_secret(Vec::new());
+    config.rate_limit_per_second = 0;
+    let api = Api::new(config, &kv, NOW, "head");
+    let batch = json!({"mutations": [
+        {"id": "p", "op": "patch", "collection": "todos", "doc": "a", "value": {"x": 1}},
+        {"id": "q", "op": "put", "collection": "todos", "doc": "a", "value": {"y": 2}},
+    ]});
+    let answer = api.call("POST", "/v1/mutations", Some(&batch));
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.retry_after.is_some());
+    let settled: Vec<(&str, u64)> = answer.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(settled, [("p", 404), ("q", 201)], "{}", answer.body);
+}
