@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::BufMut as _;
 use edgesync_core::RequestInfo;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -583,22 +584,29 @@ impl<H: Handler> Conn<'_, H> {
                 if expects_continue && self.buf.is_empty() {
                     self.send_continue().await?;
                 }
-                let mut body = vec![0; len];
+                // The body's memory grows with the bytes that arrive, not
+                // to the declared length up front: a client that declares
+                // the largest body and then stalls holds little until the
+                // body timeout.
                 let have = self.buf.len().min(len);
-                body[..have].copy_from_slice(&self.buf[..have]);
+                let mut body = Vec::with_capacity(have.max(len.min(BODY_READ)));
+                body.extend_from_slice(&self.buf[..have]);
                 self.buf.drain(..have);
-                let mut filled = have;
-                // Read straight into the body, never past it: what follows
-                // belongs to the next request.
-                while filled < len {
+                while body.len() < len {
                     match tokio::time::timeout_at(deadline, read_ready(&self.stream)).await {
                         Err(_) => return Err(Fail::Drop("body not received in time")),
                         Ok(Err(_)) => return Err(Fail::Drop("read error")),
                         Ok(Ok(())) => {}
                     }
-                    match self.stream.try_read(&mut body[filled..]) {
+                    let missing = len - body.len();
+                    if body.len() == body.capacity() {
+                        body.reserve_exact(missing.min(body.len().max(BODY_READ)));
+                    }
+                    // Read straight into the body, never past it: what
+                    // follows belongs to the next request.
+                    match self.stream.try_read_buf(&mut (&mut body).limit(missing)) {
                         Ok(0) => return Err(Fail::Drop("closed mid-body")),
-                        Ok(n) => filled += n,
+                        Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return Err(Fail::Drop("read error")),
                     }
@@ -1167,13 +1175,13 @@ impl ChunkedDecoder {
                         return Ok((pos, Progress::NeedMore));
                     };
                     pos += line.len() + 2;
-                    if let Some(at) = line.iter().position(|&b| b == b';') {
-                        self.extension_bytes += line.len() - at;
-                        if self.extension_bytes > MAX_CHUNK_EXTENSIONS {
-                            return Err("too many chunk-extension bytes");
-                        }
+                    let (size, extension) = parse_chunk_size(line)?;
+                    // Padding before the `;` counts too: it costs reading
+                    // as much as the extensions do.
+                    self.extension_bytes += extension;
+                    if self.extension_bytes > MAX_CHUNK_EXTENSIONS {
+                        return Err("too many chunk-extension bytes");
                     }
-                    let size = parse_chunk_size(line)?;
                     self.state = if size == 0 {
                         ChunkState::Trailers
                     } else {
@@ -1247,20 +1255,28 @@ fn line(input: &[u8], max: usize) -> Result<Option<&[u8]>, &'static str> {
     }
 }
 
-/// `1*16HEXDIG [ BWS ";" extensions ]`.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+/// `1*16HEXDIG [ BWS ";" extensions ]`: the size, and how many bytes
+/// follow it on the line.
+fn parse_chunk_size(line: &[u8]) -> Result<(u64, usize), &'static str> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 16 {
         return Err("invalid chunk size");
     }
-    let rest = &line[digits..];
-    let rest = rest.trim_ascii_start();
+    let after = &line[digits..];
+    // BWS is spaces and tabs only: a CR or form feed here is a line that
+    // some other parser on the way may read differently.
+    let bws = after
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &after[bws..];
     if !(rest.is_empty() || rest[0] == b';') || rest.iter().any(|&b| b < 0x20 && b != b'\t') {
         return Err("invalid chunk size");
     }
-    Ok(line[..digits].iter().fold(0u64, |n, &d| {
+    let size = line[..digits].iter().fold(0u64, |n, &d| {
         (n << 4) | u64::from((d as char).to_digit(16).unwrap_or(0))
-    }))
+    });
+    Ok((size, after.len()))
 }
 
 // ------------------------------------------------------------- writing
@@ -1373,6 +1389,9 @@ mod unit_tests {
             b"5\r\nabcdeXY0\r\n\r\n",
             b"5 x\r\n",
             b"0\r\nno-colon\r\n\r\n",
+            b"5\r\r\nabcde\r\n0\r\n\r\n",
+            b"5\x0c\r\nabcde\r\n0\r\n\r\n",
+            b"5\r;x\r\nabcde\r\n0\r\n\r\n",
         ] {
             assert!(
                 decode_all(bad, 1000).is_err(),
@@ -1388,6 +1407,12 @@ mod unit_tests {
         assert!(decode_all(fits.as_bytes(), 1000).is_ok());
         let over = line.repeat(MAX_CHUNK_EXTENSIONS / 4001 + 1) + "0\r\n\r\n";
         assert!(decode_all(over.as_bytes(), 1000).is_err());
+        // Padding before the extensions counts as well.
+        let padded = format!("1{}\r\nx\r\n", " ".repeat(4000));
+        let over = padded.repeat(MAX_CHUNK_EXTENSIONS / 4000 + 1) + "0\r\n\r\n";
+        assert!(decode_all(over.as_bytes(), 1000).is_err());
+        let spaced = b"5 \t; name=value\r\nabcde\r\n0 \r\n\r\n";
+        assert_eq!(decode_all(spaced, 1000).unwrap().0, b"abcde");
         // Biggest representable size is fine (the cap stops reading).
         let (_, _, progress) = decode_all(b"ffffffffffffffff\r\nab", 1).unwrap();
         assert_eq!(progress, Progress::Full);

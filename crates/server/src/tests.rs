@@ -412,6 +412,37 @@ async fn bodies_are_passed_whole_up_to_the_cap_and_cut_beyond_it() {
     );
 }
 
+/// A declared-length body that arrives in pieces is read to its length
+/// exactly: whole, in order, and not a byte of the request behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_arriving_in_pieces_is_read_to_its_length_and_no_further() {
+    let server = start(200_000).await;
+    let body: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for piece in body.chunks(30_000) {
+        stream.write_all(piece).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stream.write_all(&post("/echo", b"next")).await.unwrap();
+    let replies = read_to_close(&mut stream).await;
+    let (first, second) = replies
+        .split_once("HTTP/1.1 200 OK\r\n")
+        .map_or(("", ""), |(_, rest)| {
+            rest.split_once("HTTP/1.1 200").unwrap_or((rest, ""))
+        });
+    assert!(
+        first.ends_with(std::str::from_utf8(&body).unwrap()),
+        "the body comes back whole"
+    );
+    assert!(second.ends_with("\r\n\r\n4"), "{second}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_serves_several_requests_on_one_connection() {
     let server = start(1024).await;
