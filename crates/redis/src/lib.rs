@@ -407,8 +407,9 @@ pub enum ChangeEvent<'a> {
         /// The change's sequence number.
         seq: u64,
     },
-    /// The subscription was (re)established after a gap, so changes may
-    /// have been missed: wake every local waiter.
+    /// Changes may have been missed — the subscription was (re)established
+    /// after a gap, or another instance could not announce some of its
+    /// changes: wake every local waiter.
     MaybeMissed,
 }
 
@@ -426,6 +427,9 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 pub struct ChangeBus {
     queue: mpsc::Sender<(String, u64)>,
     overflow_warned: AtomicBool,
+    /// Set when an announcement was dropped for a full queue: the
+    /// publisher then tells every instance it may have missed changes.
+    dropped: Arc<AtomicBool>,
     subscriber: JoinHandle<()>,
     publisher: std::sync::Mutex<Option<Publisher>>,
 }
@@ -488,10 +492,19 @@ impl ChangeBus {
         }
         let (queue, rx) = mpsc::channel(PUBLISH_QUEUE);
         let (finish, finishing) = oneshot::channel();
-        let task = tokio::spawn(publish_loop(publisher, channel, instance, rx, finishing));
+        let dropped = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(publish_loop(
+            publisher,
+            channel,
+            instance,
+            rx,
+            Arc::clone(&dropped),
+            finishing,
+        ));
         Ok(Self {
             queue,
             overflow_warned: AtomicBool::new(false),
+            dropped,
             subscriber,
             publisher: std::sync::Mutex::new(Some(Publisher { task, finish })),
         })
@@ -505,6 +518,7 @@ impl ChangeBus {
             // Closed: the instance is shutting down.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.store(true, Ordering::Relaxed);
                 if !self.overflow_warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         "change announcements are backing up (is Redis reachable?); \
@@ -570,18 +584,39 @@ fn instance_id() -> u64 {
     h.finish()
 }
 
-fn encode_message(instance: u64, user: &str, seq: u64) -> String {
-    format!("{instance:016x} {seq} {user}")
+/// One message on the bus, from the instance whose id it carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Message<'a> {
+    /// `user`'s log changed to `seq`.
+    Changed { user: &'a str, seq: u64 },
+    /// Some of the sender's announcements were lost (Redis was unreachable
+    /// for it, or its queue overflowed): any user's log may have changed.
+    Missed,
 }
 
-fn decode_message(payload: &[u8]) -> Option<(u64, u64, &str)> {
+const MISSED: &str = "missed";
+
+fn encode_message(instance: u64, message: &Message<'_>) -> String {
+    match message {
+        Message::Changed { user, seq } => format!("{instance:016x} {seq} {user}"),
+        Message::Missed => format!("{instance:016x} {MISSED}"),
+    }
+}
+
+fn decode_message(payload: &[u8]) -> Option<(u64, Message<'_>)> {
     let text = std::str::from_utf8(payload).ok()?;
     let (instance, rest) = text.split_once(' ')?;
+    let instance = u64::from_str_radix(instance, 16).ok()?;
+    if rest == MISSED {
+        return Some((instance, Message::Missed));
+    }
     let (seq, user) = rest.split_once(' ')?;
     Some((
-        u64::from_str_radix(instance, 16).ok()?,
-        seq.parse().ok()?,
-        user,
+        instance,
+        Message::Changed {
+            user,
+            seq: seq.parse().ok()?,
+        },
     ))
 }
 
@@ -590,11 +625,17 @@ async fn publish_loop(
     channel: String,
     instance: u64,
     mut rx: mpsc::Receiver<(String, u64)>,
+    dropped: Arc<AtomicBool>,
     mut finish: oneshot::Receiver<()>,
 ) {
     let mut finishing = false;
+    // Announcements were lost: until the other instances have been told
+    // (a `Missed` message, retried with back-off), their long-polls would
+    // sleep through those changes to their deadline.
+    let mut missed = false;
+    let mut retry = Duration::from_millis(100);
     loop {
-        let (user, seq) = tokio::select! {
+        let first = tokio::select! {
             biased;
             // Closed, the queue still hands out what it holds, then ends.
             _ = &mut finish, if !finishing => {
@@ -603,34 +644,46 @@ async fn publish_loop(
                 continue;
             }
             queued = rx.recv() => match queued {
-                Some(announcement) => announcement,
+                Some(announcement) => Some(announcement),
                 None => return,
             },
+            () = tokio::time::sleep(retry), if missed => None,
         };
-        // Pipeline whatever else is queued: one round trip for a burst.
         let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH")
-            .arg(&channel)
-            .arg(encode_message(instance, &user, seq))
-            .ignore();
-        for _ in 1..256 {
-            let Ok((user, seq)) = rx.try_recv() else {
-                break;
-            };
+        let mut publish = |message: Message<'_>| {
             pipe.cmd("PUBLISH")
                 .arg(&channel)
-                .arg(encode_message(instance, &user, seq))
+                .arg(encode_message(instance, &message))
                 .ignore();
+        };
+        if dropped.swap(false, Ordering::Relaxed) || missed {
+            publish(Message::Missed);
+        }
+        // Pipeline whatever else is queued: one round trip for a burst.
+        let queued = first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()).take(255));
+        for (user, seq) in queued {
+            publish(Message::Changed { user: &user, seq });
         }
         // Once more after the connection broke (the connection manager
-        // reconnects but does not resend): an announcement lost here
-        // leaves waiters on other instances asleep until their deadline.
+        // reconnects but does not resend).
         let sent = match pipe.query_async::<()>(&mut conn).await {
             Err(e) if connection_broke(&e) => pipe.query_async::<()>(&mut conn).await,
             sent => sent,
         };
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "could not publish change announcements");
+        match sent {
+            Ok(()) => {
+                missed = false;
+                retry = Duration::from_millis(100);
+            }
+            Err(e) => {
+                if !missed {
+                    tracing::warn!(error = %e, "could not publish change announcements");
+                }
+                missed = true;
+                retry = (retry * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }
@@ -684,8 +737,11 @@ async fn subscribe_loop(
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
                     match decode_message(msg.get_payload_bytes()) {
-                        Some((from, _, _)) if from == instance => {}
-                        Some((_, seq, user)) => on_event(ChangeEvent::Changed { user, seq }),
+                        Some((from, _)) if from == instance => {}
+                        Some((_, Message::Changed { user, seq })) => {
+                            on_event(ChangeEvent::Changed { user, seq });
+                        }
+                        Some((_, Message::Missed)) => on_event(ChangeEvent::MaybeMissed),
                         None => tracing::debug!("ignoring malformed change announcement"),
                     }
                 }
@@ -707,13 +763,13 @@ mod tests {
 
     #[test]
     fn messages_round_trip_with_any_user_topic() {
-        for user in ["alice", "a b c", "u/a%2Fb", ""] {
-            let msg = encode_message(0xdead_beef, user, 42);
-            assert_eq!(
-                decode_message(msg.as_bytes()),
-                Some((0xdead_beef, 42, user))
-            );
+        for user in ["alice", "a b c", "u/a%2Fb", "", "missed"] {
+            let changed = Message::Changed { user, seq: 42 };
+            let msg = encode_message(0xdead_beef, &changed);
+            assert_eq!(decode_message(msg.as_bytes()), Some((0xdead_beef, changed)));
         }
+        let msg = encode_message(7, &Message::Missed);
+        assert_eq!(decode_message(msg.as_bytes()), Some((7, Message::Missed)));
         assert_eq!(decode_message(b"nonsense"), None);
         assert_eq!(decode_message(b"zz 1 u"), None);
     }

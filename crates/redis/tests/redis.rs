@@ -315,3 +315,56 @@ async fn a_server_that_is_not_redis_is_named_as_such() {
         .unwrap_err();
     assert!(err.to_string().contains("Redis or Valkey server"), "{err}");
 }
+
+/// Run `ACL <args>` on `url`'s server.
+async fn acl(url: &str, args: &[&str]) -> redis::Value {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ACL")
+        .arg(args)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Announcements an instance could not publish are made up for: once it
+/// can publish again, it tells the others that they may have missed
+/// changes, so their long-polls re-check the store instead of sleeping
+/// through those changes to their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_that_could_not_be_published_are_made_up_for() {
+    let server = RedisServer::start();
+    let url = server.url(0);
+    let (a, _) = bus(&url, Arc::default()).await;
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (sink, b_notify) = (events.clone(), Arc::<tokio::sync::Notify>::default());
+    let notify = b_notify.clone();
+    let _b = ChangeBus::start(&url, move |event| {
+        sink.lock().unwrap().push(format!("{event:?}"));
+        notify.notify_one();
+    })
+    .await
+    .unwrap();
+
+    // Publishing is refused (as to an instance cut off from Redis while
+    // the others are not) until a's attempt has been turned away.
+    acl(&url, &["SETUSER", "default", "-publish"]).await;
+    a.publish("u/alice", 1);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !format!("{:?}", acl(&url, &["LOG"]).await).contains("publish") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a tries to publish");
+    assert!(events.lock().unwrap().is_empty());
+    acl(&url, &["SETUSER", "default", "+publish"]).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while events.lock().unwrap().is_empty() {
+            b_notify.notified().await;
+        }
+    })
+    .await
+    .expect("b hears that it may have missed changes");
+    assert_eq!(*events.lock().unwrap(), ["MaybeMissed"]);
+}
