@@ -997,11 +997,16 @@ impl Shared {
                 }
                 Ok((report, transient))
             }
+            // A 400 or 415 that is no problem document of edgesync's came
+            // from something on the way (a proxy, a firewall), and says
+            // nothing about the items: they stay queued, retried after
+            // back-off. (A foreign 413 is a proxy's smaller body limit:
+            // one item at a time may pass it.)
             Err(Error::Server {
                 status: status @ (400 | 413 | 415),
                 problem,
                 ..
-            }) => {
+            }) if status == 413 || !problem.kind.is_empty() => {
                 // Still reachable: the batch itself was refused.
                 self.on_success(st);
                 self.on_write_success(st);

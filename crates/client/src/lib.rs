@@ -192,7 +192,9 @@
 //!   over another edit, nor dropped, without the app deciding.
 //! * 400/404/409/413/415/422: parked as a rejection ([`SyncEvent::Rejected`]).
 //!   A 400/413 for the whole batch makes the engine resend that batch one item
-//!   at a time to find the culprit.
+//!   at a time to find the culprit. A 400 or 415 that is not an edgesync
+//!   problem document (a proxy's or firewall's) says nothing about the
+//!   items: they stay queued, retried after back-off.
 //! * 429/5xx (whole batch or item): stays queued, retried after back-off
 //!   (writes' own; reading goes on meanwhile). The items a stopped batch
 //!   settled before the stop (its answer's `results`) are settled as above

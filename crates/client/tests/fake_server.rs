@@ -778,6 +778,32 @@ async fn a_state_dependent_item_does_not_share_a_batch_with_a_later_one_on_its_d
     );
 }
 
+/// A 400 that is not edgesync's problem document (a proxy's, a
+/// firewall's) says nothing about the items: they stay queued.
+#[tokio::test]
+async fn a_foreign_400_keeps_the_batch_queued() {
+    let clock = VirtualClock::new();
+    let foreign = Arc::new(AtomicUsize::new(1));
+    let answers = foreign.clone();
+    let server = FakeServer::start(clock.clone(), move |req| {
+        if answers.fetch_sub(1, Ordering::SeqCst) > 0 {
+            return Response::new(400).body(b"<html>Bad Request</html>".to_vec());
+        }
+        all_applied(req, 7)
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    c.put("t", "1", json!(1)).unwrap();
+    c.put("t", "2", json!(2)).unwrap();
+    let error = c.flush().await.unwrap_err();
+    assert!(error.report.parked.is_empty(), "{error:?}");
+    assert_eq!(c.pending().unwrap().len(), 2);
+    assert_eq!(server.requests_to("/v1/mutations").len(), 1, "not split");
+    let report = c.flush().await.unwrap();
+    assert_eq!(report.delivered.len(), 2);
+    assert!(c.parked().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn own_mutation_echoed_by_the_feed_is_applied_once() {
     let clock = VirtualClock::new();
