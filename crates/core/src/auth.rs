@@ -121,6 +121,16 @@ struct RawClaims {
     iss: Option<serde_json::Value>,
 }
 
+/// The JOSE header or claims set in `bytes`, which must be a JSON object
+/// (RFC 7515 §5.2, RFC 7519 §7.2): serde would fill the struct from an
+/// array too, by position.
+fn json_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, AuthError> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(AuthError::Malformed);
+    }
+    serde_json::from_slice(bytes).map_err(|_| AuthError::Malformed)
+}
+
 /// A NumericDate (RFC 7519 §2): a JSON number of seconds, possibly
 /// fractional; negative or absurd values are malformed.
 fn numeric_date(value: &serde_json::Value) -> Result<u64, AuthError> {
@@ -148,7 +158,7 @@ pub fn verify(
     let header_bytes = URL_SAFE_NO_PAD
         .decode(header_b64)
         .map_err(|_| AuthError::Malformed)?;
-    let header: Header = serde_json::from_slice(&header_bytes).map_err(|_| AuthError::Malformed)?;
+    let header: Header = json_object(&header_bytes)?;
     if header.alg != "HS256" {
         return Err(AuthError::Algorithm);
     }
@@ -169,7 +179,7 @@ pub fn verify(
     let payload = URL_SAFE_NO_PAD
         .decode(payload_b64)
         .map_err(|_| AuthError::Malformed)?;
-    let claims: RawClaims = serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
+    let claims: RawClaims = json_object(&payload)?;
 
     let exp = numeric_date(claims.exp.as_ref().ok_or(AuthError::NoExpiry)?)?;
     let nbf = claims.nbf.as_ref().map(numeric_date).transpose()?;
@@ -450,6 +460,23 @@ mod tests {
             ),
             (
                 sign(r#"{"alg":"HS256"}"#, "not json", SECRET),
+                AuthError::Malformed,
+            ),
+            // Header and claims must be objects, not arrays in field order.
+            (
+                sign(
+                    r#"["HS256",null]"#,
+                    &format!(r#"{{"sub":"a","exp":{exp}}}"#),
+                    SECRET,
+                ),
+                AuthError::Malformed,
+            ),
+            (
+                sign(
+                    r#"{"alg":"HS256"}"#,
+                    &format!(r#"["a",{exp},null,null,null]"#),
+                    SECRET,
+                ),
                 AuthError::Malformed,
             ),
             ("a.b".to_string(), AuthError::Malformed),
