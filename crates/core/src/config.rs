@@ -116,16 +116,18 @@ impl Config {
         }
     }
 
-    /// Parse settings from `lookup(name)` (empty values count as unset).
-    /// `jwt_secret` is required and must be at least 32 bytes, leading and
-    /// trailing whitespace aside: a secret mounted from a file or pasted
-    /// into a variable often ends in a newline, and every host must derive
-    /// the same key from it.
+    /// Parse settings from `lookup(name)`. Leading and trailing whitespace
+    /// is no part of a value (a value mounted from a file or pasted into a
+    /// variable often ends in a newline, and every host must read it the
+    /// same), and empty values count as unset. `jwt_secret` is required
+    /// and must be at least 32 bytes.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let secret = get("jwt_secret")
-            .map(|s| s.trim().to_owned())
-            .ok_or(ConfigError::Missing("jwt_secret"))?;
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let secret = get("jwt_secret").ok_or(ConfigError::Missing("jwt_secret"))?;
         if secret.len() < 32 {
             return Err(ConfigError::Invalid {
                 name: "jwt_secret",
@@ -236,6 +238,16 @@ mod tests {
             padded.jwt_secret, c.jwt_secret,
             "the same key, newline or not"
         );
+        let padded = Config::from_lookup(lookup(&[
+            ("jwt_secret", SECRET),
+            ("jwt_audience", "app\n"),
+            ("jwt_issuer", " https://id.example\n"),
+            ("max_wait_seconds", "20\n"),
+        ]))
+        .unwrap();
+        assert_eq!(padded.jwt_audience.as_deref(), Some("app"));
+        assert_eq!(padded.jwt_issuer.as_deref(), Some("https://id.example"));
+        assert_eq!(padded.max_wait_seconds, 20);
         assert_eq!(c.max_wait_seconds, 25);
         assert_eq!(c.max_body_bytes, 262_144);
         assert_eq!(c.cors_origins, CorsOrigins::None);
