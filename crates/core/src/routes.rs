@@ -712,30 +712,30 @@ fn changes_response<K: Kv, H: Host>(
     page: ChangesPage,
 ) -> Response<Vec<u8>> {
     let since = waiting.since;
+    // A page's tag is its `next`: an `If-None-Match` holding it (usually
+    // `"<since>"` on an idle poll) is answered 304, as on every GET.
+    let not_modified = |tag: u64| waiting.inm.as_ref().is_some_and(|l| l.matches_weakly(tag));
     let (mut response, tag) = match page {
-        ChangesPage::Idle => {
-            let r = if waiting
-                .inm
-                .as_ref()
-                .is_some_and(|l| l.matches_weakly(since))
-            {
-                empty(StatusCode::NOT_MODIFIED)
-            } else {
-                json_response(
-                    StatusCode::OK,
-                    &json!({"changes": [], "next": since, "head": since}),
-                )
-            };
-            (r, since)
-        }
+        ChangesPage::Idle if not_modified(since) => (empty(StatusCode::NOT_MODIFIED), since),
+        ChangesPage::Idle => (
+            json_response(
+                StatusCode::OK,
+                &json!({"changes": [], "next": since, "head": since}),
+            ),
+            since,
+        ),
         ChangesPage::Entries { changes, head } => {
             let next = changes.last().map_or(since, |(seq, _)| *seq);
-            let list: Vec<Value> = changes.iter().map(|(seq, e)| e.change(*seq)).collect();
-            let r = json_response(
-                StatusCode::OK,
-                &json!({"changes": list, "next": next, "head": head.max(next)}),
-            );
-            (r, next)
+            if not_modified(next) {
+                (empty(StatusCode::NOT_MODIFIED), next)
+            } else {
+                let list: Vec<Value> = changes.iter().map(|(seq, e)| e.change(*seq)).collect();
+                let r = json_response(
+                    StatusCode::OK,
+                    &json!({"changes": list, "next": next, "head": head.max(next)}),
+                );
+                (r, next)
+            }
         }
     };
     poll_headers(service, &mut response, tag);

@@ -365,7 +365,7 @@ pub async fn compaction_expires_old_cursors_with_410(t: &Target) -> anyhow::Resu
 
 /// With nothing after `since`, `If-None-Match: "<since>"` gets 304 (with
 /// and without a short wait) carrying the poll headers; a stale tag or none
-/// gets 200.
+/// gets 200, and a page's own tag (`next`) 304.
 pub async fn if_none_match_is_304_when_nothing_changed(t: &Target) -> anyhow::Result<()> {
     let api = t.api();
     let u = t.new_user();
@@ -399,6 +399,17 @@ pub async fn if_none_match_is_304_when_nothing_changed(t: &Target) -> anyhow::Re
         .await?
         .expect(200);
     assert_eq!(r.json()["changes"].as_array().unwrap().len(), 1);
+    // A page is not modified for whoever holds its tag (its `next`), as
+    // any GET's answer (RFC 9110 §13.1.2), entries or none.
+    let r = api
+        .get("/v1/changes?since=0")
+        .auth(&u)
+        .header("If-None-Match", etag(1))
+        .send()
+        .await?
+        .expect(304);
+    assert_eq!(r.etag(), etag(1));
+    assert_poll_headers(&r, t.settings.poll_interval_seconds);
     // No If-None-Match: 200 with an empty list.
     let r = api
         .get("/v1/changes?since=1")
