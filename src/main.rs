@@ -135,4 +135,13 @@ mod tests {
             assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
         }
     }
+
+    #[test]
+    fn a_refused_store_url_is_not_repeated() {
+        let err = Cli::try_parse_from(["edgesync", "serve", "--store", "tcp://:hunter2@h:6379"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--store"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
 }

@@ -22,9 +22,40 @@ pub struct ServeArgs {
         long,
         env = "EDGESYNC_STORE",
         default_value = "sqlite",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = StoreParser
     )]
     pub store: StoreKind,
+}
+
+/// Parses `--store` without repeating a refused value in the error, as
+/// clap's own parsers do: a mistyped Redis URL may hold a password, and
+/// the error goes to the logs.
+#[derive(Clone)]
+struct StoreParser;
+
+impl clap::builder::TypedValueParser for StoreParser {
+    type Value = StoreKind;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<StoreKind, clap::Error> {
+        let refuse = |reason: &dyn std::fmt::Display| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '--store': {reason}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        value
+            .to_str()
+            .ok_or_else(|| refuse(&"not UTF-8"))?
+            .parse()
+            .map_err(|e| refuse(&e))
+    }
 }
 
 /// Load the configuration the way `serve` and `token` both do, logging

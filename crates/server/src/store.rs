@@ -24,8 +24,12 @@ pub enum StoreKind {
 /// `--store` was neither `sqlite` nor a Redis URL this build can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseStoreError {
-    #[error("unknown store {0:?}: expected `sqlite` or a URL like redis://127.0.0.1:6379/0")]
-    Unknown(String),
+    /// Names the URL's scheme only: the rest may hold a password.
+    #[error(
+        "unknown store{}: expected `sqlite` or a URL like redis://127.0.0.1:6379/0",
+        .scheme.as_ref().map(|s| format!(" scheme {s:?}")).unwrap_or_default()
+    )]
+    Unknown { scheme: Option<String> },
     #[error(
         "TLS to Redis ({0}) is not supported by this build: reach a TLS-only server through a \
          local TLS tunnel (stunnel, a sidecar) and give its redis:// address"
@@ -53,7 +57,17 @@ impl FromStr for StoreKind {
         {
             return Ok(Self::Redis(s.to_owned()));
         }
-        Err(ParseStoreError::Unknown(s.to_owned()))
+        let scheme = s
+            .split_once("://")
+            .map(|(scheme, _)| scheme)
+            .filter(|scheme| {
+                scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            });
+        Err(ParseStoreError::Unknown {
+            scheme: scheme.map(str::to_owned),
+        })
     }
 }
 
@@ -226,6 +240,16 @@ mod tests {
             "redis://cache:6379/0"
         );
         assert!("postgres://x".parse::<StoreKind>().is_err());
+        // A mistyped URL is refused without being repeated: it may hold a
+        // password.
+        let refused = "redis+sentinel://:hunter2@h:26379/0"
+            .parse::<StoreKind>()
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("\"redis+sentinel\""), "{refused}");
+        assert!(!refused.contains("hunter2"), "{refused}");
+        let refused = "user:hunter2@h".parse::<StoreKind>().unwrap_err();
+        assert!(!refused.to_string().contains("hunter2"), "{refused}");
         assert!("".parse::<StoreKind>().is_err());
         // TLS is refused up front, saying what to do, not at connect time
         // as an "unparsable" URL.
