@@ -235,6 +235,9 @@ pub fn restore(backup: &Path, path: &Path) -> Result<Restored, RestoreError> {
         source,
     })?;
     let _lock = lock_store(path)?;
+    // A lock file this run created (restoring onto an empty data
+    // directory, as root) must be the server's to open, like the store.
+    take_owner(&with_suffix(path, ".lock"), path).map_err(io)?;
     let partial = with_suffix(path, ".restore.partial");
     let _ = std::fs::remove_file(&partial);
     let copied = (|| {

@@ -223,6 +223,19 @@ async fn restore_keeps_the_store_s_owner() {
     edgesync_sqlite::restore(&backup, &path).unwrap();
     let restored = std::fs::metadata(&path).unwrap();
     assert_eq!((restored.uid(), restored.gid()), (uid, gid));
+
+    // Onto a data directory with no store yet (a new host): the store and
+    // the lock file the restore made are the directory owner's, so that
+    // the server, running as that user, can open both.
+    let empty = dir.path().join("new-host");
+    std::fs::create_dir(&empty).unwrap();
+    std::os::unix::fs::chown(&empty, Some(uid), Some(gid)).unwrap();
+    let path = empty.join("kv.sqlite3");
+    edgesync_sqlite::restore(&backup, &path).unwrap();
+    for made in [path.clone(), empty.join("kv.sqlite3.lock")] {
+        let meta = std::fs::metadata(&made).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{}", made.display());
+    }
 }
 
 /// Anything but an edgesync backup is refused and changes nothing.
