@@ -80,9 +80,10 @@ pub enum ClientCommand {
     /// Follow the user's changes live and print each one.
     ///
     /// Human-readable lines by default, one JSON object per line with
-    /// --json. On a terminal a status line shows online/syncing, pending
-    /// mutations and lag; otherwise stderr says when the connection or the
-    /// error changes. Every change is printed once, also when another
+    /// --json. On a terminal (and without --json, whose stdout carries
+    /// nothing but the JSON lines) a status line shows online/syncing,
+    /// pending mutations and lag; otherwise stderr says when the connection
+    /// or the error changes. Every change is printed once, also when another
     /// command on the same replica (`list`, a second `watch`) read it
     /// first; a change the replica already holds a newer version of is
     /// not printed: the newer one is. Stops on Ctrl-C.
@@ -794,7 +795,10 @@ async fn watch(client: Client, collection: Option<String>, json: bool) -> anyhow
     let mut status = client.watch_status();
     let mut printer = Printer {
         json,
-        tty: std::io::stdout().is_terminal(),
+        // A status line shares stdout with what is printed: with --json,
+        // stdout is for the JSON lines alone, terminal or not (`docker run
+        // -t … | jq` sees a terminal inside).
+        tty: !json && std::io::stdout().is_terminal(),
         status: None,
         status_shown: false,
     };
