@@ -181,6 +181,17 @@ struct Servers {
     spin: Option<Target>,
     peer: Option<Target>,
     limit: Target,
+    /// How to start another of each, for runs that need a fresh process.
+    launch: Launch,
+}
+
+/// What starting each server takes.
+struct Launch {
+    native_bin: PathBuf,
+    /// The harness binary, `spin.toml` and the compile cache.
+    harness: (PathBuf, PathBuf, PathBuf),
+    peer_cache: PathBuf,
+    self_exe: PathBuf,
 }
 
 async fn all(args: AllArgs) -> Result<()> {
@@ -254,16 +265,20 @@ async fn all(args: AllArgs) -> Result<()> {
     }
 
     // Start everything.
-    let native_proc = procs::native(&release.join("edgesync")).await?;
+    let launch = Launch {
+        native_bin: release.join("edgesync"),
+        harness: (
+            release.join("edgesync-spin-harness"),
+            workspace.join("spin.toml"),
+            target_dir.join("bench-compile-cache"),
+        ),
+        peer_cache: peer_cache.clone(),
+        self_exe: std::env::current_exe()?,
+    };
+    let native_proc = procs::native(&launch.native_bin).await?;
     let spin_proc = if want_spin {
-        let cache = target_dir.join("bench-compile-cache");
-        match procs::harness(
-            &release.join("edgesync-spin-harness"),
-            &workspace.join("spin.toml"),
-            &cache,
-        )
-        .await
-        {
+        let (bin, manifest, cache) = &launch.harness;
+        match procs::harness(bin, manifest, cache).await {
             Ok(p) => Some(p),
             Err(e) => {
                 notes.push(format!(
@@ -288,8 +303,7 @@ async fn all(args: AllArgs) -> Result<()> {
     } else {
         None
     };
-    let self_exe = std::env::current_exe()?;
-    let limit_proc = procs::limit(&self_exe).await?;
+    let limit_proc = procs::limit(&launch.self_exe).await?;
     let t = |p: &procs::Proc, label: &'static str, kind: Kind| Target {
         label,
         kind,
@@ -305,6 +319,7 @@ async fn all(args: AllArgs) -> Result<()> {
             .as_ref()
             .map(|p| t(p, "PouchDB Server", Kind::Couch)),
         limit: t(&limit_proc, "loopback limit (fixed 304)", Kind::Limit),
+        launch,
     };
     if !want_spin && args.no_spin {
         notes.push("Spin rows skipped: --no-spin".into());
@@ -333,13 +348,9 @@ async fn all(args: AllArgs) -> Result<()> {
         let result = match section {
             Section::Idle => idle_section(&servers, &plan, &mut summary).await,
             Section::Writes => writes_section(&servers, &plan, &mut summary).await,
-            Section::Wakeup => {
-                wakeup_section(&servers, &plan, &mut summary, &release.join("edgesync")).await
-            }
+            Section::Wakeup => wakeup_section(&servers, &plan, &mut summary).await,
             Section::Catchup => catchup_section(&servers, &plan).await,
-            Section::Watch => {
-                watch_section(&servers, &plan, &mut summary, &release.join("edgesync")).await
-            }
+            Section::Watch => watch_section(&servers, &plan, &mut summary).await,
             Section::Kv => kv_section(plan.kv_samples).await,
         };
         // One failed section must not cost the others.
@@ -666,8 +677,10 @@ async fn idle_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -> 
 async fn writes_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -> Result<String> {
     let mut out = String::from(
         "## Writes: PUT of a 1 KiB JSON document\n\n\
-         Closed loop; each writer cycles over 64 documents of its own (creates, \
-         then replaces). edgesync: `PUT /v1/docs/todos/<id>` answered 200/201 after \
+         Closed loop; each writer cycles over 64 documents of its own, created \
+         before the clock starts, so every figure is of replaces (a create costs \
+         more, and a slow target would otherwise spend its window creating). \
+         edgesync: `PUT /v1/docs/todos/<id>` answered 200/201 after \
          the SQLite commit. The native server runs SQLite in WAL mode with \
          `synchronous=NORMAL` (its default): an acknowledged write is in the WAL \
          file, handed to the kernel, so it survives `kill -9` of the server but not \
@@ -731,12 +744,8 @@ async fn writes_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -
     Ok(out)
 }
 
-async fn wakeup_section(
-    servers: &Servers,
-    plan: &Plan,
-    summary: &mut Summary,
-    native_bin: &Path,
-) -> Result<String> {
+async fn wakeup_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -> Result<String> {
+    let native_bin = servers.launch.native_bin.as_path();
     let mut out = format!(
         "## Wake-up latency of held long-polls\n\n\
          N long-polls are held (`GET /v1/changes?since=N&wait=25` with `If-None-Match`; \
@@ -750,8 +759,9 @@ async fn wakeup_section(
          holds run out); \
          the others stay held (they time out after 25 s). **fan-out**: every waiter on one \
          user, one write wakes them all ({} such writes, each with freshly opened \
-         long-polls, pooled per row). RSS is the server's VmRSS before the long-polls \
-         were opened and while they were held. The client's own scheduling of thousands \
+         long-polls, pooled per row). Every row runs on a freshly started server \
+         process; RSS is its VmRSS before the long-polls were opened and while they \
+         were held. The client's own scheduling of thousands \
          of tasks on the same 2 cores is part of the figure. The **loopback limit** rows \
          are the floor of the fan-out shape: a bare hyper server that holds every \
          request and, on the write, answers each with a fixed 200 of the size edgesync \
@@ -808,8 +818,9 @@ async fn wakeup_section(
             }
         }
     }
-    // A fresh native server per held count, so that its RSS is not what an
-    // earlier run left in the allocator.
+    // A fresh server process per run, whoever it is, so that its RSS is
+    // not what an earlier run left in its allocator, and an earlier run's
+    // long-polls (given up on, still being closed) cost this one nothing.
     let mut fresh: Option<procs::Proc> = None;
     for (i, (who, n, shape, settle)) in runs.into_iter().enumerate() {
         let run = format!("r{i}");
@@ -817,26 +828,45 @@ async fn wakeup_section(
             Shape::Spread => "spread",
             Shape::FanOut => "fan-out",
         };
-        let target = match who {
-            Who::Native => {
-                if shape == Shape::Spread {
-                    drop(fresh.take()); // one native server at a time
-                    fresh = Some(procs::native(native_bin).await?);
-                }
-                let p = fresh.as_ref().expect("started with the spread run");
+        drop(fresh.take()); // one at a time
+        let launch = &servers.launch;
+        let (started, base) = match who {
+            Who::Native => (procs::native(native_bin).await, servers.native),
+            Who::Limit => (
+                procs::limit(&launch.self_exe).await,
                 Target {
-                    pid: p.pid(),
-                    addr: p.addr,
-                    ..servers.native
-                }
+                    label: "loopback limit (held, fixed answer)",
+                    ..servers.limit
+                },
+            ),
+            Who::Spin => {
+                let (bin, manifest, cache) = &launch.harness;
+                (
+                    procs::harness(bin, manifest, cache).await,
+                    servers.spin.expect("checked"),
+                )
             }
-            Who::Limit => Target {
-                label: "loopback limit (held, fixed answer)",
-                ..servers.limit
-            },
-            Who::Spin => servers.spin.expect("checked"),
-            Who::Peer => servers.peer.expect("checked"),
+            Who::Peer => (
+                procs::peer(&launch.peer_cache).await,
+                servers.peer.expect("checked"),
+            ),
         };
+        let p = match started {
+            Ok(p) => p,
+            Err(e) => {
+                t.failed_row(
+                    vec![n.to_string(), shape_name.into(), base.label.into()],
+                    &e.context("starting a fresh server"),
+                );
+                continue;
+            }
+        };
+        let target = Target {
+            pid: p.pid(),
+            addr: p.addr,
+            ..base
+        };
+        fresh = Some(p);
         let target = &target;
         let rounds = match shape {
             Shape::Spread => 1,
@@ -942,12 +972,8 @@ async fn wakeup_section(
     Ok(out)
 }
 
-async fn watch_section(
-    servers: &Servers,
-    plan: &Plan,
-    summary: &mut Summary,
-    edgesync: &Path,
-) -> Result<String> {
+async fn watch_section(servers: &Servers, plan: &Plan, summary: &mut Summary) -> Result<String> {
+    let edgesync = servers.launch.native_bin.as_path();
     const GAP: Duration = Duration::from_millis(20);
     let mut out = format!(
         "## Write → a live replica (`edgesync watch`)\n\n\
