@@ -715,7 +715,20 @@ async fn a_batch_refused_whole_is_split_to_find_the_bad_item() {
     assert_eq!(report.parked.len(), 1);
     assert_eq!(report.parked[0].pending.key, bad.key);
     // In order: the batch, then one by one.
-    let sent: Vec<Vec<String>> = server
+    assert_eq!(
+        sent_batches(&server),
+        [
+            vec!["put 1", "put 2", "put 3"],
+            vec!["put 1"],
+            vec!["put 2"],
+            vec!["put 3"]
+        ]
+    );
+}
+
+/// The items of each batch `server` received, in order, as `"<op> <doc>"`.
+fn sent_batches(server: &FakeServer) -> Vec<Vec<String>> {
+    server
         .requests_to("/v1/mutations")
         .iter()
         .map(|r| {
@@ -723,11 +736,16 @@ async fn a_batch_refused_whole_is_split_to_find_the_bad_item() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|m| m["doc"].as_str().unwrap().to_string())
+                .map(|m| {
+                    format!(
+                        "{} {}",
+                        m["op"].as_str().unwrap(),
+                        m["doc"].as_str().unwrap()
+                    )
+                })
                 .collect()
         })
-        .collect();
-    assert_eq!(sent, [vec!["1", "2", "3"], vec!["1"], vec!["2"], vec!["3"]]);
+        .collect()
 }
 
 /// A batch whose answer is lost is sent again whole, and a refused item is
@@ -750,26 +768,8 @@ async fn a_state_dependent_item_does_not_share_a_batch_with_a_later_one_on_its_d
     c.put("t", "c", json!(1)).unwrap();
     let report = c.flush().await.unwrap();
     assert_eq!(report.delivered.len(), 8);
-    let sent: Vec<Vec<String>> = server
-        .requests_to("/v1/mutations")
-        .iter()
-        .map(|r| {
-            r.json()["mutations"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{} {}",
-                        m["op"].as_str().unwrap(),
-                        m["doc"].as_str().unwrap()
-                    )
-                })
-                .collect()
-        })
-        .collect();
     assert_eq!(
-        sent,
+        sent_batches(&server),
         [
             vec!["put a", "put a", "patch a", "put b"],
             vec!["put a", "delete b"],

@@ -175,7 +175,6 @@ impl Config {
 
 fn parse_u64(name: &'static str, value: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
     value
-        .trim()
         .parse()
         .ok()
         .filter(|n| (min..=max).contains(n))

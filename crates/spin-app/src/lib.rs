@@ -13,8 +13,9 @@
 //!   uses). The bucket is the store labelled `default`, opened once per
 //!   request on first use; reads go through a handle of their own, opened
 //!   again before it would read a key a second time (Spin before 3.2
-//!   cached every read of a handle for good; see `SpinBucket`). [`edgesync_kv_wasi::WasiKv`] turns it into the
-//!   core's `Kv`, correcting for the backends' quirks.
+//!   cached every read of a handle for good; see `SpinBucket`).
+//!   [`edgesync_kv_wasi::WasiKv`] turns it into the core's `Kv`, correcting
+//!   for the backends' quirks.
 //! * **Host**: `SpinHost` gives the core the wall clock, `wasi:random`
 //!   entropy and long-poll waiting; `log_changed` does nothing, because
 //!   another instance cannot be woken.
