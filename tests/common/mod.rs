@@ -17,6 +17,7 @@ pub fn standard() -> TargetSettings {
         retention_entries: 10_000,
         rate_limit_per_second: 1_000,
         max_body_bytes: 8_192,
+        max_key_bytes: 0,
         cors_origins: vec![
             "https://app.example.test".into(),
             "https://admin.example.test".into(),
@@ -27,8 +28,8 @@ pub fn standard() -> TargetSettings {
 }
 
 /// For compaction and rate limiting: the smallest retention window, a low
-/// rate limit (burst 100), CORS for any origin, and tokens that must name
-/// their audience and issuer.
+/// rate limit (burst 100), CORS for any origin, tokens that must name
+/// their audience and issuer, and Spin's documented key limit.
 pub fn tight() -> TargetSettings {
     TargetSettings {
         max_wait_seconds: 2,
@@ -36,6 +37,7 @@ pub fn tight() -> TargetSettings {
         retention_entries: 16,
         rate_limit_per_second: 2,
         max_body_bytes: 2_048,
+        max_key_bytes: 256,
         cors_origins: vec!["*".into()],
         jwt_audience: Some("edgesync-e2e".into()),
         jwt_issuer: Some("https://issuer.example.test".into()),

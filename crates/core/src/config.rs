@@ -31,6 +31,11 @@ pub struct Config {
     /// Largest accepted request body in bytes (`max_body_bytes`, default
     /// 262144).
     pub max_body_bytes: usize,
+    /// Longest key the KV store takes, in bytes (`max_key_bytes`, default 0:
+    /// no limit). A request whose names would make a longer key is refused
+    /// with 400 before it touches the store, rather than failing there with
+    /// a 503; Spin's manifest sets 256, the key size Spin documents.
+    pub max_key_bytes: usize,
     /// Origins allowed by CORS (`cors_origins`, comma-separated, `*` for any;
     /// default none).
     pub cors_origins: CorsOrigins,
@@ -47,6 +52,7 @@ impl std::fmt::Debug for Config {
             .field("retention_entries", &self.retention_entries)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_key_bytes", &self.max_key_bytes)
             .field("cors_origins", &self.cors_origins)
             .finish()
     }
@@ -92,6 +98,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "retention_entries",
     "rate_limit_per_second",
     "max_body_bytes",
+    "max_key_bytes",
     "cors_origins",
 ];
 
@@ -99,6 +106,9 @@ pub const SETTING_NAMES: &[&str] = &[
 /// many entries, and a smaller window would expire cursors of clients that
 /// are merely a few seconds behind.
 pub const MIN_RETENTION_ENTRIES: u64 = 16;
+
+/// Smallest `max_key_bytes` other than 0 (no limit).
+const MIN_KEY_LIMIT: u64 = 64;
 
 impl Config {
     /// Defaults for everything, with the given secret.
@@ -112,6 +122,7 @@ impl Config {
             retention_entries: 10_000,
             rate_limit_per_second: 20,
             max_body_bytes: 262_144,
+            max_key_bytes: 0,
             cors_origins: CorsOrigins::None,
         }
     }
@@ -159,6 +170,20 @@ impl Config {
         if let Some(v) = get("max_body_bytes") {
             config.max_body_bytes =
                 parse_u64("max_body_bytes", &v, 1024, 16 * 1024 * 1024)? as usize;
+        }
+        if let Some(v) = get("max_key_bytes") {
+            // Below 64 bytes not even the log's own keys of a short user id
+            // fit: every request would be refused.
+            config.max_key_bytes = match parse_u64("max_key_bytes", &v, 0, 1 << 20)? {
+                1..MIN_KEY_LIMIT => {
+                    return Err(ConfigError::Invalid {
+                        name: "max_key_bytes",
+                        value: v,
+                        reason: format!("must be 0 (no limit) or from {MIN_KEY_LIMIT} to 1048576"),
+                    })
+                }
+                n => n as usize,
+            };
         }
         if let Some(v) = get("cors_origins") {
             config.cors_origins = parse_origins(&v)?;
@@ -294,6 +319,17 @@ mod tests {
                 Config::from_lookup(lookup(&[("jwt_secret", SECRET), ("max_body_bytes", value)]))
                     .unwrap_err();
             assert!(err.to_string().contains("from 1024 to 16777216"), "{err}");
+        }
+        // A key limit is off (0) or leaves room for the log's own keys.
+        for (value, limit) in [
+            ("0", Some(0)),
+            ("256", Some(256)),
+            ("63", None),
+            ("x", None),
+        ] {
+            let parsed =
+                Config::from_lookup(lookup(&[("jwt_secret", SECRET), ("max_key_bytes", value)]));
+            assert_eq!(parsed.ok().map(|c| c.max_key_bytes), limit, "{value}");
         }
     }
 

@@ -272,6 +272,18 @@ pub(crate) struct ListPage {
     pub next_after: Option<(String, String)>,
 }
 
+/// A key a request will use, named before it is built (see
+/// [`Log::check_key_lengths`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KeyUse<'n> {
+    /// A document's pointer (collection, id).
+    Document(&'n str, &'n str),
+    /// An idempotency key's pointer, in whatever epoch it will be.
+    Idempotency(&'n str),
+    /// A collection's index.
+    Collection(&'n str),
+}
+
 /// One user's log, for the duration of one request.
 pub(crate) struct Log<'a, K, H> {
     kv: &'a K,
@@ -287,6 +299,33 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             host,
             cfg,
             keys: UserKeys::new(user_id),
+        }
+    }
+
+    /// Refuses (400 `key-too-long`), before any KV operation, a request
+    /// that would need a key longer than the store takes (`max_key_bytes`;
+    /// 0: no limit) — on a store that enforces a limit it would fail
+    /// half-way instead, with a 503. The log's own keys are always checked
+    /// (the user id is part of every key). Seqs and epochs count at their
+    /// largest, so a request that passes never meets a longer key later.
+    pub fn check_key_lengths(&self, uses: &[KeyUse<'_>]) -> Result<(), Problem> {
+        let max = self.cfg.max_key_bytes;
+        if max == 0 {
+            return Ok(());
+        }
+        // The longest of the log's own keys: a slot.
+        let own = ("the user id", self.keys.slot(u64::MAX).len());
+        let named = uses.iter().map(|u| match *u {
+            KeyUse::Document(c, i) => ("collection and document id", self.keys.doc(c, i).len()),
+            KeyUse::Idempotency(k) => ("idempotency key", self.keys.idempotency(u64::MAX, k).len()),
+            KeyUse::Collection(c) => ("collection", self.keys.index(c).len()),
+        });
+        match std::iter::once(own)
+            .chain(named)
+            .find(|&(_, len)| len > max)
+        {
+            Some((what, len)) => Err(Problem::key_too_long(what, len, max)),
+            None => Ok(()),
         }
     }
 

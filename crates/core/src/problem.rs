@@ -190,6 +190,19 @@ impl Problem {
         )
         .with("max_body_bytes", json!(max))
     }
+    /// A name (or the user id) that would make a key longer than the store
+    /// takes (`max_key_bytes`).
+    pub fn key_too_long(what: &str, len: usize, max: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "key-too-long",
+            "Names too long for this store",
+            format!(
+                "{what} would make a key of {len} bytes; this store takes keys of at most {max} bytes"
+            ),
+        )
+        .with("max_key_bytes", json!(max))
+    }
     /// A write whose resulting value (a merge patch can grow a document
     /// past any one request body) would be larger than a body may be.
     pub fn document_too_large(max: usize) -> Self {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{self, Expectations};
 use crate::config::CorsOrigins;
-use crate::engine::{Action, ChangesPage, Cond, Conditions, Log, Mutation, Outcome};
+use crate::engine::{Action, ChangesPage, Cond, Conditions, KeyUse, Log, Mutation, Outcome};
 use crate::entry::Entry;
 use crate::host::Host;
 use crate::http_util::{
@@ -413,6 +413,13 @@ async fn dispatch<K: Kv, H: Host>(
         }
     };
     let log = Log::new(&service.kv, &service.host, &service.config, &claims.sub);
+    if let Err(problem) = log.check_key_lengths(&[]) {
+        return (
+            template,
+            user_hash,
+            Dispatched::Respond(Err(problem.into())),
+        );
+    }
     let result = match route {
         Route::Head => head(service, &log, &request).await,
         Route::Changes => {
@@ -791,6 +798,9 @@ async fn list<K: Kv, H: Host>(
                 Problem::invalid_parameter("limit", "limit must be an integer from 1 to 1000")
             })?,
     };
+    if let Some(c) = &collection {
+        log.check_key_lengths(&[KeyUse::Collection(c)])?;
+    }
     let page = log
         .list(collection.as_deref(), after, limit as usize)
         .await?;
@@ -901,6 +911,7 @@ async fn doc<K: Kv, H: Host>(
     id: String,
 ) -> Result<Response<Vec<u8>>, Failure> {
     check_names(&collection, &id)?;
+    log.check_key_lengths(&[KeyUse::Document(&collection, &id)])?;
     let method = request.method().clone();
     if method == Method::GET || method == Method::HEAD {
         let inm = if_none_match(request)?;
@@ -947,6 +958,7 @@ async fn doc<K: Kv, H: Host>(
                     .ok()
                     .filter(|k| is_valid_idempotency_key(k))
                     .ok_or_else(bad_key)?;
+                log.check_key_lengths(&[KeyUse::Idempotency(key)])?;
                 let fp = fingerprint(&collection, &id, &action, &conditions);
                 Some((key.to_owned(), fp))
             }
@@ -1089,6 +1101,12 @@ async fn mutations<K: Kv, H: Host>(
         .into());
     }
     let batch = parse_batch(request.body())?;
+    for (m, key) in &batch {
+        log.check_key_lengths(&[
+            KeyUse::Document(&m.collection, &m.id),
+            KeyUse::Idempotency(key),
+        ])?;
+    }
     let mut results = Vec::with_capacity(batch.len());
     for (mutation, key) in &batch {
         // A refusal worth retrying (429: the rate limit; 503: the store

@@ -111,6 +111,8 @@ pub struct TargetSettings {
     pub rate_limit_per_second: u64,
     /// `max_body_bytes`: largest accepted request body.
     pub max_body_bytes: usize,
+    /// `max_key_bytes`: longest KV key the store takes (0 = no limit).
+    pub max_key_bytes: usize,
     /// `cors_origins`: allowed origins; `["*"]` for any, empty for none.
     pub cors_origins: Vec<String>,
     /// `jwt_audience`: the `aud` every token must carry (`None`: tokens must
@@ -130,6 +132,7 @@ impl Default for TargetSettings {
             retention_entries: c.retention_entries,
             rate_limit_per_second: c.rate_limit_per_second,
             max_body_bytes: c.max_body_bytes,
+            max_key_bytes: c.max_key_bytes,
             cors_origins: Vec::new(),
             jwt_audience: c.jwt_audience,
             jwt_issuer: c.jwt_issuer,
@@ -177,6 +180,7 @@ impl TargetSettings {
                 self.rate_limit_per_second.to_string(),
             ),
             ("max_body_bytes".into(), self.max_body_bytes.to_string()),
+            ("max_key_bytes".into(), self.max_key_bytes.to_string()),
             ("cors_origins".into(), self.cors_origins.join(",")),
         ]
         .into_iter()
@@ -204,6 +208,11 @@ pub struct Requires {
     pub long_poll: bool,
     /// A required audience and issuer (`jwt_audience`, `jwt_issuer`).
     pub jwt_claims: bool,
+    /// Keys of 128-character names and 255-character idempotency keys fit
+    /// the store: `max_key_bytes` 0 (no limit) or at least 1024.
+    pub long_keys: bool,
+    /// A key limit names can reach: `max_key_bytes` in 64..=256.
+    pub key_limit: bool,
 }
 
 impl Requires {
@@ -216,6 +225,8 @@ impl Requires {
         cors: false,
         long_poll: false,
         jwt_claims: false,
+        long_keys: false,
+        key_limit: false,
     };
 
     /// Why `settings` cannot run a case with these requirements, if they
@@ -272,6 +283,17 @@ impl Requires {
         }
         if self.jwt_claims && (s.jwt_audience.is_none() || s.jwt_issuer.is_none()) {
             missing.push("jwt_audience and jwt_issuer set (target lacks one)".to_string());
+        }
+        let limit = s.max_key_bytes;
+        if self.long_keys && (1..1024).contains(&limit) {
+            missing.push(format!(
+                "max_key_bytes 0 or ≥ 1024 for keys of 128-character names (target has {limit})"
+            ));
+        }
+        if self.key_limit && !(64..=256).contains(&limit) {
+            missing.push(format!(
+                "max_key_bytes in 64..=256 to see 400 key-too-long (target has {limit})"
+            ));
         }
         if missing.is_empty() {
             Ok(())
@@ -410,6 +432,10 @@ const LONG_POLL: Requires = Requires {
     long_poll: true,
     ..Requires::BASIC
 };
+const LONG_KEYS: Requires = Requires {
+    long_keys: true,
+    ..Requires::BASIC
+};
 
 registry! { $;
     // Health, routing, methods.
@@ -429,7 +455,7 @@ registry! { $;
     auth::audience_and_issuer_are_enforced => Requires { jwt_claims: true, ..BASIC },
     // Documents.
     documents::put_creates_201_then_replaces_200 => BASIC,
-    documents::put_accepts_any_json_value => BASIC,
+    documents::put_accepts_any_json_value => LONG_KEYS,
     documents::put_recreates_deleted_document_with_201 => BASIC,
     documents::get_has_etag_and_cache_control => BASIC,
     documents::escaped_unreserved_characters_name_the_same_document => BASIC,
@@ -450,7 +476,7 @@ registry! { $;
     idempotency::put_replay_returns_first_result => BASIC,
     idempotency::patch_and_delete_replays => BASIC,
     idempotency::key_reuse_with_other_request_is_422 => BASIC,
-    idempotency::bad_keys_are_400 => BASIC,
+    idempotency::bad_keys_are_400 => LONG_KEYS,
     idempotency::keys_are_per_user => BASIC,
     // Changes feed.
     changes::entries_have_the_contract_shape => BASIC,
@@ -484,7 +510,7 @@ registry! { $;
     isolation::users_cannot_see_each_other => BASIC,
     isolation::hostile_subs_are_just_names => BASIC,
     // Bad input.
-    input::bad_names_are_400 => BASIC,
+    input::bad_names_are_400 => LONG_KEYS,
     input::bad_json_is_400 => BASIC,
     input::values_nested_too_deep_are_400 => BASIC,
     input::oversized_bodies_are_413 => BASIC,
@@ -492,6 +518,7 @@ registry! { $;
     input::content_length_games_change_nothing => BASIC,
     // Limits.
     limits::rate_limit_is_429_with_retry_after => Requires { rate_limit: true, ..BASIC },
+    limits::keys_too_long_for_the_store_are_400 => Requires { key_limit: true, ..BASIC },
     // CORS.
     cors::preflight_needs_no_token => Requires { cors: true, ..BASIC },
     cors::allowed_origin_gets_exposed_headers => Requires { cors: true, ..BASIC },

@@ -21,7 +21,7 @@ use edgesync_e2e::{Target, TargetSettings, CASES};
 fn usage() -> ! {
     eprintln!(
         "usage: edgesync-e2e --url URL --secret SECRET [--max-wait-seconds N] [--poll-interval-seconds N] \
-         [--retention-entries N] [--rate-limit-per-second N] [--max-body-bytes N] [--cors-origins LIST] \
+         [--retention-entries N] [--rate-limit-per-second N] [--max-body-bytes N] [--max-key-bytes N] [--cors-origins LIST] \
          [--case NAME]... [--jobs N]"
     );
     std::process::exit(2)
@@ -45,6 +45,7 @@ fn main() {
             "--retention-entries" => settings.retention_entries = number(value()),
             "--rate-limit-per-second" => settings.rate_limit_per_second = number(value()),
             "--max-body-bytes" => settings.max_body_bytes = number(value()) as usize,
+            "--max-key-bytes" => settings.max_key_bytes = number(value()) as usize,
             "--cors-origins" => {
                 settings.cors_origins = value()
                     .split(',')

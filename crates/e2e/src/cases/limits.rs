@@ -176,3 +176,70 @@ async fn ids_logged_after(api: &Api<'_>, user: &User, since: u64) -> anyhow::Res
         })
         .unwrap_or_default())
 }
+
+/// With a key limit (`max_key_bytes`), names that would make a document's
+/// key (`u/<escaped user id>/d/<collection>/<id>`) longer are refused with
+/// 400 `key-too-long` (carrying the limit) on every method and in a batch,
+/// and change nothing; names that make a key of exactly the limit are
+/// served. Likewise for an idempotency key's
+/// (`u/<escaped user id>/k/<epoch>/<escaped key>`, the epoch counted at its
+/// longest, 20 digits).
+pub async fn keys_too_long_for_the_store_are_400(t: &Target) -> anyhow::Result<()> {
+    let api = t.api();
+    let u = t.new_user();
+    let max = t.settings.max_key_bytes;
+    // The suite's subs need no escaping.
+    let prefix = format!("u/{}/", u.sub).len();
+    let room = max - prefix - "d//".len();
+    let c = "c".repeat(room / 2);
+    let fits = "i".repeat(room - c.len());
+    put(&api, &u, &c, &fits, &json!(1)).await?.expect(201);
+    api.get(doc_path(&c, &fits))
+        .auth(&u)
+        .send()
+        .await?
+        .expect(200);
+    let h = head(&api, &u).await?;
+
+    let over = format!("{fits}i");
+    let path = doc_path(&c, &over);
+    let refusals = [
+        put(&api, &u, &c, &over, &json!(1)).await?,
+        api.get(&path).auth(&u).send().await?,
+        api.delete(&path).auth(&u).send().await?,
+        api.patch(&path)
+            .auth(&u)
+            .body_with_type("application/merge-patch+json", "{}")
+            .send()
+            .await?,
+        post_batch(
+            &api,
+            &u,
+            &json!({"mutations": [
+                {"id": "k1", "op": "put", "collection": c, "doc": "fine", "value": 1},
+                {"id": "k2", "op": "put", "collection": c, "doc": over, "value": 1},
+            ]}),
+        )
+        .await?,
+    ];
+    for r in refusals {
+        let problem = r.expect_problem(400, "key-too-long");
+        assert_eq!(problem["max_key_bytes"], json!(max), "{problem}");
+    }
+    assert_nothing_changed(&api, &u, h, Some((&c, "fine", 404)), "keys too long").await?;
+
+    let key_room = max - prefix - "k/".len() - 20 - "/".len();
+    let with_key = |key: String| {
+        api.put(doc_path(&c, "keyed"))
+            .auth(&u)
+            .header("Idempotency-Key", key)
+            .json(&json!(2))
+            .send()
+    };
+    with_key("k".repeat(key_room + 1))
+        .await?
+        .expect_problem(400, "key-too-long");
+    assert_nothing_changed(&api, &u, h, Some((&c, "keyed", 404)), "a key too long").await?;
+    with_key("k".repeat(key_room)).await?.expect(201);
+    Ok(())
+}
