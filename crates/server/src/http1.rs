@@ -334,9 +334,12 @@ impl<H: Handler> Conn<'_, H> {
                     Ok(Some(head)) => head,
                     Ok(None) => break false,
                     Err(Fail::Reject(status, detail)) => {
-                        // Refused as soon as the head is complete.
+                        // Refused as soon as the head is complete. The
+                        // head did not parse, but an answer to what reads
+                        // as a HEAD request still carries no content.
                         let started = std::time::Instant::now();
-                        Box::pin(self.reject(None, started, status, detail)).await;
+                        let method = self.buf.starts_with(b"HEAD ").then_some(Method::HEAD);
+                        Box::pin(self.reject(method.as_ref(), started, status, detail)).await;
                         break true;
                     }
                     Err(Fail::Drop(why)) => {

@@ -775,6 +775,21 @@ async fn head_answers_carry_headers_only_and_bodiless_statuses_no_length() {
     let reply = read_reply(&mut stream, &mut carry, false).await;
     assert_eq!(reply.body, "GET /info HTTP/1.1 1");
     assert!(carry.is_empty());
+    // A HEAD refused for its head (no Host; a malformed field) gets the
+    // problem's length and no content either.
+    for request in [
+        &b"HEAD /info HTTP/1.1\r\n\r\n"[..],
+        b"HEAD /info HTTP/1.1\r\nHost: t\r\nX : y\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let mut carry = Vec::new();
+        stream.write_all(request).await.unwrap();
+        let reply = read_reply(&mut stream, &mut carry, true).await;
+        assert_eq!(reply.status, 400);
+        assert_ne!(reply.header("content-length"), Some("0"));
+        assert!(closed(&mut stream).await, "no content follows");
+        assert!(carry.is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
