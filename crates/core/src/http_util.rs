@@ -5,6 +5,16 @@ use http::HeaderValue;
 
 use crate::engine::Cond;
 
+/// The byte two hex digits spell (`from_str_radix` alone would also take
+/// a sign: `%+1`).
+fn hex_byte(hex: &str) -> Option<u8> {
+    if hex.len() == 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u8::from_str_radix(hex, 16).ok()
+    } else {
+        None
+    }
+}
+
 /// Decode one `application/x-www-form-urlencoded` component; `None` if it
 /// is not valid percent-encoding of UTF-8.
 pub(crate) fn percent_decode(raw: &str) -> Option<String> {
@@ -14,8 +24,7 @@ pub(crate) fn percent_decode(raw: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = raw.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                out.push(hex_byte(raw.get(i + 1..i + 3)?)?);
                 i += 3;
             }
             b'+' => {
@@ -65,7 +74,7 @@ pub(crate) fn normalize_segment(raw: &str) -> std::borrow::Cow<'_, str> {
         out.push_str(&rest[..at]);
         let decoded = rest
             .get(at + 1..at + 3)
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .and_then(hex_byte)
             .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
         match decoded {
             Some(b) => {
@@ -297,6 +306,7 @@ mod tests {
             ("a%", "a%"),
             ("a%7", "a%7"),
             ("a%zz", "a%zz"),
+            ("a%+7E", "a%+7E"),
             ("caf%C3%A9", "caf%C3%A9"),
         ] {
             assert_eq!(normalize_segment(raw), normal, "{raw}");
@@ -361,6 +371,10 @@ mod tests {
             QueryError::Malformed("a".into())
         );
         assert!(query_params(Some("a=%C3")).is_err());
+        assert!(
+            query_params(Some("a=%+1")).is_err(),
+            "a sign is no hex digit"
+        );
         assert_eq!(parse_u64("007"), Some(7));
         for bad in ["", "-1", "+1", "1.0", " 1", "99999999999999999999999"] {
             assert_eq!(parse_u64(bad), None, "{bad}");

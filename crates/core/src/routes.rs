@@ -1100,6 +1100,18 @@ async fn mutations<K: Kv, H: Host>(
         )
         .into());
     }
+    for (name, shown) in [(IF_MATCH, "If-Match"), (IF_NONE_MATCH, "If-None-Match")] {
+        if request.headers().contains_key(name) {
+            // Likewise: the batch as a whole has no version to compare.
+            return Err(Problem::invalid_parameter(
+                shown,
+                format!(
+                    "a batch takes no {shown} header: an item's \"if_version\" is its precondition"
+                ),
+            )
+            .into());
+        }
+    }
     let batch = parse_batch(request.body())?;
     for (m, key) in &batch {
         log.check_key_lengths(&[

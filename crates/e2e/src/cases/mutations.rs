@@ -456,6 +456,18 @@ pub async fn batch_input_errors(t: &Target) -> anyhow::Result<()> {
         .await?
         .expect_problem(400, "invalid-parameter");
     assert_eq!(p["parameter"], "Idempotency-Key", "{p}");
+    // So would a batch-wide precondition: the items carry their own.
+    for (name, value) in [("If-Match", "\"1\""), ("If-None-Match", "*")] {
+        let p = api
+            .post("/v1/mutations")
+            .auth(&u)
+            .header(name, value)
+            .body_with_type("application/json", body.clone())
+            .send()
+            .await?
+            .expect_problem(400, "invalid-parameter");
+        assert_eq!(p["parameter"], name, "{p}");
+    }
     // A compressed body is not read as if it were plain.
     let r = api
         .post("/v1/mutations")
