@@ -10,7 +10,7 @@ use crate::model::{
     Polling, ResyncReason, Status, StoredDoc, SyncEvent,
 };
 use crate::storage::{open_private, Commit, DocWrite, Storage, StorageError, WriteOutcome};
-use crate::wire::{ChangesOutcome, ChangesResponse, ItemResult, Wire};
+use crate::wire::{BatchResponse, ChangesOutcome, ChangesResponse, ItemResult, Wire};
 use crate::SyncConfig;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -1046,11 +1046,7 @@ impl Shared {
                 // settles the items before it. Settle them here: sent again,
                 // an item refused for good would be evaluated afresh, after
                 // the items that followed it.
-                let settled: Vec<ItemResult> = problem
-                    .extensions
-                    .get("results")
-                    .and_then(|r| serde_json::from_value(r.clone()).ok())
-                    .unwrap_or_default();
+                let settled = settled_before_stop(&problem);
                 let error = Error::Server {
                     status,
                     problem,
@@ -1191,8 +1187,31 @@ impl Shared {
         st: &mut NetState,
         pending: PendingMutation,
     ) -> Result<SendOutcome, Error> {
-        let resp = self.wire.mutations(std::slice::from_ref(&pending)).await;
-        let resp = self.settle(st, resp)?;
+        let resp = match self.wire.mutations(std::slice::from_ref(&pending)).await {
+            // The batch stopped after settling its one item (the server
+            // applied it, then could not read the head): the item's result
+            // is in the answer, and it was applied.
+            Err(Error::Server {
+                status: status @ (429 | 503),
+                problem,
+                retry_after,
+            }) => {
+                let results = settled_before_stop(&problem);
+                if !results.iter().any(|r| r.id == pending.key) {
+                    return Err(Error::Server {
+                        status,
+                        problem,
+                        retry_after,
+                    });
+                }
+                self.on_success(st);
+                BatchResponse {
+                    results,
+                    head: None,
+                }
+            }
+            resp => self.settle(st, resp)?,
+        };
         let r = resp
             .results
             .iter()
@@ -1302,6 +1321,16 @@ fn classify(p: &PendingMutation, r: &ItemResult) -> Settled {
         }),
         _ => Settled::Transient,
     }
+}
+
+/// The results of the items a batch settled before the refusal worth
+/// retrying (429, 503) that stopped it, as that refusal lists them.
+fn settled_before_stop(problem: &crate::model::Problem) -> Vec<ItemResult> {
+    problem
+        .extensions
+        .get("results")
+        .and_then(|r| serde_json::from_value(r.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// How many of `queue`'s first items may share one batch. A batch whose

@@ -302,16 +302,18 @@ impl Wire {
             StatusCode::OK => json_body(resp).await.map(Some),
             StatusCode::NOT_FOUND => {
                 let (status, problem) = problem_of(resp).await;
-                // A 404 for an unknown route (an old or foreign server) is an
-                // error, not an absent document.
-                if problem.kind == "not-found" {
+                // Only edgesync's own answer means the document is absent; a
+                // 404 for an unknown route, or one that is no problem
+                // document of edgesync's (a proxy, a wrong path prefix in
+                // the server URL), is an error.
+                if problem.kind == "document-not-found" {
+                    Ok(None)
+                } else {
                     Err(Error::Server {
                         status,
                         problem,
                         retry_after: None,
                     })
-                } else {
-                    Ok(None)
                 }
             }
             _ => Err(server_error(resp).await),

@@ -6,7 +6,7 @@ mod support;
 
 use edgesync_client::{
     Client, Clock, Commit, DocWrite, Error, MemoryStorage, Mode, Mutation, Origin, ParkReason,
-    Polling, Resolution, ResyncReason, Storage, SyncConfig, SyncEvent, VirtualClock,
+    Polling, Resolution, ResyncReason, SendOutcome, Storage, SyncConfig, SyncEvent, VirtualClock,
 };
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1289,6 +1289,63 @@ async fn a_stopped_batch_settles_the_items_before_the_stop() {
         1,
         "the conflict waits for the app"
     );
+}
+
+/// `send_now` (the CLI's fail-fast writes): a batch that stopped with 503
+/// after applying its one item (the server could not read the head after
+/// it) lists that item's result, so the write is reported as applied and
+/// stored, not as failed (retried, it would be written twice); a 503 that
+/// settled nothing is an error and stores nothing. And `fetch` takes only
+/// edgesync's `document-not-found` for an absent document: a 404 from
+/// something else (a proxy, a wrong path prefix in the URL) is an error.
+#[tokio::test]
+async fn send_now_reads_a_stopped_batch_and_fetch_trusts_only_document_not_found() {
+    let clock = VirtualClock::new();
+    let posts = Arc::new(AtomicUsize::new(0));
+    let posts2 = posts.clone();
+    let server = FakeServer::start(clock.clone(), move |req| {
+        match req.path() {
+            "/v1/docs/todos/gone" => {
+                return Response::problem(404, "document-not-found", "Document not found")
+            }
+            "/v1/docs/todos/elsewhere" => {
+                return Response::new(404)
+                    .header("content-type", "text/html")
+                    .body(b"<h1>404 Not Found</h1>".to_vec())
+            }
+            _ => {}
+        }
+        let items = req.json()["mutations"].as_array().unwrap().clone();
+        let settled = if posts2.fetch_add(1, Ordering::SeqCst) == 0 {
+            vec![item_result(&items[0], 201, 8)]
+        } else {
+            vec![]
+        };
+        Response::json(
+            503,
+            json!({"type": "unavailable", "title": "Store unavailable", "status": 503,
+                "detail": "retry", "results": settled}),
+        )
+        .header("retry-after", "1")
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    match c.send_now(Mutation::put("todos", "y", json!("ok"))).await {
+        Ok(SendOutcome::Delivered(d)) => assert_eq!(d.version, Some(8)),
+        other => panic!("applied, so delivered: {other:?}"),
+    }
+    assert_eq!(c.get("todos", "y").unwrap().unwrap().version, 8);
+    let err = c
+        .send_now(Mutation::put("todos", "z", json!(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Server { status: 503, .. }), "{err}");
+    assert!(c.get("todos", "z").unwrap().is_none());
+    assert!(c.pending().unwrap().is_empty(), "fail-fast queues nothing");
+
+    assert!(c.fetch("todos", "gone").await.unwrap().is_none());
+    let err = c.fetch("todos", "elsewhere").await.unwrap_err();
+    assert!(matches!(err, Error::Server { status: 404, .. }), "{err}");
 }
 
 /// Two clients on one replica file (say `edgesync watch` and `edgesync put`
