@@ -792,6 +792,7 @@ impl Shared {
                 let result = self.store.commit(Commit {
                     docs: writes,
                     cursor: Some(page.next),
+                    cursor_from: Some(since),
                     head: Some(page.head),
                     ..Default::default()
                 })?;

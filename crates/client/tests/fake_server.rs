@@ -1598,6 +1598,49 @@ async fn a_handle_behind_a_shared_replica_skips_ahead_instead_of_resyncing() {
     assert_eq!(storage.meta().unwrap().cursor, Some(12));
 }
 
+/// Another handle on the storage puts back a snapshot from an earlier
+/// cursor (its resync) while this handle's page is in flight: the page's
+/// documents are written, but the cursor does not jump from the snapshot's
+/// cursor to the page's end, which would skip the changes between them for
+/// good (a document changed there would stay stale). The handle reads on
+/// from the snapshot's cursor instead, and the replica converges.
+#[tokio::test]
+async fn a_page_read_past_a_snapshot_put_back_meanwhile_does_not_skip_the_gap() {
+    let clock = VirtualClock::new();
+    let storage = following(40);
+    let other_handle = storage.clone();
+    let change = |seq: u64, id: &str| {
+        json!({"seq": seq, "op": "put", "collection": "todos", "id": id,
+            "version": seq, "value": seq, "ts": "2026-11-29T20:03:00.000Z"})
+    };
+    let server = FakeServer::start(clock.clone(), move |req| {
+        let page = match req.query("since").as_deref() {
+            Some("40") => {
+                // The other handle's resync lands now: a snapshot at 35,
+                // taken before "gap" changed at 38.
+                other_handle.replace_all(vec![], 35, 40).unwrap();
+                json!({"changes": [change(45, "late")], "next": 45, "head": 45})
+            }
+            Some("35") => json!({"changes": [change(38, "gap"), change(45, "late")],
+                "next": 45, "head": 45}),
+            _ => return not_modified(req),
+        };
+        Response::json(200, page).poll_headers(45, 10)
+    })
+    .await;
+    let c = client(&server, &clock, storage.clone(), Mode::Battery, 1);
+    c.sync_once().await.unwrap();
+    let sinces: Vec<String> = server
+        .requests_to("/v1/changes")
+        .iter()
+        .map(|r| r.query("since").unwrap())
+        .collect();
+    assert_eq!(sinces, ["40", "35"], "on from the snapshot's cursor");
+    assert_eq!(c.get("todos", "gap").unwrap().unwrap().version, 38);
+    assert_eq!(c.get("todos", "late").unwrap().unwrap().version, 45);
+    assert_eq!(storage.meta().unwrap().cursor, Some(45));
+}
+
 /// A 409 or 410 that is not the server's verdict on the cursor (a proxy's
 /// or a CDN's, without the problem type) is an error to back off from, not
 /// a reason to re-read every document.

@@ -88,6 +88,7 @@ impl Storage for MemoryStorage {
         // The cursor before this commit: writes at or below it are already
         // reflected by the feed (see `DocWrite`).
         let cursor = s.meta.cursor;
+        let new_cursor = commit.new_cursor(cursor);
         for w in commit.docs {
             let key = (w.collection.clone(), w.id.clone());
             let outcome = match s.docs.get(&key) {
@@ -112,8 +113,7 @@ impl Storage for MemoryStorage {
             }
             result.docs.push(outcome);
         }
-        if let Some(c) = commit.cursor {
-            let cursor = s.meta.cursor.map_or(c, |old| old.max(c));
+        if let Some(cursor) = new_cursor {
             s.meta.cursor = Some(cursor);
             s.docs
                 .retain(|_, d| d.value.is_some() || d.version > cursor);

@@ -139,6 +139,13 @@ pub struct Commit {
     /// processes sharing a store may commit pages out of order). Tombstones at
     /// or below the new cursor are pruned.
     pub cursor: Option<u64>,
+    /// The cursor the page being committed was read from. With it, the
+    /// cursor advances only if the stored one is at or past it: otherwise
+    /// another handle has meanwhile put back a snapshot from an earlier
+    /// cursor ([`Storage::replace_all`]), and the changes between the two
+    /// are in neither; advancing would skip them for good. The documents
+    /// are written either way.
+    pub cursor_from: Option<u64>,
     /// Record the server's head.
     pub head: Option<u64>,
     /// Set or clear the resync flag.
@@ -154,6 +161,20 @@ pub struct Commit {
     pub unpark: Option<u64>,
     /// Mutations to append to the queue.
     pub enqueue: Vec<NewMutation>,
+}
+
+impl Commit {
+    /// The cursor after this commit, given the `stored` one; `None` if it
+    /// stays as it is. For [`Storage`] implementations: the rules of
+    /// [`Commit::cursor`] and [`Commit::cursor_from`].
+    pub fn new_cursor(&self, stored: Option<u64>) -> Option<u64> {
+        let to = self.cursor?;
+        match (stored, self.cursor_from) {
+            (Some(old), Some(from)) if from > old => None,
+            (Some(old), _) => Some(old.max(to)),
+            (None, _) => Some(to),
+        }
+    }
 }
 
 /// Counts of queued mutations.
@@ -322,6 +343,22 @@ pub(crate) mod conformance {
         })
         .unwrap();
         assert_eq!(s.meta().unwrap().cursor, Some(5));
+        // Nor past a gap: a page read from beyond the stored cursor (which
+        // a snapshot put back meanwhile) leaves it where it is.
+        s.commit(Commit {
+            cursor: Some(7),
+            cursor_from: Some(6),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.meta().unwrap().cursor, Some(5));
+        s.commit(Commit {
+            cursor: Some(6),
+            cursor_from: Some(5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.meta().unwrap().cursor, Some(6));
 
         // A delete newer than the copy; a tombstone above the cursor blocks
         // an older put from resurrecting the document.

@@ -335,6 +335,7 @@ impl Storage for SqliteStorage {
         // The cursor before this commit: writes at or below it are already
         // reflected by the feed (see `DocWrite`).
         let cursor = meta_u64(&tx, "cursor")?;
+        let new_cursor = commit.new_cursor(cursor);
         for w in commit.docs {
             let old: Option<(i64, bool)> = tx
                 .query_row(
@@ -371,8 +372,7 @@ impl Storage for SqliteStorage {
             }
             result.docs.push(outcome);
         }
-        if let Some(c) = commit.cursor {
-            let cursor = meta_u64(&tx, "cursor")?.map_or(c, |old| old.max(c));
+        if let Some(cursor) = new_cursor {
             set_meta(&tx, "cursor", &cursor.to_string())?;
             tx.execute(
                 "DELETE FROM docs WHERE value IS NULL AND version <= ?1",
