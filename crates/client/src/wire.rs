@@ -403,14 +403,15 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-/// Largest response body read: a page of changes or documents holds at
-/// most 1 MiB of values, and one document at most the server's largest
-/// body (16 MiB), so this is room to spare for any edgesync answer, and a
-/// bound on what a broken or hostile server can make the client hold.
+/// Largest response body read, errors included: a page of changes or
+/// documents holds at most 1 MiB of values, and one document at most the
+/// server's largest body (16 MiB), so this is room to spare for any
+/// edgesync answer, and a bound on what a broken or hostile server can make
+/// the client hold. A problem document is usually a few hundred bytes, but
+/// the one that stops a batch lists the results (documents included) of
+/// every item settled before it: cut short, they would be lost, and items
+/// refused for good would be sent, and judged, again.
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
-
-/// Largest error body read (a problem document is a few hundred bytes).
-const MAX_PROBLEM_BYTES: usize = 64 * 1024;
 
 /// The body, or an error once it passes `max` bytes (read no further).
 async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Error> {
@@ -439,7 +440,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> R
 
 async fn problem_of(resp: reqwest::Response) -> (u16, Problem) {
     let status = resp.status();
-    let bytes = read_capped(resp, MAX_PROBLEM_BYTES)
+    let bytes = read_capped(resp, MAX_RESPONSE_BYTES)
         .await
         .unwrap_or_default();
     let problem = serde_json::from_slice::<Problem>(&bytes)

@@ -1235,10 +1235,13 @@ async fn a_stopped_batch_settles_the_items_before_the_stop() {
         if posts2.fetch_add(1, Ordering::SeqCst) > 0 {
             return all_applied(req, 9);
         }
-        let settled = [
+        let mut settled = [
             item_result(&items[0], 412, 0),
             item_result(&items[1], 201, 8),
         ];
+        // A stop lists whole documents: it may be far larger than a
+        // plain problem document.
+        settled[1]["document"]["padding"] = "p".repeat(200 * 1024).into();
         Response::json(
             429,
             json!({"type": "rate-limited", "title": "Too many mutations", "status": 429,
