@@ -27,7 +27,9 @@
 //!   every request, `/v1/health` included, is answered `500` with an
 //!   `application/problem+json` body of type `misconfigured`, and the
 //!   reason is written to stderr (Spin's component log): it is the
-//!   operator's mistake, not the client's.
+//!   operator's mistake, not the client's. A variables provider that fails
+//!   (a secrets store being down) is answered `503 unavailable` with
+//!   `Retry-After` instead: it may recover by itself.
 //! * **HTTP glue** between spin-sdk's wasi:http types and the
 //!   `http::Request<Vec<u8>>` / `http::Response<Vec<u8>>` the core speaks
 //!   (see [`convert`]). The body is streamed in and reading stops after
@@ -122,6 +124,18 @@ mod app {
     async fn respond(component: &str, request: IncomingRequest) -> http::Response<Vec<u8>> {
         let config = match settings::load(read_variable) {
             Ok(config) => config,
+            Err(e @ settings::SettingsError::Provider { .. }) => {
+                eprintln!("{component}: settings unavailable: {e}");
+                let mut r = convert::problem(
+                    503,
+                    "unavailable",
+                    "Service unavailable",
+                    "The app's settings could not be read just now; retry.",
+                );
+                r.headers_mut()
+                    .insert("retry-after", http::HeaderValue::from_static("1"));
+                return r;
+            }
             Err(e) => {
                 eprintln!("{component}: the app is misconfigured: {e}");
                 return misconfigured();
@@ -177,11 +191,13 @@ mod app {
         response
     }
 
-    fn read_variable(name: &str) -> Result<Option<String>, String> {
+    fn read_variable(name: &str) -> Result<Option<String>, settings::ReadError> {
+        use spin_sdk::variables::Error;
         match spin_sdk::variables::get(name) {
             Ok(value) => Ok(Some(value)),
-            Err(spin_sdk::variables::Error::Undefined(_)) => Ok(None),
-            Err(e) => Err(format!("{e:?}")),
+            Err(Error::Undefined(_)) => Ok(None),
+            Err(Error::Provider(message)) => Err(settings::ReadError::Provider(message)),
+            Err(e) => Err(settings::ReadError::Other(format!("{e:?}"))),
         }
     }
 

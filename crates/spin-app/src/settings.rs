@@ -5,12 +5,31 @@ use std::collections::HashMap;
 use edgesync_core::config::SETTING_NAMES;
 use edgesync_core::{Config, ConfigError};
 
-/// Why the app cannot serve: an operator error, answered with 500 on every
-/// request and logged.
+/// Why Spin could not produce a variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The variables provider (a secrets store such as Vault) failed: it
+    /// may recover.
+    Provider(String),
+    /// Anything else (an invalid name, an error of Spin's own).
+    Other(String),
+}
+
+/// Why the app cannot serve. Guessing a default for a variable that could
+/// not be read could silently weaken the service, so nothing is served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingsError {
-    /// Spin could not produce a variable (e.g. its secrets provider failed).
-    /// Guessing a default here could silently weaken the service.
+    /// The variables provider failed: answered with 503 and `Retry-After`,
+    /// like a store that failed.
+    #[error("Spin's variables provider could not produce `{name}`: {message}")]
+    Provider {
+        /// The variable's name.
+        name: &'static str,
+        /// What Spin reported.
+        message: String,
+    },
+    /// Spin could not produce a variable for another reason: an operator
+    /// error, answered with 500 on every request and logged.
     #[error("Spin variable `{name}` could not be read: {message}")]
     Variable {
         /// The variable's name.
@@ -27,7 +46,7 @@ pub enum SettingsError {
 /// `Ok(None)` for a variable that is not set) and parse them with
 /// [`Config::from_lookup`].
 pub fn load(
-    read: impl Fn(&str) -> Result<Option<String>, String>,
+    read: impl Fn(&str) -> Result<Option<String>, ReadError>,
 ) -> Result<Config, SettingsError> {
     let mut values = HashMap::new();
     for &name in SETTING_NAMES {
@@ -36,7 +55,12 @@ pub fn load(
                 values.insert(name, value);
             }
             Ok(None) => {}
-            Err(message) => return Err(SettingsError::Variable { name, message }),
+            Err(ReadError::Provider(message)) => {
+                return Err(SettingsError::Provider { name, message })
+            }
+            Err(ReadError::Other(message)) => {
+                return Err(SettingsError::Variable { name, message })
+            }
         }
     }
     Ok(Config::from_lookup(|name| values.get(name).cloned())?)
@@ -76,16 +100,31 @@ mod tests {
         );
         let err = load(|name| match name {
             "jwt_secret" => Ok(Some(SECRET.into())),
-            "cors_origins" => Err("vault unreachable".into()),
+            "cors_origins" => Err(ReadError::Provider("vault unreachable".into())),
             _ => Ok(None),
         })
         .unwrap_err();
         assert_eq!(
             err,
-            SettingsError::Variable {
+            SettingsError::Provider {
                 name: "cors_origins",
                 message: "vault unreachable".into()
             }
+        );
+        let err = load(|name| match name {
+            "jwt_secret" => Ok(Some(SECRET.into())),
+            _ => Err(ReadError::Other("invalid name".into())),
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SettingsError::Variable {
+                    name: "jwt_audience",
+                    ..
+                }
+            ),
+            "{err}"
         );
     }
 }
