@@ -4,8 +4,8 @@
 //! (server, user), so a write made while the server is down is queued
 //! durably and delivered, in order, by the next command that reaches it.
 //! `watch` prints every change it applies from the feed, including those a
-//! `put` beside it already stored; two `watch`es on one replica share its
-//! cursor, so give each its own `--state-dir` if each must print everything.
+//! `put` beside it already stored; two `watch`es on one replica each follow
+//! the feed from where they last read, so each prints every change.
 //!
 //! Exit codes: 0 ok, 1 runtime or server error, 2 usage error.
 
@@ -298,7 +298,9 @@ fn read_json(arg: &str) -> Value {
     } else {
         (arg.to_string(), "the argument".to_string())
     };
-    serde_json::from_str(&text)
+    // Read as the server reads a body: a member named twice is refused, not
+    // silently collapsed to its last value before it is sent.
+    edgesync_core::strict_json::parse(text.as_bytes())
         .unwrap_or_else(|e| usage_error(format_args!("{source} is not valid JSON: {e}")))
 }
 

@@ -19,6 +19,9 @@ pub struct RestoreArgs {
 }
 
 pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
+    // A mistyped backup path must not leave a new, empty data directory.
+    std::fs::File::open(&args.backup)
+        .with_context(|| format!("cannot read the backup {}", args.backup.display()))?;
     settings::ensure_data_dir(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let store = args.data_dir.join(SQLITE_FILE);

@@ -13,8 +13,8 @@ use edgesync_server::settings::{self, MissingSecret};
 /// Whom the token is for and how long it lasts.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// The user (`sub` claim).
-    #[arg(long)]
+    /// The user (`sub` claim), 1 to 256 bytes.
+    #[arg(long, value_parser = parse_sub)]
     pub sub: String,
     /// Lifetime: `30s`, `15m`, `1h`, `7d`, or plain seconds.
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
@@ -27,6 +27,15 @@ pub struct TokenArgs {
 
 /// Longest accepted lifetime (10 years); anything longer is surely a typo.
 const MAX_TTL: u64 = 10 * 365 * 86_400;
+
+/// A `sub` the server accepts.
+fn parse_sub(value: &str) -> Result<String, String> {
+    let max = edgesync_core::auth::MAX_SUB_BYTES;
+    if value.is_empty() || value.len() > max {
+        return Err(format!("must be 1 to {max} bytes"));
+    }
+    Ok(value.to_owned())
+}
 
 /// Parse a lifetime into seconds.
 pub fn parse_ttl(value: &str) -> Result<u64, String> {
@@ -53,12 +62,6 @@ pub fn parse_ttl(value: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
-    if args.sub.is_empty() || args.sub.len() > edgesync_core::auth::MAX_SUB_BYTES {
-        anyhow::bail!(
-            "--sub must be 1 to {} bytes",
-            edgesync_core::auth::MAX_SUB_BYTES
-        );
-    }
     // Never a new secret here: no server would accept what it signs.
     let config = crate::serve::load_config(
         &args.data_dir,
@@ -85,6 +88,14 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subs_are_what_the_server_accepts() {
+        assert_eq!(parse_sub("alice"), Ok("alice".to_owned()));
+        assert!(parse_sub(&"a".repeat(256)).is_ok());
+        assert!(parse_sub("").is_err());
+        assert!(parse_sub(&"a".repeat(257)).is_err());
+    }
 
     #[test]
     fn ttls_parse() {

@@ -1344,6 +1344,7 @@ fn cli_usage_errors_exit_2() {
     for args in [
         &["put", "todos"][..],
         &["put", "todos", "a", "{not json"][..],
+        &["put", "todos", "a", r#"{"a":1,"a":2}"#][..],
         &["get", "bad/name", "a"][..],
         &["resolve", "1"][..],
         &["resolve", "1", "--discard", "--overwrite"][..],

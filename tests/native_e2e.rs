@@ -855,6 +855,18 @@ async fn scheduled_backups_and_restore() {
         .collect();
     assert_eq!(kept.len(), 1, "the replaced store is kept");
 
+    // A backup that is not there: refused, and no data directory is made.
+    let nowhere = dir.join("not-made");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgesync"))
+        .arg("restore")
+        .arg(dir.join("no-such-backup.sqlite3"))
+        .arg("--data-dir")
+        .arg(&nowhere)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!nowhere.exists(), "a data directory was made for nothing");
+
     // Backups are for the embedded store only: refused at start-up on Redis.
     let stderr = refused_on_redis(
         &dir,

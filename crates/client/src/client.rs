@@ -153,6 +153,9 @@ impl ClientBuilder {
     /// has no subject or no data directory is known). No request is made
     /// until [`Client::start`] or a one-shot operation.
     pub fn build(self) -> Result<Client, Error> {
+        // Checked first: a URL that is no URL must not leave a replica
+        // file behind.
+        let server = crate::wire::normalize_url(&self.url)?;
         let store: Arc<dyn Storage> = match self.storage {
             StorageChoice::Default => Arc::new(SqliteStorage::open(
                 crate::location::default_replica_path(&self.url, &self.token)?,
@@ -163,7 +166,6 @@ impl ClientBuilder {
         // The replica's documents, cursor and queue are one user's on one
         // server: refuse to follow another server with them, or to send the
         // queue with another user's token.
-        let server = crate::wire::normalize_url(&self.url)?;
         let user = token_subject(&self.token);
         let meta = store.bind(&server, user.as_deref())?;
         check_binding(&meta, &server, user.as_deref())?;

@@ -41,6 +41,11 @@ fn without_storage_the_replica_is_sqlite_in_the_data_dir() {
     assert!(c.pending().unwrap().is_empty());
     assert_ne!(default_replica_path(url, &bob).unwrap(), path);
 
+    // A URL that is no URL is refused before a replica is made for it.
+    assert!(Client::builder("not a url", &token).build().is_err());
+    let stray = default_replica_path("not a url", &token).unwrap();
+    assert!(!stray.exists(), "{stray:?}");
+
     // No way to name a default: a typed error, not a mutation error.
     let err = Client::builder(url, "opaque").build().unwrap_err();
     assert!(

@@ -245,7 +245,7 @@ pub mod names;
 mod problem;
 mod routes;
 mod service;
-mod strict_json;
+pub mod strict_json;
 mod time;
 
 pub use config::{Config, ConfigError, CorsOrigins};

@@ -14,7 +14,7 @@ use serde_json::{Map, Number, Value};
 
 /// Parse `bytes` as one JSON value; an object with a repeated member name
 /// is an error, like a syntax error.
-pub(crate) fn parse(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+pub fn parse(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Strict.deserialize(&mut de)?;
     de.end()?;
