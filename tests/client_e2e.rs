@@ -9,7 +9,8 @@
 //! between client and server; waits are measured on the client's own clock.
 
 use edgesync_client::{
-    Client, Clock, Mode, Origin, Polling, Sleep, SyncConfig, SyncEvent, SystemClock, VirtualClock,
+    Client, Clock, Mode, Mutation, Origin, Polling, SendOutcome, Sleep, SyncConfig, SyncEvent,
+    SystemClock, VirtualClock,
 };
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -987,6 +988,42 @@ async fn live_replica_long_polls_a_real_server() {
     assert_eq!(p.response_header("preference-applied"), Some("wait=25"));
     assert_eq!(p.status, 200);
     assert_eq!(c.status().polling, Polling::LongPoll);
+}
+
+/// A one-shot operation (`send_now`, the CLI's fail-fast write; `fetch`)
+/// made while the engine holds a long-poll ends the hold and goes next: it
+/// does not wait for the server to answer the hold (a 304 after 25 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_operations_do_not_wait_out_a_held_long_poll() {
+    let dir = TempDir::new("one-shot");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    server_put(&server, "lou", "todos", "a", &json!("there"));
+    for op in ["send_now", "fetch"] {
+        let clock = SystemClock::default();
+        let proxy = Proxy::start(server.port, Arc::new(clock.clone()), None);
+        let db = dir.path().join(format!("{op}.db"));
+        let c = proxied(&proxy, "lou", &db, test_config(Mode::Live), clock);
+        c.start();
+        eventually("bootstrapped", 30, || c.status().cursor.is_some()).await;
+        eventually("a long-poll is held", 30, || proxy.in_flight() == 1).await;
+        if op == "send_now" {
+            let sent = c.send_now(Mutation::put("todos", "b", json!(1))).await;
+            assert!(matches!(sent, Ok(SendOutcome::Delivered(_))), "{sent:?}");
+        } else {
+            let doc = c.fetch("todos", "a").await.unwrap().unwrap();
+            assert_eq!(doc.value, json!("there"));
+        }
+        let waited_out: Vec<_> = proxy
+            .to("/v1/changes")
+            .into_iter()
+            .filter(|e| e.status == 304)
+            .collect();
+        assert!(
+            waited_out.is_empty(),
+            "{op} waited out a hold: {waited_out:?}"
+        );
+        c.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -588,8 +588,7 @@ impl Client {
     /// error carries when the server sent one), and the caller decides when
     /// to try again.
     pub async fn flush(&self) -> Result<FlushReport, FlushError> {
-        self.shared.wake.notify_one();
-        let mut st = self.shared.gate.lock().await;
+        let mut st = self.shared.gate_for_app().await;
         let mut total = FlushReport::default();
         let mut idle_rounds = 0;
         loop {
@@ -652,8 +651,7 @@ impl Client {
     }
 
     async fn pull(&self) -> Result<(), Error> {
-        self.shared.wake.notify_one();
-        let mut st = self.shared.gate.lock().await;
+        let mut st = self.shared.gate_for_app().await;
         // Bounded: a resync plus catch-up pages; more means the server is
         // misbehaving.
         for _ in 0..10_000 {
@@ -698,8 +696,7 @@ impl Client {
     pub async fn fetch(&self, collection: &str, id: &str) -> Result<Option<Document>, Error> {
         names::check("collection", collection)?;
         names::check("id", id)?;
-        self.shared.wake.notify_one();
-        let _st = self.shared.gate.lock().await;
+        let _st = self.shared.gate_for_app().await;
         let doc = self.shared.wire.get_doc(collection, id).await?;
         if let Some(d) = &doc {
             self.shared.store.commit(Commit {
@@ -728,7 +725,7 @@ impl Client {
             mutation,
             enqueued_at_ms: now_ms(),
         };
-        let mut st = self.shared.gate.lock().await;
+        let mut st = self.shared.gate_for_app().await;
         self.shared.send_now(&mut st, pending).await
     }
 }

@@ -13,9 +13,11 @@ use crate::storage::{open_private, Commit, DocWrite, Storage, StorageError, Writ
 use crate::wire::{BatchResponse, ChangesOutcome, ChangesResponse, ItemResult, Wire};
 use crate::SyncConfig;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch, Notify};
 
@@ -209,6 +211,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The gate, for a one-shot operation the app asked for. If the engine
+    /// has it (holding a long-poll, say), the operation queues for it and
+    /// then wakes the engine, so the hold ends now instead of being waited
+    /// out, and the gate the engine lets go of goes to the first in its
+    /// queue (tokio's mutex is fair), not back to the engine.
+    pub async fn gate_for_app(&self) -> tokio::sync::MutexGuard<'_, NetState> {
+        let mut lock = std::pin::pin!(self.gate.lock());
+        let first = std::future::poll_fn(|cx| Poll::Ready(lock.as_mut().poll(cx))).await;
+        if let Poll::Ready(free) = first {
+            return free;
+        }
+        self.wake.notify_one();
+        lock.await
+    }
+
     pub fn new(
         wire: Wire,
         store: Arc<dyn Storage>,
