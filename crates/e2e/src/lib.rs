@@ -26,12 +26,14 @@
 //! ```text
 //! cargo run -p edgesync-e2e -- --url https://sync.example.com --secret "$JWT_SECRET" \
 //!     --max-wait-seconds 25 --retention-entries 10000 --rate-limit-per-second 20 \
-//!     --max-body-bytes 262144 --cors-origins https://app.example.com
+//!     --max-body-bytes 262144 --max-key-bytes 256 --cors-origins https://app.example.com
 //! ```
 //!
-//! The settings flags must state what the server runs with. Cases that need
-//! other settings (a small `retention_entries` to see compaction, a low
-//! rate limit to see 429, CORS origins, a short `max_wait_seconds`) are
+//! The settings flags must state what the server runs with (a Spin
+//! deployment: `--max-key-bytes 256` unless its manifest says otherwise).
+//! Cases that need other settings (a small `retention_entries` to see
+//! compaction, a low rate limit to see 429, CORS origins, a short
+//! `max_wait_seconds`, a key limit, or none for 128-character names) are
 //! reported as skipped, with what they need.
 //!
 //! Or write a test file (in any crate that depends on `edgesync-e2e` and

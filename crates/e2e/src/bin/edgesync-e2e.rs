@@ -3,8 +3,8 @@
 //! ```text
 //! cargo run -p edgesync-e2e -- --url http://127.0.0.1:8787 --secret "$EDGESYNC_JWT_SECRET" \
 //!     [--max-wait-seconds 25] [--poll-interval-seconds 10] [--retention-entries 10000] \
-//!     [--rate-limit-per-second 20] [--max-body-bytes 262144] [--cors-origins a,b] \
-//!     [--case NAME]... [--jobs 8]
+//!     [--rate-limit-per-second 20] [--max-body-bytes 262144] [--max-key-bytes 0] \
+//!     [--cors-origins a,b] [--case NAME]... [--jobs 8]
 //! ```
 //!
 //! The settings flags must say what the server was started with (they
