@@ -30,8 +30,8 @@ const MAX_TTL: u64 = 10 * 365 * 86_400;
 
 /// A `sub` the server accepts.
 fn parse_sub(value: &str) -> Result<String, String> {
-    let max = edgesync_core::auth::MAX_SUB_BYTES;
-    if value.is_empty() || value.len() > max {
+    if !edgesync_core::auth::is_valid_sub(value) {
+        let max = edgesync_core::auth::MAX_SUB_BYTES;
         return Err(format!("must be 1 to {max} bytes"));
     }
     Ok(value.to_owned())

@@ -596,6 +596,21 @@ fn item_result(it: &serde_json::Value, status: u16, version: u64) -> serde_json:
     r
 }
 
+/// A batch stopped by a refusal worth retrying (429 or 503), listing the
+/// results of the items it settled before the stop.
+fn stopped_batch(status: u16, settled: &[serde_json::Value], retry_after: &str) -> Response {
+    let (kind, title) = match status {
+        429 => ("rate-limited", "Too many mutations"),
+        _ => ("unavailable", "Store unavailable"),
+    };
+    Response::json(
+        status,
+        json!({"type": kind, "title": title, "status": status, "detail": "retry later",
+            "results": settled}),
+    )
+    .header("retry-after", retry_after)
+}
+
 /// A batch answered with every item applied (201) at `version`, the head.
 fn all_applied(req: &Request, version: u64) -> Response {
     let items = req.json()["mutations"].as_array().unwrap().clone();
@@ -1242,12 +1257,7 @@ async fn a_stopped_batch_settles_the_items_before_the_stop() {
         // A stop lists whole documents: it may be far larger than a
         // plain problem document.
         settled[1]["document"]["padding"] = "p".repeat(200 * 1024).into();
-        Response::json(
-            429,
-            json!({"type": "rate-limited", "title": "Too many mutations", "status": 429,
-                "detail": "retry later", "results": settled}),
-        )
-        .header("retry-after", "30")
+        stopped_batch(429, &settled, "30")
     })
     .await;
     let c = client(&server, &clock, following(5), Mode::Live, 5);
@@ -1324,12 +1334,7 @@ async fn send_now_reads_a_stopped_batch_and_fetch_trusts_only_document_not_found
         } else {
             vec![]
         };
-        Response::json(
-            503,
-            json!({"type": "unavailable", "title": "Store unavailable", "status": 503,
-                "detail": "retry", "results": settled}),
-        )
-        .header("retry-after", "1")
+        stopped_batch(503, &settled, "1")
     })
     .await;
     let c = client(&server, &clock, following(5), Mode::Live, 5);

@@ -31,6 +31,11 @@ pub const LEEWAY_SECONDS: u64 = 60;
 /// and KV backends cap key length.
 pub const MAX_SUB_BYTES: usize = 256;
 
+/// Whether `sub` can name a user: 1 to [`MAX_SUB_BYTES`] bytes.
+pub fn is_valid_sub(sub: &str) -> bool {
+    !sub.is_empty() && sub.len() <= MAX_SUB_BYTES
+}
+
 /// Longest accepted token, in bytes (a guard against absurd headers).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -196,7 +201,7 @@ pub fn verify(
         }
     }
     let sub = match claims.sub {
-        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_SUB_BYTES => s,
+        Some(serde_json::Value::String(s)) if is_valid_sub(&s) => s,
         _ => return Err(AuthError::Subject),
     };
     Ok(Claims { sub, exp, nbf })

@@ -395,9 +395,9 @@ async fn dispatch<K: Kv, H: Host>(
     };
     let user_hash = Some(user_hash(&service.log_hasher, &claims.sub));
     // Every route's query (health, answered above, aside) is checked, also
-    // where no parameter is read: a repeated one is refused everywhere alike. On a read, `If-Match` is
-    // checked against the tag the answer carries (RFC 9110 §13.1.1); on a
-    // write it is part of the mutation.
+    // where no parameter is read: a repeated one is refused everywhere
+    // alike. On a read, `If-Match` is checked against the tag the answer
+    // carries (RFC 9110 §13.1.1); on a write it is part of the mutation.
     let checked = query(&request).and_then(|params| {
         let read = method == Method::GET || method == Method::HEAD;
         Ok((params, if read { if_match(&request)? } else { None }))

@@ -7,9 +7,11 @@
 //! half-way through a write).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use edgesync_core::{Config, Kv, KvError, KvErrorKind};
+use edgesync_core::Config;
 use edgesync_sim::direct::{Answer, Api};
+use edgesync_sim::faults::{Faulty, Op, Verdict};
 use edgesync_sim::store::{MemStore, StrictKv};
 use proptest::prelude::*;
 use serde_json::json;
@@ -17,64 +19,31 @@ use serde_json::json;
 const NOW: u64 = 1_800_000_000_000;
 const LIMIT: usize = 256;
 
-/// A store that refuses keys over [`LIMIT`] bytes, as a managed host may,
-/// and remembers the longest key it was asked for.
-struct Limited {
-    inner: StrictKv,
-    longest: AtomicUsize,
-}
+/// A store that refuses keys over [`LIMIT`] bytes, as a managed host may.
+type Limited = Faulty<StrictKv, Box<dyn for<'a> Fn(Op<'a>) -> Verdict + Send + Sync>>;
 
-impl Limited {
-    fn check(&self, key: &str) -> Result<(), KvError> {
-        self.longest.fetch_max(key.len(), Ordering::Relaxed);
-        if key.len() > LIMIT {
-            return Err(KvError::new(KvErrorKind::Unavailable, "key too long"));
-        }
-        Ok(())
-    }
-}
-
-impl Kv for Limited {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.check(key)?;
-        self.inner.get(key).await
-    }
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        keys.iter().try_for_each(|k| self.check(k))?;
-        self.inner.get_many(keys).await
-    }
-    async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.check(key)?;
-        self.inner.set(key, value).await
-    }
-    async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
-        keys.iter().try_for_each(|k| self.check(k))?;
-        self.inner.delete_many(keys).await
-    }
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        current: &[u8],
-        new: &[u8],
-    ) -> Result<bool, KvError> {
-        self.check(key)?;
-        self.inner.compare_and_swap(key, current, new).await
-    }
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        self.check(key)?;
-        self.inner.increment(key, delta).await
-    }
-}
-
-fn api(user: &str, store: &MemStore, limit: usize) -> Api<Limited> {
+/// `user`'s view of a service with `max_key_bytes = limit` on a [`Limited`]
+/// store over `store`, and the length of the longest key that store was
+/// asked for.
+fn api(user: &str, store: &MemStore, limit: usize) -> (Api<Limited>, Arc<AtomicUsize>) {
     let mut config = Config::with_secret(Vec::new());
     config.max_key_bytes = limit;
     config.rate_limit_per_second = 0;
-    let kv = Limited {
-        inner: StrictKv::new(store.clone()),
-        longest: AtomicUsize::new(0),
-    };
-    Api::new(config, kv, NOW, user)
+    let longest = Arc::new(AtomicUsize::new(0));
+    let seen = longest.clone();
+    let kv = Faulty::new(
+        StrictKv::new(store.clone()),
+        Box::new(move |op: Op<'_>| {
+            let len = op.keys().iter().map(|k| k.len()).max().unwrap_or(0);
+            seen.fetch_max(len, Ordering::Relaxed);
+            if len > LIMIT {
+                Verdict::Fail
+            } else {
+                Verdict::Pass
+            }
+        }) as Box<dyn for<'a> Fn(Op<'a>) -> Verdict + Send + Sync>,
+    );
+    (Api::new(config, kv, NOW, user), longest)
 }
 
 fn put(api: &Api<Limited>, c: &str, i: &str, key: Option<&str>) -> Answer {
@@ -101,7 +70,7 @@ fn assert_too_long(answer: &Answer, what: &str) {
 #[test]
 fn names_that_just_fit_are_served_and_one_byte_more_is_400() {
     let store = MemStore::new();
-    let api = api("alice", &store, LIMIT);
+    let (api, longest) = api("alice", &store, LIMIT);
     // `u/alice/d/<c>/<i>`: 11 bytes around the names.
     let c = "c".repeat(120);
     let fits = "i".repeat(LIMIT - 11 - c.len());
@@ -141,17 +110,17 @@ fn names_that_just_fit_are_served_and_one_byte_more_is_400() {
     // A listing's collection index, `u/alice/x/<c>`, is shorter.
     let listing = format!("/v1/docs?collection={}", "c".repeat(128));
     assert_eq!(api.call("GET", &listing, None).status, 200);
-    assert!(api.service.kv().longest.load(Ordering::Relaxed) <= LIMIT);
+    assert!(longest.load(Ordering::Relaxed) <= LIMIT);
 }
 
 #[test]
 fn a_user_id_too_long_for_the_store_is_refused_everywhere() {
     // `u/<id>/s/<20 digits>` is the longest of the log's own keys.
-    let fits = api(&"a".repeat(LIMIT - 2 - 1 - 22), &MemStore::new(), LIMIT);
+    let (fits, _) = api(&"a".repeat(LIMIT - 2 - 1 - 22), &MemStore::new(), LIMIT);
     assert_eq!(fits.call("GET", "/v1/head", None).status, 200);
     assert_eq!(put(&fits, "c", "d", None).status, 201);
     let store = MemStore::new();
-    let over = api(&"%".repeat(80), &store, LIMIT); // 240 bytes escaped
+    let (over, longest) = api(&"%".repeat(80), &store, LIMIT); // 240 bytes escaped
     for (method, path) in [
         ("GET", "/v1/head"),
         ("GET", "/v1/changes?since=0"),
@@ -162,13 +131,13 @@ fn a_user_id_too_long_for_the_store_is_refused_everywhere() {
     }
     assert_too_long(&put(&over, "c", "d", None), "PUT");
     assert!(store.dump().is_empty(), "nothing was written");
-    assert_eq!(over.service.kv().longest.load(Ordering::Relaxed), 0);
+    assert_eq!(longest.load(Ordering::Relaxed), 0);
 }
 
 #[test]
 fn without_a_limit_long_names_are_served() {
     let store = MemStore::new();
-    let api = api("alice", &store, 0);
+    let (api, _) = api("alice", &store, 0);
     let long = "n".repeat(128);
     let answer = put(&api, &long, &long, None);
     assert_eq!(
@@ -199,7 +168,7 @@ proptest! {
         key in proptest::option::of("[!-~]{1,200}"),
     ) {
         let store = MemStore::new();
-        let api = api(&user, &store, LIMIT);
+        let (api, longest) = api(&user, &store, LIMIT);
         let (c, i) = ("c".repeat(c_len), "i".repeat(i_len));
         let answer = put(&api, &c, &i, key.as_deref());
         let batch = json!({"mutations": [
@@ -219,6 +188,6 @@ proptest! {
         if batched.status == 400 {
             prop_assert_eq!(store.dump(), before);
         }
-        prop_assert!(api.service.kv().longest.load(Ordering::Relaxed) <= LIMIT);
+        prop_assert!(longest.load(Ordering::Relaxed) <= LIMIT);
     }
 }
