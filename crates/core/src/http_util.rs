@@ -91,34 +91,41 @@ pub(crate) fn normalize_segment(raw: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// The first value of each query parameter, decoded. Parameters that fail
-/// to decode are reported by name.
-pub(crate) fn query_params(query: Option<&str>) -> Result<Query, QueryError> {
-    let mut out: Vec<(String, String)> = Vec::new();
+/// The query parameters, each name once. Names are decoded here, so that a
+/// parameter spelled with escapes (`%6cimit`) is still found twice; a value
+/// is decoded only when its parameter is read, so an unknown parameter is
+/// ignored whatever it carries (a cache-buster `_=%FF` included), and so is
+/// a name that does not decode (it cannot be one the server knows).
+pub(crate) fn query_params(query: Option<&str>) -> Result<Query<'_>, QueryError> {
+    let mut out: Vec<(String, &str)> = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(k).ok_or_else(|| QueryError::Malformed(k.to_owned()))?;
-        let value = percent_decode(v).ok_or_else(|| QueryError::Malformed(key.clone()))?;
+        let Some(key) = percent_decode(k) else {
+            continue;
+        };
         // Which of two values a server picks differs between servers (and
         // proxies): refusing both is the only answer that cannot surprise.
         if out.iter().any(|(existing, _)| *existing == key) {
             return Err(QueryError::Repeated(key));
         }
-        out.push((key, value));
+        out.push((key, v));
     }
     Ok(Query(out))
 }
 
-/// Decoded query parameters, each name once.
+/// Query parameters, each name once, values still percent-encoded.
 #[derive(Debug, Default)]
-pub(crate) struct Query(Vec<(String, String)>);
+pub(crate) struct Query<'a>(Vec<(String, &'a str)>);
 
-impl Query {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+impl Query<'_> {
+    /// The decoded value of `name`, if given.
+    pub fn get(&self, name: &str) -> Result<Option<String>, QueryError> {
+        let Some((_, raw)) = self.0.iter().find(|(k, _)| k == name) else {
+            return Ok(None);
+        };
+        percent_decode(raw)
+            .map(Some)
+            .ok_or_else(|| QueryError::Malformed(name.to_owned()))
     }
 }
 
@@ -264,22 +271,54 @@ pub(crate) fn media_type(value: Option<&HeaderValue>) -> Option<String> {
 }
 
 /// The `wait` preference of a `Prefer` header (RFC 7240 §4.3), if any.
-/// Other preferences are ignored as the RFC requires; a `wait` whose value
-/// is not a non-negative integer is an error (docs/protocol-decisions.md).
+/// Other preferences are ignored as the RFC requires, whatever they carry
+/// (a quoted value may hold `,`, `;` or `=`, and bytes that are not
+/// UTF-8); a `wait` whose value is not a non-negative integer is an error
+/// (docs/protocol-decisions.md).
 pub(crate) fn prefer_wait<'a>(
     values: impl Iterator<Item = &'a HeaderValue>,
 ) -> Result<Option<u64>, ()> {
     for value in values {
-        let s = value.to_str().map_err(|_| ())?;
-        for pref in s.split(',') {
-            let token = pref.split(';').next().unwrap_or("").trim();
-            let (name, v) = token.split_once('=').unwrap_or((token, ""));
-            if name.trim().eq_ignore_ascii_case("wait") {
-                return parse_u64(v.trim().trim_matches('"')).map(Some).ok_or(());
+        for preference in split_unquoted(value.as_bytes(), b',') {
+            // Parameters (`; ...`) qualify a preference; wait has none.
+            let token = split_unquoted(preference, b';')[0].trim_ascii();
+            let (name, v) = match token.iter().position(|&b| b == b'=') {
+                Some(at) => (&token[..at], &token[at + 1..]),
+                None => (token, &b""[..]),
+            };
+            if name.trim_ascii().eq_ignore_ascii_case(b"wait") {
+                let v = v.trim_ascii();
+                let v = v
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(v);
+                let v = std::str::from_utf8(v).map_err(|_| ())?;
+                return parse_u64(v).map(Some).ok_or(());
             }
         }
     }
     Ok(None)
+}
+
+/// `s` split at each `sep` outside quoted-strings (RFC 9110 §5.6.4: a
+/// backslash inside quotes escapes the next byte).
+fn split_unquoted(s: &[u8], sep: u8) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in s.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            parts.push(&s[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&s[start..]);
+    parts
 }
 
 #[cfg(test)]
@@ -352,12 +391,18 @@ mod tests {
 
     #[test]
     fn query_strings() {
-        let q = query_params(Some("since=5&limit=&after=todos%2Fa1&x")).unwrap();
-        assert_eq!(q.get("since"), Some("5"));
-        assert_eq!(q.get("limit"), Some(""));
-        assert_eq!(q.get("after"), Some("todos/a1"));
-        assert_eq!(q.get("x"), Some(""));
-        assert_eq!(q.get("wait"), None);
+        let q = query_params(Some("since=5&limit=&after=todos%2Fa1&x&_=%FF&%ZZ=1")).unwrap();
+        let get = |name| q.get(name).unwrap();
+        assert_eq!(get("since").as_deref(), Some("5"));
+        assert_eq!(get("limit").as_deref(), Some(""));
+        assert_eq!(get("after").as_deref(), Some("todos/a1"));
+        assert_eq!(get("x").as_deref(), Some(""));
+        assert_eq!(get("wait"), None);
+        assert_eq!(
+            q.get("_").unwrap_err(),
+            QueryError::Malformed("_".into()),
+            "a bad value is an error only where it is read"
+        );
         assert_eq!(
             query_params(Some("since=5&since=9")).unwrap_err(),
             QueryError::Repeated("since".into())
@@ -366,15 +411,13 @@ mod tests {
             query_params(Some("since=5&%73ince=5")).unwrap_err(),
             QueryError::Repeated("since".into())
         );
-        assert_eq!(
-            query_params(Some("a=%ZZ")).unwrap_err(),
-            QueryError::Malformed("a".into())
-        );
-        assert!(query_params(Some("a=%C3")).is_err());
-        assert!(
-            query_params(Some("a=%+1")).is_err(),
-            "a sign is no hex digit"
-        );
+        for bad in ["a=%ZZ", "a=%C3", "a=%+1"] {
+            assert_eq!(
+                query_params(Some(bad)).unwrap().get("a").unwrap_err(),
+                QueryError::Malformed("a".into()),
+                "{bad} (a sign is no hex digit)"
+            );
+        }
         assert_eq!(parse_u64("007"), Some(7));
         for bad in ["", "-1", "+1", "1.0", " 1", "99999999999999999999999"] {
             assert_eq!(parse_u64(bad), None, "{bad}");
@@ -394,6 +437,23 @@ mod tests {
             Ok(Some(3))
         );
         assert_eq!(prefer_wait(std::iter::once(&hv("respond-async"))), Ok(None));
+        assert_eq!(
+            prefer_wait(std::iter::once(&hv(r#"wait="7""#))),
+            Ok(Some(7))
+        );
+        // Quoted values of other preferences are opaque: no `wait` hides
+        // in them, and a bad one there is not this server's business.
+        assert_eq!(
+            prefer_wait(std::iter::once(&hv(r#"foo="x,wait=7", bar="a;wait=abc""#))),
+            Ok(None)
+        );
+        assert_eq!(
+            prefer_wait(std::iter::once(&hv(r#"foo="x\"wait=1, y", wait=4"#))),
+            Ok(Some(4)),
+            "an escaped quote does not end the quoted-string"
+        );
+        let obs_text = HeaderValue::from_bytes(b"foo=\"caf\xe9\", wait=2").unwrap();
+        assert_eq!(prefer_wait(std::iter::once(&obs_text)), Ok(Some(2)));
         assert_eq!(
             media_type(Some(&hv("Application/JSON; charset=utf-8"))).as_deref(),
             Some("application/json")

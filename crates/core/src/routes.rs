@@ -265,11 +265,16 @@ fn finish_response<K: Kv, H: Host>(
             .append(VARY, HeaderValue::from_static("Origin"));
     }
     if finish.is_head {
-        // Same headers as GET, no body.
-        let len = response.body().len();
-        response
-            .headers_mut()
-            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+        // Same headers as GET, no body. A 304 or 204 has no content, so no
+        // length to announce (RFC 9110 §8.6: a 304's would have to be that
+        // of the 200 it stands for).
+        let status = response.status();
+        if status != StatusCode::NOT_MODIFIED && status != StatusCode::NO_CONTENT {
+            let len = response.body().len();
+            response
+                .headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(len));
+        }
         response.body_mut().clear();
     }
     if finish.route == "/v1/changes" || finish.route == "/v1/head" {
@@ -547,9 +552,15 @@ fn if_match<T>(request: &Request<T>) -> Result<Option<ETagList>, Problem> {
     }
 }
 
-/// The request's query parameters; a malformed or repeated one is 400.
-fn query<T>(request: &Request<T>) -> Result<Query, Problem> {
-    query_params(request.uri().query()).map_err(|e| match e {
+/// The request's query parameters; a repeated one is 400.
+fn query<T>(request: &Request<T>) -> Result<Query<'_>, Problem> {
+    query_params(request.uri().query()).map_err(query_problem)
+}
+
+/// The 400 for a query parameter that is repeated, or malformed where it
+/// is read.
+fn query_problem(e: QueryError) -> Problem {
+    match e {
         QueryError::Malformed(name) => Problem::invalid_parameter(
             &name,
             "query parameters must be valid percent-encoded UTF-8",
@@ -558,7 +569,7 @@ fn query<T>(request: &Request<T>) -> Result<Query, Problem> {
             &name,
             format!("the parameter {name:?} is given more than once"),
         ),
-    })
+    }
 }
 
 // -------------------------------------------------------------------
@@ -624,27 +635,27 @@ async fn changes_start<K: Kv, H: Host>(
     service: &Service<K, H>,
     log: &Log<'_, K, H>,
     request: &Request<Vec<u8>>,
-    params: &Query,
+    params: &Query<'_>,
     if_match: &Option<ETagList>,
 ) -> Result<ChangesStart, Failure> {
-    let get = |name: &str| params.get(name);
-    let since = match get("since") {
+    let get = |name: &str| params.get(name).map_err(query_problem);
+    let since = match get("since")? {
         None => 0,
-        Some(v) => parse_u64(v).ok_or_else(|| {
+        Some(v) => parse_u64(&v).ok_or_else(|| {
             Problem::invalid_parameter("since", "since must be a non-negative integer")
         })?,
     };
-    let limit = match get("limit") {
+    let limit = match get("limit")? {
         None => DEFAULT_LIMIT,
-        Some(v) => parse_u64(v)
+        Some(v) => parse_u64(&v)
             .filter(|l| (1..=MAX_LIMIT).contains(l))
             .ok_or_else(|| {
                 Problem::invalid_parameter("limit", "limit must be an integer from 1 to 1000")
             })?,
     };
-    let (wait, preferred) = match get("wait") {
+    let (wait, preferred) = match get("wait")? {
         Some(v) => (
-            parse_u64(v).ok_or_else(|| {
+            parse_u64(&v).ok_or_else(|| {
                 Problem::invalid_parameter(
                     "wait",
                     "wait must be a non-negative integer number of seconds",
@@ -761,12 +772,12 @@ fn changes_response<K: Kv, H: Host>(
 
 async fn list<K: Kv, H: Host>(
     log: &Log<'_, K, H>,
-    params: &Query,
+    params: &Query<'_>,
 ) -> Result<Response<Vec<u8>>, Failure> {
-    let get = |name: &str| params.get(name);
-    let collection = match get("collection") {
+    let get = |name: &str| params.get(name).map_err(query_problem);
+    let collection = match get("collection")? {
         None => None,
-        Some(c) if is_valid_name(c) => Some(c.to_owned()),
+        Some(c) if is_valid_name(&c) => Some(c),
         Some(_) => {
             return Err(Problem::invalid_parameter(
                 "collection",
@@ -775,7 +786,7 @@ async fn list<K: Kv, H: Host>(
             .into())
         }
     };
-    let after = match get("after") {
+    let after = match get("after")? {
         None => None,
         Some(a) => match a.split_once('/') {
             Some((c, i)) if is_valid_name(c) && is_valid_name(i) => {
@@ -790,9 +801,9 @@ async fn list<K: Kv, H: Host>(
             }
         },
     };
-    let limit = match get("limit") {
+    let limit = match get("limit")? {
         None => DEFAULT_LIMIT,
-        Some(v) => parse_u64(v)
+        Some(v) => parse_u64(&v)
             .filter(|l| (1..=MAX_LIMIT).contains(l))
             .ok_or_else(|| {
                 Problem::invalid_parameter("limit", "limit must be an integer from 1 to 1000")

@@ -253,10 +253,25 @@ pub async fn bad_parameters_are_400(t: &Target) -> anyhow::Result<()> {
             "Prefer: {prefer}: the problem must name Prefer: {p}"
         );
     }
-    // Other preferences are ignored (RFC 7240).
-    api.get("/v1/changes?since=1")
+    // Other preferences are ignored (RFC 7240), whatever their quoted
+    // values hold; so are unknown query parameters (a cache-buster's
+    // value included, even one that does not decode).
+    for prefer in ["return=minimal", r#"foo="x,wait=soon""#] {
+        let r = api
+            .get("/v1/changes?since=1")
+            .auth(&u)
+            .header("Prefer", prefer)
+            .send()
+            .await?
+            .expect(200);
+        assert_eq!(
+            r.header("preference-applied"),
+            None,
+            "Prefer: {prefer} applies nothing"
+        );
+    }
+    api.get("/v1/changes?since=1&_=%FF")
         .auth(&u)
-        .header("Prefer", "return=minimal")
         .send()
         .await?
         .expect(200);
