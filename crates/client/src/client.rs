@@ -50,7 +50,8 @@ pub struct SyncConfig {
     /// that says it holds) or switching to smart polling (from one that
     /// does not say) (default 2).
     pub stall_tolerance: u32,
-    /// Mutations per batch (default and maximum 100).
+    /// Mutations per batch (default and maximum 100; a batch also keeps
+    /// within 256 KiB, or the smaller body limit a 413 showed).
     pub batch_size: usize,
     /// Documents per listing page while bootstrapping (default 1000, the
     /// server's maximum).

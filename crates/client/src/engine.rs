@@ -159,8 +159,13 @@ pub(crate) struct NetState {
     /// The server's last `X-Poll-Interval`.
     server_floor: Option<Duration>,
     /// Send one mutation per batch up to this queue position, to find the
-    /// item that made a whole batch fail with 400/413.
+    /// item that made a whole batch fail with 400.
     isolate_until: u64,
+    /// Most body bytes a batch may take: the contract's default body limit
+    /// until a 413 tells (or shows) that the server, or something on the
+    /// way, takes less. A queue of large values filled offline then goes
+    /// out in as few requests as fit, not one item per request.
+    batch_bytes: usize,
     /// Why the pending resync was requested (kept in memory only; a restart
     /// reports `CursorExpired`).
     resync_reason: Option<ResyncReason>,
@@ -249,6 +254,7 @@ impl Shared {
             next_poll: Duration::ZERO,
             server_floor: None,
             isolate_until: 0,
+            batch_bytes: DEFAULT_BATCH_BYTES,
             resync_reason: None,
             auth_reported: false,
             resyncs_in_row: 0,
@@ -998,6 +1004,7 @@ impl Shared {
         };
         let mut batch = self.store.pending(limit)?;
         batch.truncate(batch_len(&batch));
+        let body_bytes = fit_body(&mut batch, st.batch_bytes);
         self.set_status(|s| s.syncing = true);
         let resp = self.wire.mutations(&batch).await;
         self.set_status(|s| s.syncing = false);
@@ -1019,7 +1026,7 @@ impl Shared {
             // from something on the way (a proxy, a firewall), and says
             // nothing about the items: they stay queued, retried after
             // back-off. (A foreign 413 is a proxy's smaller body limit:
-            // one item at a time may pass it.)
+            // smaller batches may pass it.)
             Err(Error::Server {
                 status: status @ (400 | 413 | 415),
                 problem,
@@ -1029,9 +1036,22 @@ impl Shared {
                 self.on_success(st);
                 self.on_write_success(st);
                 if batch.len() > 1 {
-                    // One bad item refuses the whole batch; send one at a
-                    // time up to the end of this batch to find it.
-                    st.isolate_until = batch.last().map_or(0, |p| p.seq);
+                    if status == 413 {
+                        // Too big as a whole: send batches that fit (the
+                        // server names its limit; a proxy does not, so
+                        // halve). An item too big alone ends up alone.
+                        let told = problem
+                            .extensions
+                            .get("max_body_bytes")
+                            .and_then(serde_json::Value::as_u64)
+                            .and_then(|n| usize::try_from(n).ok())
+                            .filter(|&n| n < body_bytes);
+                        st.batch_bytes = told.unwrap_or(body_bytes / 2);
+                    } else {
+                        // One bad item refuses the whole batch; send one
+                        // at a time up to the end of this batch to find it.
+                        st.isolate_until = batch.last().map_or(0, |p| p.seq);
+                    }
                     return Ok((FlushReport::default(), None));
                 }
                 let parked = ParkedMutation {
@@ -1073,8 +1093,15 @@ impl Shared {
                 if settled.is_empty() {
                     return Err(error);
                 }
+                let whole_batch = settled.len() == batch.len();
                 self.on_success(st);
-                let (report, _) = self.settle_batch(st, &batch, settled, None)?;
+                let (report, transient) = self.settle_batch(st, &batch, settled, None)?;
+                if whole_batch && transient.is_none() {
+                    // Every item was settled; the server failed only after
+                    // them (reading the head): this flush worked.
+                    self.on_write_success(st);
+                    return Ok((report, None));
+                }
                 Ok((report, Some(error)))
             }
             Err(e) => Err(e),
@@ -1349,6 +1376,27 @@ fn settled_before_stop(problem: &crate::model::Problem) -> Vec<ItemResult> {
         .get("results")
         .and_then(|r| serde_json::from_value(r.clone()).ok())
         .unwrap_or_default()
+}
+
+/// The body limit the contract gives servers by default (DESIGN.md).
+const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
+
+/// Shorten `batch` to the items whose request body stays within
+/// `max_bytes` (at least one: an item too big alone is the server's to
+/// refuse), and return that body's size in bytes.
+fn fit_body(batch: &mut Vec<PendingMutation>, max_bytes: usize) -> usize {
+    // `{"mutations":[` … `]}`, and a comma between items.
+    let mut bytes = r#"{"mutations":[]}"#.len();
+    for (i, pending) in batch.iter().enumerate() {
+        let item = serde_json::to_vec(&crate::wire::batch_item(pending)).map_or(0, |v| v.len());
+        let more = item + usize::from(i > 0);
+        if i > 0 && bytes + more > max_bytes {
+            batch.truncate(i);
+            break;
+        }
+        bytes += more;
+    }
+    bytes
 }
 
 /// How many of `queue`'s first items may share one batch. A batch whose

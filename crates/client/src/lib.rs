@@ -191,8 +191,11 @@
 //!   [`Resolution::Replace`]. A conditional write (below) is never applied
 //!   over another edit, nor dropped, without the app deciding.
 //! * 400/404/409/413/415/422: parked as a rejection ([`SyncEvent::Rejected`]).
-//!   A 400/413 for the whole batch makes the engine resend that batch one item
-//!   at a time to find the culprit. A 400 or 415 that is not an edgesync
+//!   A 400 for the whole batch makes the engine resend that batch one item
+//!   at a time to find the culprit; a 413 makes it send smaller batches
+//!   (within the `max_body_bytes` the server names, or half the size), so
+//!   an item too big alone ends up alone. Batches start within 256 KiB,
+//!   the default body limit. A 400 or 415 that is not an edgesync
 //!   problem document (a proxy's or firewall's) says nothing about the
 //!   items: they stay queued, retried after back-off.
 //! * 429/5xx (whole batch or item): stays queued, retried after back-off

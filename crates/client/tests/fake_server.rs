@@ -1356,6 +1356,95 @@ async fn send_now_reads_a_stopped_batch_and_fetch_trusts_only_document_not_found
     assert!(matches!(err, Error::Server { status: 404, .. }), "{err}");
 }
 
+/// A queue of large values filled offline goes out in batches that fit the
+/// body limit, not one item per request: within the contract's default
+/// limit to begin with, within the limit a 413 names after it, and in
+/// halves after a 413 that names none (a proxy's). Every item arrives once,
+/// in order.
+#[tokio::test]
+async fn a_queue_of_large_values_goes_out_in_batches_that_fit() {
+    // ~370 KB in all: a 413, then two batches when the limit is named;
+    // two 413s (256 KiB, 128 KiB) and six batches of 64 KiB when halving.
+    for (limit, names_it, most_requests) in [(200_000, true, 4), (100_000, false, 9)] {
+        let clock = VirtualClock::new();
+        let server = FakeServer::start(clock.clone(), move |req| {
+            if req.body.len() > limit {
+                if names_it {
+                    let mut r = Response::problem(413, "payload-too-large", "Payload too large");
+                    let mut body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                    body["max_body_bytes"] = limit.into();
+                    r.body = body.to_string().into_bytes();
+                    return r;
+                }
+                return Response::new(413)
+                    .header("content-type", "text/html")
+                    .body(b"<h1>413 Request Entity Too Large</h1>".to_vec());
+            }
+            all_applied(req, 7)
+        })
+        .await;
+        let c = client(&server, &clock, following(5), Mode::Live, 5);
+        let queued: Vec<String> = (0..120)
+            .map(|i| {
+                let value = json!({"n": i, "text": "x".repeat(3000)});
+                c.put("notes", &format!("n{i}"), value).unwrap().key
+            })
+            .collect();
+        while !c.pending().unwrap().is_empty() {
+            c.flush().await.unwrap();
+        }
+        let posts = server.requests_to("/v1/mutations");
+        assert!(
+            posts[0].body.len() <= 256 * 1024,
+            "the first batch keeps to the default limit: {} bytes",
+            posts[0].body.len()
+        );
+        let sent: Vec<String> = posts
+            .iter()
+            .filter(|p| p.body.len() <= limit)
+            .flat_map(|p| p.json()["mutations"].as_array().unwrap().clone())
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(sent, queued, "every item once, in order (limit {limit})");
+        assert!(
+            posts.len() <= most_requests,
+            "{} requests for 120 items of 3 KiB under a {limit}-byte limit",
+            posts.len()
+        );
+    }
+}
+
+/// A batch answered 503 after every item was applied (the server could not
+/// read the head afterwards) lists every result: the flush worked, and
+/// nothing waits out a back-off for it.
+#[tokio::test]
+async fn a_batch_stopped_after_its_last_item_is_a_success() {
+    let clock = VirtualClock::new();
+    let server = FakeServer::start(clock.clone(), |req| {
+        let items = req.json()["mutations"].as_array().unwrap().clone();
+        let settled: Vec<_> = items.iter().map(|it| item_result(it, 201, 8)).collect();
+        stopped_batch(503, &settled, "30")
+    })
+    .await;
+    let c = client(&server, &clock, following(5), Mode::Live, 5);
+    c.put("todos", "a", json!(1)).unwrap();
+    c.put("todos", "b", json!(2)).unwrap();
+    let report = c.flush().await.unwrap();
+    assert_eq!(report.delivered.len(), 2);
+    assert!(c.pending().unwrap().is_empty());
+    assert!(
+        c.status().last_error.is_none(),
+        "{:?}",
+        c.status().last_error
+    );
+    // A write made now goes out at once, not after Retry-After.
+    match c.send_now(Mutation::put("todos", "c", json!(3))).await {
+        Ok(SendOutcome::Delivered(d)) => assert_eq!(d.version, Some(8)),
+        other => panic!("applied, so delivered: {other:?}"),
+    }
+    assert_eq!(server.requests_to("/v1/mutations").len(), 2);
+}
+
 /// Two clients on one replica file (say `edgesync watch` and `edgesync put`
 /// in two processes) never send the queue at the same time: the second
 /// waits for the first to record its results, and then has nothing left to
