@@ -75,6 +75,10 @@ const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 
+/// How long a client still sending a request head when shutdown begins
+/// has to finish it (then it is served, with `Connection: close`).
+const DRAIN_HEAD_GRACE: Duration = Duration::from_secs(1);
+
 /// Timeouts and limits of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
@@ -376,6 +380,10 @@ impl<H: Handler> Conn<'_, H> {
         let opts = &self.shared.options;
         let mut deadline = first.then(|| Instant::now() + opts.header_timeout);
         let mut scanned = 0;
+        // Set once a shutdown is seen while a head is coming in: the client
+        // gets a short grace to finish it, not the whole head timeout (a
+        // slow or stalled client must not hold every restart that long).
+        let mut drain_grace: Option<Instant> = None;
         loop {
             // At least one empty line before a request line is to be
             // ignored (RFC 9112, 2.2); dropping them here also keeps the
@@ -413,7 +421,22 @@ impl<H: Handler> Conn<'_, H> {
                 if self.buf.len() > opts.max_head_bytes {
                     return Err(too_large(&self.buf, opts.max_head_bytes));
                 }
-                match self.fill(deadline, INITIAL_READ).await {
+                // Registered before the check, so a shutdown starting in
+                // between still wakes us.
+                let lifecycle = &self.shared.lifecycle;
+                let draining = lifecycle.draining[usize::from(self.drain_shard)].notified();
+                if drain_grace.is_none() && lifecycle.is_draining() {
+                    drain_grace = Some(Instant::now() + DRAIN_HEAD_GRACE);
+                }
+                let filled = match drain_grace {
+                    Some(grace) => self.fill(grace.min(deadline), INITIAL_READ).await,
+                    None => tokio::select! {
+                        biased;
+                        () = draining => continue,
+                        filled = self.fill(deadline, INITIAL_READ) => filled,
+                    },
+                };
+                match filled {
                     Ok(Filled::Data) => continue,
                     Ok(Filled::Eof) => return Err(Fail::Drop("closed mid-head")),
                     Ok(Filled::TimedOut) => return Err(Fail::Drop("head not received in time")),
@@ -425,9 +448,12 @@ impl<H: Handler> Conn<'_, H> {
             let lifecycle = &self.shared.lifecycle;
             let draining = lifecycle.draining[usize::from(self.drain_shard)].notified();
             if lifecycle.is_draining() {
-                // A connection accepted as the drain began may have its
-                // request waiting already: served, not dropped unread.
-                if let Some(deadline) = deadline.filter(|_| first && bytes_waiting(&self.stream)) {
+                // A request already waiting as the drain began (on a
+                // connection just accepted, or the next one of a keep-alive
+                // client) is served, not dropped unread.
+                if bytes_waiting(&self.stream) {
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + opts.header_timeout);
                     match self.fill(deadline, INITIAL_READ).await {
                         Ok(Filled::Data) => continue,
                         _ => return Ok(None),
@@ -438,7 +464,8 @@ impl<H: Handler> Conn<'_, H> {
             let wait = deadline.unwrap_or_else(|| Instant::now() + opts.idle_timeout);
             tokio::select! {
                 biased;
-                () = draining => return Ok(None),
+                // Back to the check above: a request may have come in.
+                () = draining => continue,
                 filled = self.fill(wait, INITIAL_READ) => match filled {
                     Ok(Filled::Data) => {}
                     Ok(Filled::Eof | Filled::TimedOut) | Err(_) => return Ok(None),

@@ -1038,6 +1038,76 @@ async fn a_connection_accepted_as_shutdown_begins_is_served() {
     assert!(reply.contains("connection: close\r\n"), "{reply}");
 }
 
+/// Shutdown does not wait out the head timeout of a client still sending
+/// its request head: it gets a short grace. One that finishes within it is
+/// served (with `Connection: close`), one that stalls is closed unanswered,
+/// and the next request a keep-alive client sent before the drain is
+/// answered, not dropped unread.
+#[tokio::test]
+async fn heads_in_progress_at_shutdown_get_a_grace_not_the_head_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = test_handler(1024);
+    let shared = Arc::new(http1::Shared {
+        handler: Arc::clone(&handler),
+        // Long enough that a connection held to them outlives the test.
+        options: HttpOptions {
+            header_timeout: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
+            ..HttpOptions::default()
+        },
+        lifecycle: http1::Lifecycle::default(),
+    });
+    let connect = async || {
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio::spawn(http1::serve_connection(
+            stream,
+            http1::Accepted::new(&shared),
+        ));
+        client
+    };
+    let mut stalled = connect().await;
+    stalled
+        .write_all(b"GET /info HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut finishing = connect().await;
+    finishing
+        .write_all(b"GET /info HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut keep_alive = connect().await;
+    keep_alive
+        .write_all(b"GET /info HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut carry = Vec::new();
+    read_reply(&mut keep_alive, &mut carry, false).await;
+    keep_alive
+        .write_all(b"GET /info HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // Let the connections read what they were sent.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    shared.lifecycle.drain();
+    finishing.write_all(b"st: t\r\n\r\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), shared.lifecycle.closed())
+        .await
+        .expect("the drain ends without waiting out the head timeout");
+    let reply = read_to_close(&mut finishing).await;
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert!(reply.contains("connection: close\r\n"), "{reply}");
+    let reply = read_to_close(&mut keep_alive).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200 "),
+        "the second request: {reply}"
+    );
+    assert_eq!(read_to_close(&mut stalled).await, "", "closed unanswered");
+    assert_eq!(handler.handled.load(Ordering::SeqCst), 3);
+}
+
 /// A connection is one small future: its size (the largest of its states)
 /// is most of what each of ten thousand held long-polls costs.
 #[tokio::test]
