@@ -29,13 +29,15 @@ pub const STORE_LABEL: &str = "default";
 /// such a handle would never show: a held long-poll would sleep through
 /// every write, a writer would retry on the same stale root until it gave
 /// up. So `get` and `get-many` use a reading handle that is let go and
-/// opened again (a host call, no KV operation) before it would read a key
-/// a second time. Writes, increments and compare-and-swaps use one writing
+/// opened again (a host call, no KV read; Spin's Redis store answers each
+/// open with a `PING` round trip, its SQLite store with nothing) before it
+/// would read a key a second time. Writes, increments and compare-and-swaps use one writing
 /// handle for the whole request: such a handle's `set` and `delete` return
 /// before they reach the backend, in order, and its compare-and-swap
 /// flushes them first and always asks the backend, so nothing the core
 /// makes reachable by a swap can be missing from the store. On later Spin
-/// versions this changes nothing but the extra opens.
+/// versions this changes nothing but the extra opens (and, on Redis, their
+/// `PING`s: a long-poll's re-check there is two round trips, not one).
 pub struct SpinBucket {
     label: &'static str,
     writer: OnceCell<Result<store::Bucket, KvError>>,

@@ -50,7 +50,8 @@
 //!
 //! The core's own reads before it starts waiting and after it wakes up to
 //! a change are not in this table. Each re-check also opens the store
-//! again (a host call, not a KV operation; see `SpinBucket`). A held request never sleeps past the
+//! again (a host call, not a KV read; Spin's Redis store sends a `PING`
+//! for it, so there a re-check is two Redis commands; see `SpinBucket`). A held request never sleeps past the
 //! deadline the core sets. A write is therefore seen by a waiter at most
 //! 215 ms later, plus one KV read. Over whole holds, per waiting client:
 //!
