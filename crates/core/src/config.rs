@@ -36,6 +36,13 @@ pub struct Config {
     /// with 400 before it touches the store, rather than failing there with
     /// a 503; Spin's manifest sets 256, the key size Spin documents.
     pub max_key_bytes: usize,
+    /// Largest value the KV store takes, in bytes (`max_value_bytes`,
+    /// default 0: no limit). Collection indexes stop below it (409
+    /// `collection-full`), and `max_body_bytes` must leave room in it for
+    /// the log entry around a document, so no write ever meets a value the
+    /// store refuses (a 503 it could never get past). Spin's manifest sets
+    /// 1000000 (Spin documents 1 MB); DynamoDB items hold 400 KB.
+    pub max_value_bytes: usize,
     /// Origins allowed by CORS (`cors_origins`, comma-separated, `*` for any;
     /// default none).
     pub cors_origins: CorsOrigins,
@@ -53,6 +60,7 @@ impl std::fmt::Debug for Config {
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_key_bytes", &self.max_key_bytes)
+            .field("max_value_bytes", &self.max_value_bytes)
             .field("cors_origins", &self.cors_origins)
             .finish()
     }
@@ -99,8 +107,11 @@ pub const SETTING_NAMES: &[&str] = &[
     "rate_limit_per_second",
     "max_body_bytes",
     "max_key_bytes",
+    "max_value_bytes",
     "cors_origins",
 ];
+
+use crate::entry::ENTRY_OVERHEAD_BYTES;
 
 /// Smallest accepted `retention_entries`: compaction works in steps of this
 /// many entries, and a smaller window would expire cursors of clients that
@@ -109,6 +120,10 @@ pub const MIN_RETENTION_ENTRIES: u64 = 16;
 
 /// Smallest `max_key_bytes` other than 0 (no limit).
 const MIN_KEY_LIMIT: u64 = 64;
+
+/// Smallest `max_value_bytes` other than 0 (no limit): a user's list of
+/// collections (1,000 names of up to 128 bytes) is one value and must fit.
+const MIN_VALUE_LIMIT: u64 = 128 * 1024;
 
 impl Config {
     /// Defaults for everything, with the given secret.
@@ -123,6 +138,7 @@ impl Config {
             rate_limit_per_second: 20,
             max_body_bytes: 262_144,
             max_key_bytes: 0,
+            max_value_bytes: 0,
             cors_origins: CorsOrigins::None,
         }
     }
@@ -184,6 +200,32 @@ impl Config {
                 }
                 n => n as usize,
             };
+        }
+        if let Some(v) = get("max_value_bytes") {
+            config.max_value_bytes = match parse_u64("max_value_bytes", &v, 0, 1 << 30)? {
+                1..MIN_VALUE_LIMIT => {
+                    return Err(ConfigError::Invalid {
+                        name: "max_value_bytes",
+                        value: v,
+                        reason: format!(
+                            "must be 0 (no limit) or from {MIN_VALUE_LIMIT} to 1073741824"
+                        ),
+                    })
+                }
+                n => n as usize,
+            };
+        }
+        let room = config.max_value_bytes.saturating_sub(ENTRY_OVERHEAD_BYTES);
+        if config.max_value_bytes != 0 && config.max_body_bytes > room {
+            return Err(ConfigError::Invalid {
+                name: "max_body_bytes",
+                value: config.max_body_bytes.to_string(),
+                reason: format!(
+                    "must leave {ENTRY_OVERHEAD_BYTES} bytes of max_value_bytes ({}) for the log \
+                     entry around a document: at most {room}",
+                    config.max_value_bytes
+                ),
+            });
         }
         if let Some(v) = get("cors_origins") {
             config.cors_origins = parse_origins(&v)?;
@@ -331,6 +373,37 @@ mod tests {
                 Config::from_lookup(lookup(&[("jwt_secret", SECRET), ("max_key_bytes", value)]));
             assert_eq!(parsed.ok().map(|c| c.max_key_bytes), limit, "{value}");
         }
+        // A value limit is off (0), or holds a user's list of collections
+        // and the log entry around the largest document.
+        for (value, body, limit) in [
+            ("0", "16777216", Some(0)),
+            ("1000000", "262144", Some(1_000_000)),
+            ("400000", "398976", Some(400_000)),
+            ("400000", "398977", None),
+            ("131071", "1024", None),
+            ("x", "1024", None),
+        ] {
+            let parsed = Config::from_lookup(lookup(&[
+                ("jwt_secret", SECRET),
+                ("max_value_bytes", value),
+                ("max_body_bytes", body),
+            ]));
+            assert_eq!(
+                parsed.as_ref().ok().map(|c| c.max_value_bytes),
+                limit,
+                "{value}, body {body}: {parsed:?}"
+            );
+        }
+        let err = Config::from_lookup(lookup(&[
+            ("jwt_secret", SECRET),
+            ("max_value_bytes", "200000"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("max_body_bytes")
+                && err.to_string().contains("at most 198976"),
+            "the default body limit does not fit: {err}"
+        );
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub(crate) const COMPACT_STEP: u64 = 16;
 /// writer does on behalf of everyone).
 const MAX_CLEAN_PER_REQUEST: u64 = 64;
 /// Largest collection index blob; beyond it creates are refused (409
-/// `collection-full`). Half of the 1 MB value limit of managed hosts.
+/// `collection-full`). Half of the 1 MB value limit of managed hosts
+/// (lower where `max_value_bytes` is).
 pub(crate) const INDEX_MAX_BYTES: usize = 512 * 1024;
 /// Most collections a user may have (their names are one KV value, read by
 /// every unfiltered listing); creating a document in one more is refused
@@ -1357,15 +1358,26 @@ impl<'a, K: Kv, H: Host> Log<'a, K, H> {
             if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(id)) {
                 names.insert(at, id.to_owned());
             }
-            let size: usize = names.iter().map(|n| n.len() + 3).sum();
-            if size > INDEX_MAX_BYTES {
-                return Ok(Some(Problem::collection_full(collection, INDEX_MAX_BYTES)));
+            // As stored: `["a","b"]`.
+            let size: usize = names.iter().map(|n| n.len() + 3).sum::<usize>() + 1;
+            let max = self.index_max_bytes();
+            if size > max {
+                return Ok(Some(Problem::collection_full(collection, max)));
             }
             if self.replace_blob(root, &names).await? {
                 return Ok(None);
             }
         }
         Err(Problem::unavailable("too much contention on a collection index; retry").into())
+    }
+
+    /// Largest collection index blob: [`INDEX_MAX_BYTES`], or less where the
+    /// store takes smaller values (`max_value_bytes`).
+    fn index_max_bytes(&self) -> usize {
+        match self.cfg.max_value_bytes {
+            0 => INDEX_MAX_BYTES,
+            n => n.min(INDEX_MAX_BYTES),
+        }
     }
 
     /// Add a collection name to the user's list (names are never removed:

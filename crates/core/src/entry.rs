@@ -13,6 +13,14 @@ pub(crate) enum Op {
     Delete,
 }
 
+/// Most bytes an entry's stored form takes beyond its document's value (a
+/// delete of a 128-character id in a 128-character collection, with a
+/// 255-character idempotency key that JSON escapes in full, and every
+/// number at its longest; pinned by a test). A value limit of the store
+/// (`max_value_bytes`) must leave this much room beside the largest
+/// document (`max_body_bytes`).
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 1024;
+
 /// One mutation, stored immutably at `e/<id>` before it is committed. It is
 /// committed at seq `k` iff slot `s/<k>` holds its id (or, for the
 /// document/idempotency pointers, an entry for the same document/key: see
@@ -103,5 +111,37 @@ impl Entry {
 
     pub fn from_bytes(bytes: &[u8]) -> Option<Entry> {
         serde_json::from_slice(bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{MAX_IDEMPOTENCY_KEY_LEN, MAX_NAME_LEN};
+
+    #[test]
+    fn the_overhead_bound_holds_for_the_largest_entry() {
+        let value = json!({"x": "v".repeat(1000)});
+        let value_len = serde_json::to_vec(&value).unwrap().len();
+        for (op, v) in [(Op::Put, Some(value)), (Op::Delete, None)] {
+            let entry = Entry {
+                k: u64::MAX,
+                op,
+                c: "c".repeat(MAX_NAME_LEN),
+                i: "i".repeat(MAX_NAME_LEN),
+                v: v.clone(),
+                ts: u64::MAX,
+                p: u64::MAX,
+                pv: u64::MAX,
+                px: false,
+                // `"` and `\` are the visible characters JSON escapes.
+                ik: Some("\"".repeat(MAX_IDEMPOTENCY_KEY_LEN)),
+                fp: Some("f".repeat(64)),
+                rl: Some(u64::MAX),
+            };
+            let around = entry.to_bytes().len() - if v.is_some() { value_len } else { 0 };
+            assert!(around <= ENTRY_OVERHEAD_BYTES, "{op:?}: {around} bytes");
+            assert!(around > ENTRY_OVERHEAD_BYTES / 2, "the bound is not slack");
+        }
     }
 }

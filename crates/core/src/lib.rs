@@ -200,7 +200,8 @@
 //! * A page of changes or documents holds at most 1 MiB of values (and at
 //!   least one entry), whatever its `limit`.
 //! * A collection's index blob is capped at 512 KiB (tens of thousands of
-//!   documents with short ids); beyond it, creates get 409
+//!   documents with short ids), or below `max_value_bytes` where the store
+//!   takes less; beyond it, creates get 409
 //!   `collection-full`; a user has at most 1,000 collections (409
 //!   `too-many-collections`).
 //! * Idempotency keys are remembered while their entry is above the floor:

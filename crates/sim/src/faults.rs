@@ -10,7 +10,8 @@ use edgesync_core::{Kv, KvError, KvErrorKind, MaybeSync};
 pub enum Op<'a> {
     Get(&'a str),
     GetMany(&'a [String]),
-    Set(&'a str),
+    /// A key and the value written to it.
+    Set(&'a str, &'a [u8]),
     DeleteMany(&'a [String]),
     CompareAndSwap(&'a str),
     Increment(&'a str),
@@ -20,7 +21,7 @@ impl<'a> Op<'a> {
     /// The keys the operation touches.
     pub fn keys(&self) -> Vec<&'a str> {
         match *self {
-            Op::Get(key) | Op::Set(key) | Op::CompareAndSwap(key) | Op::Increment(key) => {
+            Op::Get(key) | Op::Set(key, _) | Op::CompareAndSwap(key) | Op::Increment(key) => {
                 vec![key]
             }
             Op::GetMany(keys) | Op::DeleteMany(keys) => keys.iter().map(String::as_str).collect(),
@@ -75,7 +76,7 @@ impl<K: Kv, F: Fn(Op<'_>) -> Verdict + MaybeSync> Kv for Faulty<K, F> {
         self.inner.get_many(keys).await
     }
     async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.judge(Op::Set(key))?;
+        self.judge(Op::Set(key, value))?;
         self.inner.set(key, value).await
     }
     async fn delete_many(&self, keys: &[String]) -> Result<(), KvError> {
