@@ -5,6 +5,8 @@
 //! `max_wait_seconds` ↔ `EDGESYNC_MAX_WAIT_SECONDS`. Hosts hand
 //! [`Config::from_lookup`] a function that returns the raw string for a name.
 
+use crate::entry::ENTRY_OVERHEAD_BYTES;
+
 /// Every tunable of the service. Build with [`Config::from_lookup`] or start
 /// from [`Config::with_secret`] and adjust fields.
 #[derive(Clone)]
@@ -111,8 +113,6 @@ pub const SETTING_NAMES: &[&str] = &[
     "cors_origins",
 ];
 
-use crate::entry::ENTRY_OVERHEAD_BYTES;
-
 /// Smallest accepted `retention_entries`: compaction works in steps of this
 /// many entries, and a smaller window would expire cursors of clients that
 /// are merely a few seconds behind.
@@ -190,30 +190,11 @@ impl Config {
         if let Some(v) = get("max_key_bytes") {
             // Below 64 bytes not even the log's own keys of a short user id
             // fit: every request would be refused.
-            config.max_key_bytes = match parse_u64("max_key_bytes", &v, 0, 1 << 20)? {
-                1..MIN_KEY_LIMIT => {
-                    return Err(ConfigError::Invalid {
-                        name: "max_key_bytes",
-                        value: v,
-                        reason: format!("must be 0 (no limit) or from {MIN_KEY_LIMIT} to 1048576"),
-                    })
-                }
-                n => n as usize,
-            };
+            config.max_key_bytes = parse_store_limit("max_key_bytes", &v, MIN_KEY_LIMIT, 1 << 20)?;
         }
         if let Some(v) = get("max_value_bytes") {
-            config.max_value_bytes = match parse_u64("max_value_bytes", &v, 0, 1 << 30)? {
-                1..MIN_VALUE_LIMIT => {
-                    return Err(ConfigError::Invalid {
-                        name: "max_value_bytes",
-                        value: v,
-                        reason: format!(
-                            "must be 0 (no limit) or from {MIN_VALUE_LIMIT} to 1073741824"
-                        ),
-                    })
-                }
-                n => n as usize,
-            };
+            config.max_value_bytes =
+                parse_store_limit("max_value_bytes", &v, MIN_VALUE_LIMIT, 1 << 30)?;
         }
         let room = config.max_value_bytes.saturating_sub(ENTRY_OVERHEAD_BYTES);
         if config.max_value_bytes != 0 && config.max_body_bytes > room {
@@ -250,6 +231,23 @@ fn parse_u64(name: &'static str, value: &str, min: u64, max: u64) -> Result<u64,
             value: value.to_owned(),
             reason: format!("must be a whole number from {min} to {max}"),
         })
+}
+
+/// A limit of the store: 0 (none) or from `min` to `max`.
+fn parse_store_limit(
+    name: &'static str,
+    value: &str,
+    min: u64,
+    max: u64,
+) -> Result<usize, ConfigError> {
+    match parse_u64(name, value, 0, max)? {
+        n if n != 0 && n < min => Err(ConfigError::Invalid {
+            name,
+            value: value.to_owned(),
+            reason: format!("must be 0 (no limit) or from {min} to {max}"),
+        }),
+        n => Ok(n as usize),
+    }
 }
 
 fn parse_origins(value: &str) -> Result<CorsOrigins, ConfigError> {
